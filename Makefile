@@ -1,0 +1,54 @@
+# StreamGate: `make run` starts a single node, `make test` runs the whole suite.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
+DEB_PACKAGES := redis-server ffmpeg
+# Debian packages the tests run for real: the binaries they provide.
+DEB_BINARIES := redis-server ffmpeg ffprobe
+
+.PHONY: install run test test-slow lint bench bench-transcode bench-edge loadtest system-deps clean
+
+$(PY):
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python >= 3.11) on PATH"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -e .
+	@touch $@
+
+$(TEST_STAMP): pyproject.toml $(STAMP)
+	$(PIP) install --quiet -e '.[test]'
+	@touch $@
+
+install: $(STAMP)  ## create .venv with the streamgate command in .venv/bin
+
+run: $(STAMP)  ## single node: edge on :8080, data under ./data
+	$(VENV)/bin/streamgate --config config.yaml run
+
+system-deps:  ## Debian packages the tests use (installed with apt when root)
+	@missing=""; for b in $(DEB_BINARIES); do command -v $$b >/dev/null || missing="$$missing $$b"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing $(DEB_PACKAGES) (missing:$$missing)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEB_PACKAGES) >/dev/null; \
+	  else \
+	    echo "missing:$$missing -- install them with: sudo apt-get install $(DEB_PACKAGES)"; exit 1; \
+	  fi; \
+	fi
+
+test: system-deps $(TEST_STAMP)  ## the whole suite (slow fault and load runs excluded: make test-slow)
+	$(PY) -m pytest -m "not slow and not consul" $(PYTEST_ARGS)
+
+test-slow: system-deps $(TEST_STAMP)  ## long fault and load runs
+	$(PY) -m pytest -m slow $(PYTEST_ARGS)
+
+lint: $(TEST_STAMP)
+	$(VENV)/bin/ruff check edge farm control common streamgate tests bench
+
+clean:
+	rm -rf $(VENV) build *.egg-info

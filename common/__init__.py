@@ -1,0 +1,1 @@
+"""StreamGate common."""

@@ -1,0 +1,424 @@
+"""The one typed configuration: ``config.yaml`` plus environment overrides.
+
+Only this module reads ``os.environ``. Every process builds one :class:`Config` at start and
+passes it explicitly. An unknown key, a wrong type or a bad duration raises :class:`ConfigError`
+naming the key path (``transcoder.scaling_policy.max_workers``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import msgspec
+import yaml
+
+from .units import Bytes, Seconds, format_duration, format_size
+
+CONFIG_ENV = "STREAMGATE_CONFIG"
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the key path."""
+
+
+class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class DeploymentConfig(_Section):
+    mode: Literal["single", "fleet"] = "single"
+    service_name: str = "streamgate"
+    node_name: str = ""  # empty: the host name
+    version: str = ""  # empty: the installed package version
+
+
+class ServerConfig(_Section):
+    host: str = "0.0.0.0"
+    port: int = 8080
+    # Edge processes sharing the port with SO_REUSEPORT; 0 means one per CPU.
+    workers: int = 0
+    # The address clients use to reach this node (signed URLs, upload Locations); empty: derived
+    # from the request's Host.
+    public_url: str = ""
+    shutdown_timeout: Seconds = Seconds(10)
+    control_port: int = 8090
+
+
+class RateLimitConfig(_Section):
+    enabled: bool = True
+    api_per_second: float = 50.0
+    api_burst: int = 100
+    upload_per_second: float = 20.0
+    upload_burst: int = 50
+
+
+class EdgeConfig(_Section):
+    # Objects up to this size (playlists, init segments) are kept in memory and in Redis.
+    hot_object_max_size: Bytes = Bytes(256 * 1024)
+    memory_cache_size: Bytes = Bytes(64 * 2**20)
+    # Playlists of a video still transcoding change; VOD playlists do not.
+    live_playlist_max_age: Seconds = Seconds(1)
+    vod_playlist_max_age: Seconds = Seconds(3600)
+    # Origin peer for files this edge lacks; empty: discovered in the registry, or none.
+    origin_url: str = ""
+    origin_timeout: Seconds = Seconds(30)
+    disk_cache_size: Bytes = Bytes(10 * 2**30)
+    client_timeout: Seconds = Seconds(60)
+    max_header_size: Bytes = Bytes(8190)
+    cors_allow_origin: str = "*"
+    rate_limit: RateLimitConfig = msgspec.field(default_factory=RateLimitConfig)
+
+
+class UploadsConfig(_Section):
+    max_size: Bytes = Bytes(4 * 2**30)  # Tus-Max-Size
+    expiration: Seconds = Seconds(24 * 3600)
+    sweep_interval: Seconds = Seconds(600)
+    max_priority: int = 10
+    default_priority: int = 0
+
+
+class StorageConfig(_Section):
+    data_dir: str = "./data"
+    min_free_space: Bytes = Bytes(512 * 2**20)
+
+    @property
+    def root(self) -> Path:
+        return Path(self.data_dir).expanduser().resolve()
+
+    @property
+    def uploads_dir(self) -> Path:
+        return self.root / "uploads"
+
+    @property
+    def sources_dir(self) -> Path:
+        return self.root / "sources"
+
+    @property
+    def media_dir(self) -> Path:
+        return self.root / "media"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.root / "cache"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / "state"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.root / "run"
+
+
+class CacheConfig(_Section):
+    # Empty: no Redis (single node keeps catalog, limits and hot cache in-process and SQLite).
+    redis_url: str = ""
+    hot_ttl: Seconds = Seconds(300)
+    redis_max_object_size: Bytes = Bytes(1 * 2**20)
+
+
+class BrokerConfig(_Section):
+    # Empty endpoints are derived: ipc:// under data/run on a single node, tcp:// in a fleet.
+    bind_host: str = "0.0.0.0"
+    host: str = "127.0.0.1"  # where clients find the broker when no registry is used
+    frontend_port: int = 5570  # edges submit, cancel and query
+    backend_port: int = 5571  # workers
+    publisher_port: int = 5572  # progress events
+    heartbeat_interval: Seconds = Seconds(1)
+    heartbeat_liveness: int = 3
+    max_retries: int = 3
+    stall_timeout: Seconds = Seconds(120)
+    journal_path: str = ""  # empty: data/state/broker-journal.sqlite3
+
+    def endpoints(self, deployment: DeploymentConfig, storage: StorageConfig) -> "BrokerEndpoints":
+        if deployment.mode == "single":
+            run = storage.run_dir
+            return BrokerEndpoints(
+                frontend=f"ipc://{run}/broker-frontend.sock",
+                backend=f"ipc://{run}/broker-backend.sock",
+                publisher=f"ipc://{run}/broker-events.sock",
+            )
+        return BrokerEndpoints(
+            frontend=f"tcp://{self.host}:{self.frontend_port}",
+            backend=f"tcp://{self.host}:{self.backend_port}",
+            publisher=f"tcp://{self.host}:{self.publisher_port}",
+        )
+
+
+class BrokerEndpoints(msgspec.Struct, frozen=True):
+    frontend: str
+    backend: str
+    publisher: str
+
+
+class ScalingPolicy(_Section):
+    min_workers: int = 2
+    max_workers: int = 16
+    target_queue_len: int = 10
+    scale_up_threshold: float = 2.5
+    scale_down_threshold: float = 0.5
+    check_interval: Seconds = Seconds(10)
+
+
+class TranscoderConfig(_Section):
+    worker_pool_size: int = 4
+    max_concurrent_tasks: int = 16
+    max_queue_size: int = 1000
+    task_timeout: Seconds = Seconds(3600)
+    health_check_interval: Seconds = Seconds(30)
+    scaling_policy: ScalingPolicy = msgspec.field(default_factory=ScalingPolicy)
+    # The adaptive ladder by height; rungs above the source are skipped, never upscaled.
+    ladder: list[int] = msgspec.field(default_factory=lambda: [1080, 720, 480, 360])
+    preset: str = "veryfast"
+    segment_duration: Seconds = Seconds(4)
+    crf: int = 23
+    audio_bitrate: int = 128_000
+    # Frames in flight between the decoder and the encoders (bounded shared-memory ring).
+    ring_slots: int = 8
+
+
+class RegistryConfig(_Section):
+    type: Literal["none", "static", "consul"] = "none"
+    consul_address: str = "http://127.0.0.1:8500"
+    consul_token: str = ""
+    check_interval: Seconds = Seconds(10)
+    ttl: Seconds = Seconds(15)
+    deregister_critical_after: Seconds = Seconds(600)
+    # Static addresses: the fallback when no registry answers.
+    static_origins: list[str] = msgspec.field(default_factory=list)
+
+
+class AuthConfig(_Section):
+    required: bool = True
+    domain: str = ""  # empty: the request's Host
+    chain_ids: list[int] = msgspec.field(default_factory=lambda: [1])
+    nonce_ttl: Seconds = Seconds(300)
+    token_ttl: Seconds = Seconds(24 * 3600)
+    signed_url_ttl: Seconds = Seconds(3600)
+    # Token signing key; empty: read from (or created in) secret_file with mode 0600.
+    secret: str = ""
+    secret_file: str = ""  # empty: data/state/auth-secret
+
+
+class MetricsConfig(_Section):
+    enabled: bool = True
+    multiproc_dir: str = ""  # empty: data/run/prometheus
+
+
+class Config(_Section):
+    deployment: DeploymentConfig = msgspec.field(default_factory=DeploymentConfig)
+    server: ServerConfig = msgspec.field(default_factory=ServerConfig)
+    edge: EdgeConfig = msgspec.field(default_factory=EdgeConfig)
+    uploads: UploadsConfig = msgspec.field(default_factory=UploadsConfig)
+    storage: StorageConfig = msgspec.field(default_factory=StorageConfig)
+    cache: CacheConfig = msgspec.field(default_factory=CacheConfig)
+    broker: BrokerConfig = msgspec.field(default_factory=BrokerConfig)
+    transcoder: TranscoderConfig = msgspec.field(default_factory=TranscoderConfig)
+    registry: RegistryConfig = msgspec.field(default_factory=RegistryConfig)
+    auth: AuthConfig = msgspec.field(default_factory=AuthConfig)
+    metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
+
+    @property
+    def node_name(self) -> str:
+        return self.deployment.node_name or socket.gethostname()
+
+    @property
+    def broker_endpoints(self) -> BrokerEndpoints:
+        return self.broker.endpoints(self.deployment, self.storage)
+
+    @property
+    def journal_path(self) -> Path:
+        return Path(self.broker.journal_path) if self.broker.journal_path else (
+            self.storage.state_dir / "broker-journal.sqlite3"
+        )
+
+    @property
+    def auth_secret_file(self) -> Path:
+        return Path(self.auth.secret_file) if self.auth.secret_file else (
+            self.storage.state_dir / "auth-secret"
+        )
+
+    @property
+    def metrics_dir(self) -> Path:
+        return Path(self.metrics.multiproc_dir) if self.metrics.multiproc_dir else (
+            self.storage.run_dir / "prometheus"
+        )
+
+
+# The names operators already use, then STREAMGATE__SECTION__KEY for any other key.
+ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
+    "DEPLOYMENT_MODE": ("deployment", "mode"),
+    "SERVICE_NAME": ("deployment", "service_name"),
+    "SERVER_PORT": ("server", "port"),
+    "REGISTRY_TYPE": ("registry", "type"),
+    "CONSUL_ADDRESS": ("registry", "consul_address"),
+    "TRANSCODER_WORKERS": ("transcoder", "worker_pool_size"),
+    "TRANSCODER_MAX_TASKS": ("transcoder", "max_concurrent_tasks"),
+    "REDIS_URL": ("cache", "redis_url"),
+    "STREAMGATE_DATA_DIR": ("storage", "data_dir"),
+    "AUTH_REQUIRED": ("auth", "required"),
+}
+_GENERIC_PREFIX = "STREAMGATE__"
+_PATH_IN_MESSAGE = re.compile(r" - at `\$\.?([^`]*)`")
+
+
+def _dec_hook(kind: type, value: Any) -> Any:
+    if kind is Seconds:
+        return Seconds.parse(value)
+    if kind is Bytes:
+        return Bytes.parse(value)
+    raise NotImplementedError(f"cannot decode {kind!r}")
+
+
+def _enc_hook(value: Any) -> Any:
+    if isinstance(value, Seconds):
+        return format_duration(value)
+    if isinstance(value, Bytes):
+        text = format_size(value)
+        return int(value) if text.isdigit() else text
+    raise NotImplementedError(f"cannot encode {type(value)!r}")
+
+
+def _env_value(raw: str) -> Any:
+    # Environment values are strings; YAML scalars give "8" -> 8 and "false" -> False.
+    try:
+        return yaml.safe_load(raw) if raw.strip() else raw
+    except yaml.YAMLError:
+        return raw
+
+
+def _set_path(tree: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    node = tree
+    for part in path[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = node[part] = {}
+        node = child
+    node[path[-1]] = value
+
+
+def _apply_env(tree: dict[str, Any], env: Mapping[str, str]) -> None:
+    for name, path in ENV_OVERRIDES.items():
+        if name in env:
+            value = env[name]
+            # Strings stay strings for free-text keys (a data dir of "123" stays a path).
+            _set_path(tree, path, value if path[-1] in _TEXT_KEYS else _env_value(value))
+    for name, value in env.items():
+        if name.startswith(_GENERIC_PREFIX) and len(name) > len(_GENERIC_PREFIX):
+            path = tuple(p.lower() for p in name[len(_GENERIC_PREFIX):].split("__"))
+            _set_path(tree, path, _env_value(value))
+
+
+_TEXT_KEYS = {"service_name", "consul_address", "redis_url", "data_dir", "mode", "type"}
+
+
+def config_path(explicit: str | os.PathLike[str] | None = None,
+                env: Mapping[str, str] | None = None) -> Path | None:
+    env = os.environ if env is None else env
+    if explicit:
+        return Path(explicit)
+    if env.get(CONFIG_ENV):
+        return Path(env[CONFIG_ENV])
+    default = Path("config.yaml")
+    return default if default.exists() else None
+
+
+def load_config(path: str | os.PathLike[str] | None = None,
+                env: Mapping[str, str] | None = None) -> Config:
+    """Read ``path`` (or ``$STREAMGATE_CONFIG``, or ``./config.yaml``), apply env overrides, validate."""
+    env = os.environ if env is None else env
+    source = config_path(path, env)
+    tree: dict[str, Any] = {}
+    if source is not None:
+        try:
+            text = source.read_text()
+        except OSError as exc:
+            raise ConfigError(f"{source}: cannot read the config file: {exc.strerror}") from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{source}: the top level must be a mapping of sections")
+        tree = loaded or {}
+    _apply_env(tree, env)
+    return config_from_tree(tree, origin=str(source) if source else "defaults")
+
+
+def config_from_tree(tree: Mapping[str, Any], origin: str = "config") -> Config:
+    try:
+        config = msgspec.convert(tree, Config, strict=False, dec_hook=_dec_hook)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{origin}: {_explain(str(exc))}") from None
+    _check(config, origin)
+    return config
+
+
+def _explain(message: str) -> str:
+    match = _PATH_IN_MESSAGE.search(message)
+    if not match:
+        return message
+    where = match.group(1) or "(top level)"
+    what = message[: match.start()].replace("`", "")
+    if what.startswith("Object contains unknown field "):
+        field = what.removeprefix("Object contains unknown field ")
+        key = f"{where}.{field}" if match.group(1) else field
+        return f"{key}: unknown key"
+    return f"{where}: {what}"
+
+
+def _check(config: Config, origin: str) -> None:
+    """Rules the types alone do not say."""
+    rules: list[tuple[bool, str, str]] = [
+        (1 <= config.server.port <= 65535, "server.port", "must be between 1 and 65535"),
+        (config.server.workers >= 0, "server.workers", "must be 0 (one per CPU) or more"),
+        (config.transcoder.worker_pool_size >= 0, "transcoder.worker_pool_size", "must be >= 0"),
+        (config.transcoder.max_queue_size >= 1, "transcoder.max_queue_size", "must be >= 1"),
+        (config.transcoder.scaling_policy.min_workers <= config.transcoder.scaling_policy.max_workers,
+         "transcoder.scaling_policy.min_workers", "must not exceed max_workers"),
+        (config.transcoder.segment_duration > 0, "transcoder.segment_duration", "must be positive"),
+        (bool(config.transcoder.ladder) and all(h > 0 for h in config.transcoder.ladder),
+         "transcoder.ladder", "must list positive rendition heights"),
+        (config.transcoder.ring_slots >= 2, "transcoder.ring_slots", "must be >= 2"),
+        (config.broker.heartbeat_liveness >= 1, "broker.heartbeat_liveness", "must be >= 1"),
+        (config.broker.max_retries >= 0, "broker.max_retries", "must be >= 0"),
+        (config.deployment.mode == "single" or bool(config.cache.redis_url), "cache.redis_url",
+         "a fleet shares Redis: set cache.redis_url (or REDIS_URL)"),
+    ]
+    for ok, key, why in rules:
+        if not ok:
+            raise ConfigError(f"{origin}: {key}: {why}")
+
+
+def dump_config(config: Config) -> str:
+    """The effective config as YAML, durations and sizes in their readable units."""
+    tree = msgspec.to_builtins(config, enc_hook=_enc_hook)
+    return yaml.safe_dump(tree, sort_keys=False)
+
+
+class SystemdEnvironment(msgspec.Struct, frozen=True):
+    """What systemd hands a service in its environment (sd_notify(3), sd_watchdog_enabled(3))."""
+
+    notify_socket: str | None = None
+    watchdog_usec: int | None = None
+
+
+def systemd_environment(env: Mapping[str, str] | None = None) -> SystemdEnvironment:
+    env = os.environ if env is None else env
+    usec = env.get("WATCHDOG_USEC", "")
+    pid = env.get("WATCHDOG_PID", "")
+    watchdog = int(usec) if usec.isdigit() and (not pid or pid == str(os.getpid())) else None
+    return SystemdEnvironment(env.get("NOTIFY_SOCKET") or None, watchdog)
+
+
+SUPERVISOR_PID_ENV = "STREAMGATE_SUPERVISOR_PID"
+
+
+def supervisor_pid(env: Mapping[str, str] | None = None) -> int | None:
+    """The pid of the ``streamgate run`` that started this process, so it can die with it."""
+    value = (os.environ if env is None else env).get(SUPERVISOR_PID_ENV, "")
+    return int(value) if value.isdigit() else None

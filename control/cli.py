@@ -1,0 +1,81 @@
+"""The ``streamgate`` command line: one verb per module in ``control/commands``.
+
+Each command module holds ``HELP``, ``add_arguments(parser)`` and ``main(args, config) -> int``
+and imports its heavy dependencies inside ``main``, so ``streamgate --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from ..common.config import ConfigError, load_config
+from ..common.service import configure_logging
+
+# verb -> module under streamgate.control.commands
+VERBS: dict[str, str] = {
+    "run": "run",
+    "edge": "edge",
+    "broker": "broker",
+    "farm": "farm",
+    "control": "control",
+    "upload": "upload",
+    "videos": "videos",
+    "status": "status",
+    "config": "config",
+    "transcode": "transcode",
+    "sign-url": "sign_url",
+    "drain": "drain",
+    "undrain": "undrain",
+}
+
+
+class NotYetError(Exception):
+    """A verb whose subsystem is not built yet: said plainly, never faked."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from streamgate import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="streamgate",
+        description="StreamGate: tus uploads, a PyAV transcode farm and HLS/DASH edges.",
+    )
+    parser.add_argument("--version", action="version", version=f"streamgate {__version__}")
+    parser.add_argument("--config", metavar="FILE",
+                        help="config file (default: $STREAMGATE_CONFIG, then ./config.yaml)")
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+    for verb, module_name in VERBS.items():
+        module = importlib.import_module(f"{__package__}.commands.{module_name}")
+        sub = verbs.add_parser(verb, help=module.HELP, description=module.HELP)
+        module.add_arguments(sub)
+        sub.set_defaults(_command=module)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(args.log_level.upper())
+    command = args._command
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"streamgate: config error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return int(command.main(args, config) or 0)
+    except NotYetError as exc:
+        print(f"streamgate {args.verb}: not yet available: {exc}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        return 130
+    except ConfigError as exc:
+        print(f"streamgate: config error: {exc}", file=sys.stderr)
+        return 2
+
+
+logging.captureWarnings(True)

@@ -1,0 +1,1 @@
+"""One module per ``streamgate`` verb: ``HELP``, ``add_arguments(parser)``, ``main(args, config)``."""

@@ -1,0 +1,16 @@
+from __future__ import annotations
+
+import argparse
+
+from ...common.config import Config
+from ..cli import NotYetError
+
+HELP = "List videos as a table."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    pass
+
+
+def main(args: argparse.Namespace, config: Config) -> int:
+    raise NotYetError("edge intake (issue 6) is not built yet")

@@ -1,0 +1,50 @@
+"""Builds the edge's aiohttp application from its parts."""
+
+from __future__ import annotations
+
+import time
+
+from aiohttp import web
+
+from ..common.config import Config
+from . import auth, farm_api, health, playback, uploads, videos
+from .errors import error_middleware
+from .keys import CONFIG, READINESS_CHECKS, REDIS, STARTED_AT
+
+
+async def _redis_ctx(app: web.Application):  # type: ignore[no-untyped-def]
+    url = app[CONFIG].cache.redis_url
+    if not url:
+        app[REDIS] = None
+        yield
+        return
+    import redis.asyncio as redis
+
+    client = redis.Redis.from_url(url)
+    app[REDIS] = client
+
+    async def redis_check(app: web.Application) -> tuple[bool, str]:
+        await client.ping()
+        return True, "ping ok"
+
+    app[READINESS_CHECKS]["redis"] = redis_check
+    yield
+    await client.aclose()
+
+
+def build_app(config: Config) -> web.Application:
+    app = web.Application(
+        middlewares=[error_middleware],
+        client_max_size=1024**2,
+        handler_args={"max_field_size": int(config.edge.max_header_size),
+                      "max_line_size": int(config.edge.max_header_size)},
+    )
+    app[CONFIG] = config
+    app[STARTED_AT] = time.monotonic()
+    app[READINESS_CHECKS] = {}
+    app.cleanup_ctx.append(_redis_ctx)
+    health.setup(app)
+    # Each part registers its own routes, cleanup contexts and readiness checks.
+    for part in (playback, uploads, videos, auth, farm_api):
+        part.setup(app)
+    return app

@@ -1,0 +1,48 @@
+"""JSON errors: every failure the edge answers is ``{"error": ..., "detail": ...}`` with its status."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+log = logging.getLogger("streamgate.edge")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class HTTPError(Exception):
+    """Raised by handlers; ``error_middleware`` turns it into a JSON response."""
+
+    def __init__(self, status: int, error: str, detail: str = "",
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(f"{status} {error}: {detail}")
+        self.status = status
+        self.error = error
+        self.detail = detail
+        self.headers = headers or {}
+
+    def response(self) -> web.Response:
+        return json_response(self.status, self.error, self.detail, self.headers)
+
+
+def json_response(status: int, error: str, detail: str = "",
+                  headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response({"error": error, "detail": detail}, status=status, headers=headers)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except HTTPError as exc:
+        return exc.response()
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        headers = {k: v for k, v in exc.headers.items() if k.lower() not in ("content-type", "content-length")}
+        return json_response(exc.status, exc.reason.lower(), exc.text or "", headers)
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return json_response(500, "internal error", "the edge failed to answer; see its log")

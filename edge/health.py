@@ -1,0 +1,54 @@
+"""``/health`` (liveness) and ``/api/v1/health`` (readiness with each dependency's state)."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from ..common.config import Config
+from .keys import CONFIG, READINESS_CHECKS, STARTED_AT
+
+# A readiness check answers (ok, detail); registered by the parts of the edge that have dependencies.
+Check = Callable[[web.Application], Awaitable[tuple[bool, str]]]
+
+
+async def liveness(request: web.Request) -> web.Response:
+    from streamgate import __version__
+
+    return web.json_response({
+        "status": "ok",
+        "role": "edge",
+        "version": __version__,
+        "uptime_s": round(time.monotonic() - request.app[STARTED_AT], 3),
+    })
+
+
+async def readiness(request: web.Request) -> web.Response:
+    app = request.app
+    checks: dict[str, dict[str, object]] = {}
+    for name, check in app[READINESS_CHECKS].items():
+        try:
+            ok, detail = await check(app)
+        except Exception as exc:  # a failing probe is a fact to report, not an edge failure
+            ok, detail = False, f"{type(exc).__name__}: {exc}"
+        checks[name] = {"ok": ok, "detail": detail}
+    ready = all(c["ok"] for c in checks.values())
+    return web.json_response({"status": "ready" if ready else "degraded", "checks": checks},
+                             status=200 if ready else 503)
+
+
+async def disk_check(app: web.Application) -> tuple[bool, str]:
+    config: Config = app[CONFIG]
+    root = config.storage.root
+    usage = shutil.disk_usage(root if root.exists() else root.parent)
+    ok = usage.free >= config.storage.min_free_space
+    return ok, f"{usage.free // 2**20} MiB free"
+
+
+def setup(app: web.Application) -> None:
+    app[READINESS_CHECKS]["disk"] = disk_check
+    app.router.add_get("/health", liveness)
+    app.router.add_get("/api/v1/health", readiness)

@@ -1,0 +1,19 @@
+"""Typed application keys shared by the edge's parts (aiohttp ``AppKey``)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from ..common.config import Config
+
+CONFIG = web.AppKey("config", Config)
+STARTED_AT = web.AppKey("started_at", float)
+# name -> async check(app) -> (ok, detail); see edge/health.py
+READINESS_CHECKS = web.AppKey(
+    "readiness_checks", dict[str, Callable[[web.Application], Awaitable[tuple[bool, str]]]]
+)
+# The shared Redis client, or None on a single node without Redis.
+REDIS = web.AppKey("redis", Any)

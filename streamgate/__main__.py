@@ -1,0 +1,3 @@
+from streamgate.control.cli import main
+
+raise SystemExit(main())
