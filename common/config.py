@@ -361,7 +361,8 @@ def config_from_tree(tree: Mapping[str, Any], origin: str = "config") -> Config:
 def _explain(message: str) -> str:
     match = _PATH_IN_MESSAGE.search(message)
     if not match:
-        return message
+        top = re.match(r"Object contains unknown field `([^`]*)`", message)
+        return f"{top.group(1)}: unknown key" if top else message
     where = match.group(1) or "(top level)"
     what = message[: match.start()].replace("`", "")
     if what.startswith("Object contains unknown field "):

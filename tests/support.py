@@ -57,3 +57,41 @@ def processes_titled(prefix: str = "streamgate") -> list[tuple[int, str]]:
         if cmdline.startswith(prefix) and "zombie" not in state:
             found.append((int(entry.name), cmdline))
     return found
+
+
+def children_of(pid: int) -> list[int]:
+    """Direct children of ``pid`` (from /proc/<pid>/task/*/children)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found.extend(int(p) for p in (task / "children").read_text().split())
+        except OSError:
+            continue
+    return found
+
+
+def descendants_of(pid: int) -> list[int]:
+    """Every live descendant of ``pid``, depth first."""
+    result: list[int] = []
+    stack = [pid]
+    while stack:
+        for child in children_of(stack.pop()):
+            result.append(child)
+            stack.append(child)
+    return result
+
+
+def alive(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "State:\tZ" not in status
+
+
+def title_of(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+    except OSError:
+        return ""
