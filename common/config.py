@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 import re
 import socket
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 import msgspec
 import yaml
@@ -134,7 +135,7 @@ class BrokerConfig(_Section):
     stall_timeout: Seconds = Seconds(120)
     journal_path: str = ""  # empty: data/state/broker-journal.sqlite3
 
-    def endpoints(self, deployment: DeploymentConfig, storage: StorageConfig) -> "BrokerEndpoints":
+    def endpoints(self, deployment: DeploymentConfig, storage: StorageConfig) -> BrokerEndpoints:
         if deployment.mode == "single":
             run = storage.run_dir
             return BrokerEndpoints(

@@ -32,8 +32,7 @@ def init_metrics(config: Config, *, wipe: bool = False) -> Path:
 
 def render_metrics() -> tuple[bytes, str]:
     """The node's metrics in the Prometheus text format, all processes merged."""
-    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-    from prometheus_client import multiprocess
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 
     registry = CollectorRegistry()
     if os.environ.get(ENV):

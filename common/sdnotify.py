@@ -18,7 +18,7 @@ class Notifier:
         self._sock: socket.socket | None = None
 
     @classmethod
-    def from_environment(cls, env: SystemdEnvironment) -> "Notifier":
+    def from_environment(cls, env: SystemdEnvironment) -> Notifier:
         return cls(env.notify_socket, env.watchdog_usec)
 
     @property

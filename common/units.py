@@ -17,7 +17,7 @@ class Seconds(float):
     """A duration in seconds; config accepts a number or ``500ms``/``30s``/``10m``/``1h``/``1d``."""
 
     @classmethod
-    def parse(cls, value: object) -> "Seconds":
+    def parse(cls, value: object) -> Seconds:
         if isinstance(value, bool):
             raise ValueError("expected a duration such as 500ms, 30s, 10m or 1h")
         if isinstance(value, (int, float)):
@@ -38,7 +38,7 @@ class Bytes(int):
     """A size in bytes; config accepts a number or ``512MiB``/``4GiB``/``10MB``."""
 
     @classmethod
-    def parse(cls, value: object) -> "Bytes":
+    def parse(cls, value: object) -> Bytes:
         if isinstance(value, bool):
             raise ValueError("expected a size such as 512MiB or 4GiB")
         if isinstance(value, int):

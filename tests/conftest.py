@@ -8,12 +8,10 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-
 from support import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
