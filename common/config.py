@@ -191,6 +191,28 @@ class RegistryConfig(_Section):
     deregister_critical_after: Seconds = Seconds(600)
     # Static addresses: the fallback when no registry answers.
     static_origins: list[str] = msgspec.field(default_factory=list)
+    # The address registered for this instance; empty: the local address that routes to Consul.
+    advertise_address: str = ""
+    # Extra tags on every registered service (the role and the deployment mode are always tagged).
+    tags: list[str] = msgspec.field(default_factory=list)
+    # Longest wait of one blocking query (Consul's ?wait=) when watching for changes.
+    watch_wait: Seconds = Seconds(30)
+    # KV prefix of StreamGate's keys: <prefix>/scaling/farm_workers, <prefix>/broker/leader.
+    kv_prefix: str = "streamgate"
+
+
+class ControlConfig(_Section):
+    """The control service (fleet view, scaling decision) and broker leadership."""
+
+    # How often the control service recomputes the scaling decision and fleet figures.
+    refresh_interval: Seconds = Seconds(5)
+    # Publish the scaling decision to Consul KV (when registry.type is consul).
+    publish_scaling: bool = True
+    # Timeout of one scrape of an edge or a broker for the fleet view.
+    scrape_timeout: Seconds = Seconds(2)
+    # Broker failover: the leader holds a Consul session lock; the session dies with the broker's
+    # TTL check, so a standby takes over about one registry.ttl after the leader stops refreshing.
+    broker_lock_delay: Seconds = Seconds(1)
 
 
 class AuthConfig(_Section):
@@ -220,6 +242,7 @@ class Config(_Section):
     broker: BrokerConfig = msgspec.field(default_factory=BrokerConfig)
     transcoder: TranscoderConfig = msgspec.field(default_factory=TranscoderConfig)
     registry: RegistryConfig = msgspec.field(default_factory=RegistryConfig)
+    control: ControlConfig = msgspec.field(default_factory=ControlConfig)
     auth: AuthConfig = msgspec.field(default_factory=AuthConfig)
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
 

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from typing import Any, Literal
 
 from . import loops
 from .config import Config, systemd_environment
@@ -31,6 +31,12 @@ class ServiceContext:
         self.is_ready = asyncio.Event()
         self._notifier = notifier
         self._tasks: set[asyncio.Task[Any]] = set()
+        # Registration hints for the control plane (control/registry.py), set before ready() when
+        # the role's defaults do not fit: the port it serves, its check ("http": Consul polls
+        # /health; "ttl": refreshed from this loop) and a probe answering (status, note).
+        self.service_port: int | None = None
+        self.health_check: Literal["http", "ttl", "none"] | None = None
+        self.health_probe: Callable[[], tuple[Literal["passing", "warning", "critical"], str]] | None = None
 
     def ready(self, status: str = "") -> None:
         """Call once the role actually serves (socket bound, peers reachable)."""
@@ -85,6 +91,9 @@ def run_service(role: str, serve: Serve, config: Config, *, prefer_uvloop: bool 
             loop.add_signal_handler(sig, ctx.stop.set)
         if notifier.watchdog_interval_s:
             ctx.spawn(_watchdog(notifier, notifier.watchdog_interval_s), "watchdog")
+        registration = None
+        if config.registry.type == "consul":
+            registration = ctx.spawn(_register_when_ready(ctx), "registration")
         serving = asyncio.create_task(serve(ctx), name=f"{role}-serve")
         stopper = asyncio.create_task(ctx.stop.wait(), name="stop")
         done, _ = await asyncio.wait({serving, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -104,11 +113,30 @@ def run_service(role: str, serve: Serve, config: Config, *, prefer_uvloop: bool 
             except Exception:
                 log.exception("%s failed while stopping", role)
                 code = 1
+        if registration is not None:
+            # Deregistration runs once stop is set; let it finish before the tasks are cancelled.
+            ctx.stop.set()
+            await asyncio.wait({registration}, timeout=5)
         await ctx.cancel_tasks()
         notifier.close()
         return code
 
     return loops.run(main(), prefer_uvloop=prefer_uvloop)
+
+
+async def _register_when_ready(ctx: ServiceContext) -> None:
+    # Registered from the role's own loop: a wedged loop stops the TTL refreshes (issue 7).
+    from ..control.registry import keep_registered
+
+    waiters = [asyncio.ensure_future(event.wait()) for event in (ctx.is_ready, ctx.stop)]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+    if not ctx.stop.is_set():
+        await keep_registered(ctx.role, ctx.config, ctx.stop, port=ctx.service_port,
+                              check=ctx.health_check, probe=ctx.health_probe)
 
 
 async def _watchdog(notifier: Notifier, interval_s: float) -> None:
