@@ -71,6 +71,11 @@ class EdgeConfig(_Section):
     client_timeout: Seconds = Seconds(60)
     max_header_size: Bytes = Bytes(8190)
     cors_allow_origin: str = "*"
+    # Open-file cache (fd + stat + prebuilt headers per path) and how long a stat stays trusted.
+    open_file_cache_entries: int = 2048
+    open_file_cache_valid: Seconds = Seconds(1)
+    # The raw HTTP/1.1 fast path for plain playback GET/HEAD (edge/fastpath.py); false: aiohttp only.
+    fast_path: bool = True
     rate_limit: RateLimitConfig = msgspec.field(default_factory=RateLimitConfig)
 
 
@@ -80,6 +85,8 @@ class UploadsConfig(_Section):
     sweep_interval: Seconds = Seconds(600)
     max_priority: int = 10
     default_priority: int = 0
+    # How often queued videos the broker has not accepted yet (down, full) are submitted again.
+    resubmit_interval: Seconds = Seconds(5)
 
 
 class StorageConfig(_Section):
@@ -180,6 +187,10 @@ class TranscoderConfig(_Section):
     audio_bitrate: int = 128_000
     # Frames in flight between the decoder and the encoders (bounded shared-memory ring).
     ring_slots: int = 8
+    # SIGTERM: a running job gets this long to finish, then it is cancelled and handed back.
+    drain_timeout: Seconds = Seconds(5)
+    # A cancelled or aborted run that has not stopped after this long is wedged: its worker exits.
+    abort_grace: Seconds = Seconds(5)
 
 
 class RegistryConfig(_Section):
