@@ -2,15 +2,22 @@ from __future__ import annotations
 
 import argparse
 
-from ...common.config import Config
-from ..cli import NotYetError
+from ...common.config import Config, supervisor_pid
 
 HELP = "Run the control plane (registration, fleet view, scaling) alone, for a systemd unit."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    parser.add_argument("--port", type=int, help="listen port (default: server.control_port)")
 
 
 def main(args: argparse.Namespace, config: Config) -> int:
-    raise NotYetError("the control plane (issue 7) is not built yet")
+    import msgspec
+
+    from ...common.service import run_service
+    from ..service import serve
+
+    if args.port:
+        config = msgspec.structs.replace(
+            config, server=msgspec.structs.replace(config.server, control_port=args.port))
+    return run_service("control", serve, config, parent_pid=supervisor_pid())

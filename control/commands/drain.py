@@ -3,14 +3,16 @@ from __future__ import annotations
 import argparse
 
 from ...common.config import Config
-from ..cli import NotYetError
 
 HELP = "Put this node's services into maintenance (drain) in Consul."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    parser.add_argument("--reason", default="drained with streamgate drain",
+                        help="the note operators see on the maintenance check")
 
 
 def main(args: argparse.Namespace, config: Config) -> int:
-    raise NotYetError("the control plane (issue 7) is not built yet")
+    from .undrain import set_maintenance_cli
+
+    return set_maintenance_cli(config, True, args.reason)

@@ -1,0 +1,216 @@
+"""The fleet view: every instance and its health, the broker's queue and farm figures, edge traffic.
+
+Instances come from Consul (``/v1/catalog/services`` for StreamGate's services, then
+``/v1/health/service/<name>`` for every instance, passing or not) or, without a registry, from
+this node's config. The broker's figures come from the farm's client (``BrokerClient.stats()``,
+farm/client.py); each edge's traffic from its Prometheus ``/metrics``. A part that cannot be
+reached is reported as such (``up: false`` with the error), never as a failure of the view.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import aiohttp
+import msgspec
+
+from ..common.config import Config
+from .consul_client import ConsulClient
+from .discovery import Discovery
+from .registry import CONSUL_ERRORS, REQUEST_TIMEOUT_S, registration_for
+from .scaling import ScalingDecision, decide
+
+log = logging.getLogger("streamgate.fleet")
+
+MAINTENANCE_PREFIXES = ("_service_maintenance:", "_node_maintenance")
+
+
+class CheckState(msgspec.Struct, frozen=True):
+    check_id: str
+    status: str
+    output: str = ""
+
+
+class FleetInstance(msgspec.Struct, kw_only=True):
+    role: str
+    service_id: str
+    address: str
+    port: int
+    node: str = ""
+    version: str = ""
+    status: str = "unknown"  # passing, warning, critical, maintenance, or unknown without a registry
+    checks: list[CheckState] = msgspec.field(default_factory=list)
+
+
+class BrokerFigures(msgspec.Struct, kw_only=True):
+    up: bool = False
+    endpoint: str = ""
+    error: str = ""
+    queue_length: int = 0
+    total_workers: int = 0
+    active_workers: int = 0
+    idle_workers: int = 0
+    unhealthy_workers: int = 0
+    running_tasks: int = 0
+    total_tasks_processed: int = 0
+    total_tasks_failed: int = 0
+    average_task_time: float = 0.0
+
+
+class EdgeTraffic(msgspec.Struct, kw_only=True):
+    service_id: str
+    url: str
+    up: bool = False
+    error: str = ""
+    requests_total: float = 0.0
+    bytes_sent_total: float = 0.0
+
+
+class FleetView(msgspec.Struct, kw_only=True):
+    """``GET /api/v1/fleet``."""
+
+    generated_at: float
+    registry: str
+    instances: list[FleetInstance]
+    broker: BrokerFigures
+    edges: list[EdgeTraffic]
+    scaling: ScalingDecision
+
+
+def instance_status(checks: list[CheckState]) -> str:
+    """Consul's aggregate: maintenance wins, then the worst check (critical > warning > passing)."""
+    if any(c.check_id.startswith(MAINTENANCE_PREFIXES) for c in checks):
+        return "maintenance"
+    states = {c.status for c in checks}
+    for status in ("critical", "warning", "passing"):
+        if status in states:
+            return status
+    return "unknown"
+
+
+async def consul_instances(client: ConsulClient, config: Config) -> list[FleetInstance]:
+    prefix = f"{config.deployment.service_name}-"
+    _, services = await asyncio.wait_for(client.catalog.services(), REQUEST_TIMEOUT_S)
+    found: list[FleetInstance] = []
+    for name in sorted(n for n in (services or {}) if n.startswith(prefix)):
+        _, entries = await asyncio.wait_for(client.health.service(name), REQUEST_TIMEOUT_S)
+        for entry in entries or []:
+            service, node = entry["Service"], entry.get("Node") or {}
+            checks = [CheckState(c["CheckID"], c["Status"], c.get("Output") or c.get("Notes") or "")
+                      for c in entry.get("Checks") or [] if c.get("CheckID") != "serfHealth"]
+            meta = service.get("Meta") or {}
+            found.append(FleetInstance(
+                role=meta.get("role") or name.removeprefix(prefix), service_id=service["ID"],
+                address=service.get("Address") or node.get("Address", ""), port=int(service.get("Port") or 0),
+                node=meta.get("node") or node.get("Node", ""), version=meta.get("version", ""),
+                status=instance_status(checks), checks=checks))
+    return found
+
+
+def static_instances(config: Config) -> list[FleetInstance]:
+    """Without a registry: this node's roles as config describes them, and the static origins."""
+    found = []
+    for role in ("edge", "broker", "farm", "control"):
+        reg = registration_for(role, config)
+        found.append(FleetInstance(role=role, service_id=reg.service_id, address="127.0.0.1",
+                                   port=reg.port, node=config.node_name, version=reg.meta["version"]))
+    for url in config.registry.static_origins:
+        found.append(FleetInstance(role="origin", service_id=url, address=url, port=0))
+    return found
+
+
+async def broker_figures(config: Config, discovery: Discovery) -> BrokerFigures:
+    endpoints = await discovery.broker_endpoints()
+    figures = BrokerFigures(endpoint=endpoints.frontend)
+    try:
+        from ..farm.client import BrokerClient  # the farm room's client (issue 4)
+    except ImportError as exc:
+        figures.error = f"farm client not available: {exc}"
+        return figures
+    try:
+        stats = await asyncio.wait_for(_broker_stats(BrokerClient, config, endpoints),
+                                       float(config.control.scrape_timeout))
+    except Exception as exc:  # a down broker is a figure of the fleet, not a control failure
+        figures.error = f"{type(exc).__name__}: {exc}"
+        return figures
+    values = msgspec.to_builtins(stats) if not isinstance(stats, dict) else stats
+    known = {f: values[f] for f in BrokerFigures.__struct_fields__ if f in values}
+    return msgspec.structs.replace(figures, up=True, **known)
+
+
+async def _broker_stats(client_class: Any, config: Config, endpoints: Any) -> Any:
+    # farm/client.py's constructor and context-manager shape, as docs/farm-service.md describes it.
+    client = _make_client(client_class, config, endpoints)
+    try:
+        return await client.stats()
+    finally:
+        closing = client.close()
+        if asyncio.iscoroutine(closing):
+            await closing
+
+
+def _make_client(client_class: Any, config: Config, endpoints: Any) -> Any:
+    try:
+        return client_class(config, endpoint=endpoints.frontend)
+    except TypeError:
+        return client_class(config)
+
+
+def _sum_families(text: str) -> tuple[float, float]:
+    """Requests and bytes sent in an edge's Prometheus text: counters named *requests / *bytes_sent."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    requests = sent = 0.0
+    for family in text_string_to_metric_families(text):
+        if family.type != "counter":
+            continue
+        total = sum(s.value for s in family.samples if s.name.endswith("_total"))
+        if family.name.endswith("requests") and "http" in family.name:
+            requests += total
+        elif family.name.endswith(("bytes_sent", "response_bytes", "sent_bytes")):
+            sent += total
+    return requests, sent
+
+
+async def edge_traffic(session: aiohttp.ClientSession, service_id: str, base_url: str,
+                       timeout_s: float) -> EdgeTraffic:
+    traffic = EdgeTraffic(service_id=service_id, url=base_url)
+    try:
+        async with session.get(f"{base_url}/metrics", timeout=aiohttp.ClientTimeout(total=timeout_s)) as r:
+            if r.status != 200:
+                traffic.error = f"/metrics answered {r.status}"
+                return traffic
+            text = await r.text()
+        traffic.requests_total, traffic.bytes_sent_total = _sum_families(text)
+        traffic.up = True
+    except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
+        traffic.error = f"{type(exc).__name__}: {exc}"
+    return traffic
+
+
+async def gather_fleet(config: Config, client: ConsulClient | None, discovery: Discovery,
+                       session: aiohttp.ClientSession) -> FleetView:
+    """One fresh fleet view."""
+    registry = "consul" if client is not None else "none"
+    if client is not None:
+        try:
+            instances = await consul_instances(client, config)
+        except CONSUL_ERRORS as exc:
+            log.warning("Consul unreachable for the fleet view: %s: %s", type(exc).__name__, exc)
+            registry = f"consul unreachable ({type(exc).__name__})"
+            instances = static_instances(config)
+    else:
+        instances = static_instances(config)
+    broker = await broker_figures(config, discovery)
+    edges_to_scrape = [(i.service_id, f"http://{i.address}:{i.port}") for i in instances
+                       if i.role == "edge" and i.status in ("passing", "warning", "unknown")]
+    edges = list(await asyncio.gather(*(edge_traffic(session, sid, url, float(config.control.scrape_timeout))
+                                        for sid, url in edges_to_scrape)))
+    farms = sum(1 for i in instances if i.role == "farm" and i.status in ("passing", "warning", "unknown"))
+    scaling = decide(broker.queue_length, broker.total_workers, broker.active_workers,
+                     config.transcoder.scaling_policy, farms=farms or 1, decided_at=time.time())
+    return FleetView(generated_at=time.time(), registry=registry, instances=instances, broker=broker,
+                     edges=edges, scaling=scaling)
