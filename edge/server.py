@@ -1,28 +1,131 @@
-"""The edge role: serves the edge application on ``server.host:server.port``."""
+"""The edge role: N processes serving one port with SO_REUSEPORT, each on uvloop.
+
+``serve(ctx)`` is what ``streamgate edge`` and ``streamgate run`` both run. With
+``server.workers`` > 1 (0: one per CPU) the process binds its own listener first (a busy port
+fails here, once), then starts ``workers - 1`` copies of itself (``streamgate edge`` with
+``server.workers = 1``), which die with it and are restarted when they die. The kernel spreads
+new connections across the listeners. Every connection starts on the fast path
+(edge/fastpath.py) unless ``edge.fast_path`` is false.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+import signal
+import sys
 
 from aiohttp import web
 
+from ..common.config import SUPERVISOR_PID_ENV
+from ..common.metrics import mark_process_dead
 from ..common.service import ServiceContext
 from .app import build_app
+from .fastpath import FastPath
+from .playback import DELIVERY
 
 log = logging.getLogger("streamgate.edge")
+
+RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
+# Children of this process must not speak to systemd for the unit (sd_notify(3)).
+_UNIT_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID")
+
+
+def worker_count(configured: int) -> int:
+    return configured if configured > 0 else (os.cpu_count() or 1)
 
 
 async def serve(ctx: ServiceContext) -> None:
     config = ctx.config
     app = build_app(config)
     runner = web.AppRunner(app, handle_signals=False, access_log=None,
-                           shutdown_timeout=float(config.server.shutdown_timeout))
+                           shutdown_timeout=float(config.server.shutdown_timeout),
+                           keepalive_timeout=float(config.edge.client_timeout))
     await runner.setup()
+    loop = asyncio.get_running_loop()
+    fast: FastPath | None = None
+    factory = runner.server
+    if config.edge.fast_path:
+        fast = FastPath(app, app[DELIVERY], runner.server, float(config.edge.client_timeout),
+                        int(config.edge.max_header_size))
+        factory = fast  # type: ignore[assignment]
+        ctx.spawn(fast.sweep(), "fast-path-sweep")
     # SO_REUSEPORT lets several edge processes share the port; the kernel spreads connections.
-    site = web.TCPSite(runner, config.server.host, config.server.port, reuse_port=True)
-    await site.start()
-    ctx.ready(f"edge on {config.server.host}:{config.server.port}")
+    server = await loop.create_server(factory, config.server.host, config.server.port,  # type: ignore[arg-type]
+                                      reuse_port=True, backlog=1024)
+    workers = worker_count(config.server.workers)
+    pool = WorkerPool(ctx, workers - 1) if workers > 1 else None
+    if pool is not None:
+        ctx.spawn(pool.run(), "edge-workers")
+    ctx.ready(f"edge on {config.server.host}:{config.server.port}, {workers} process(es)")
     try:
         await ctx.stop.wait()
     finally:
+        server.close()
+        if pool is not None:
+            await pool.stop(float(config.server.shutdown_timeout))
+        if fast is not None:
+            await fast.close()
         await runner.cleanup()
+        log.info("edge stopped%s", f" ({fast.handoffs} connections handed to aiohttp)" if fast else "")
+
+
+class WorkerPool:
+    """The other edge processes of this port: started, restarted when they die, stopped in order."""
+
+    def __init__(self, ctx: ServiceContext, count: int) -> None:
+        self.ctx = ctx
+        self.count = count
+        self.procs: dict[int, asyncio.subprocess.Process] = {}
+        self.stopping = False
+        env = {k: v for k, v in os.environ.items() if k not in _UNIT_ENV}
+        env.update({SUPERVISOR_PID_ENV: str(os.getpid()), "STREAMGATE__SERVER__WORKERS": "1",
+                    "SERVER_PORT": str(ctx.config.server.port)})
+        self.env = env
+        self.argv = [sys.executable, "-m", "streamgate", *_global_args(), "edge"]
+
+    async def run(self) -> None:
+        await asyncio.gather(*(self.keep(slot) for slot in range(self.count)))
+
+    async def keep(self, slot: int) -> None:
+        restarts = 0
+        while not self.stopping:
+            proc = await asyncio.create_subprocess_exec(*self.argv, env=self.env,
+                                                        stdin=asyncio.subprocess.DEVNULL)
+            self.procs[slot] = proc
+            code = await proc.wait()
+            mark_process_dead(proc.pid)
+            if self.stopping:
+                return
+            delay = RESTART_BACKOFF_S[min(restarts, len(RESTART_BACKOFF_S) - 1)]
+            restarts += 1
+            log.error("edge worker %d (pid %d) exited with %s; restarting in %.1fs",
+                      slot, proc.pid, code, delay)
+            await asyncio.sleep(delay)
+
+    async def stop(self, timeout_s: float) -> None:
+        self.stopping = True
+        live = [p for p in self.procs.values() if p.returncode is None]
+        for proc in live:
+            proc.send_signal(signal.SIGTERM)
+        for proc in live:
+            try:
+                await asyncio.wait_for(proc.wait(), timeout_s)
+            except TimeoutError:
+                log.error("edge worker %d did not stop in time; killing it", proc.pid)
+                proc.kill()
+                await proc.wait()
+            mark_process_dead(proc.pid)
+
+
+_GLOBAL_ARGS: list[str] = []
+
+
+def set_global_args(args: list[str]) -> None:
+    """The CLI's global options (``--config``, ``--log-level``), repeated for worker processes."""
+    _GLOBAL_ARGS[:] = args
+
+
+def _global_args() -> list[str]:
+    return list(_GLOBAL_ARGS)

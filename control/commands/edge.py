@@ -4,19 +4,36 @@ import argparse
 
 from ...common.config import Config, supervisor_pid
 
-HELP = "Run an edge (playback, uploads, API) alone, for a systemd unit."
+HELP = "Run an edge (playback, uploads, API) alone, for a systemd unit: N processes on one port."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, help="listen port (default: server.port)")
+    parser.add_argument("--workers", type=int, metavar="N",
+                        help="processes sharing the port with SO_REUSEPORT (default: server.workers; 0 = one per CPU)")
 
 
 def main(args: argparse.Namespace, config: Config) -> int:
     import msgspec
 
-    from ...common.service import run_service
-    from ...edge.server import serve
+    from ...common.metrics import init_metrics
 
+    server = config.server
     if args.port:
-        config = msgspec.structs.replace(config, server=msgspec.structs.replace(config.server, port=args.port))
-    return run_service("edge", serve, config, parent_pid=supervisor_pid())
+        server = msgspec.structs.replace(server, port=args.port)
+    if args.workers is not None:
+        if args.workers < 0:
+            raise SystemExit("streamgate edge: --workers must be 0 (one per CPU) or more")
+        server = msgspec.structs.replace(server, workers=args.workers)
+    config = msgspec.structs.replace(config, server=server)
+    # Before anything imports prometheus_client: every edge process writes one shared directory.
+    init_metrics(config)
+
+    from ...common.service import run_service
+    from ...edge import server as edge_server
+
+    global_args = ["--log-level", args.log_level]
+    if args.config:
+        global_args[:0] = ["--config", args.config]
+    edge_server.set_global_args(global_args)
+    return run_service("edge", edge_server.serve, config, parent_pid=supervisor_pid())

@@ -1,0 +1,452 @@
+"""The lean HTTP/1.1 path for playback GET/HEAD: prebuilt headers, bytes or sendfile, no task.
+
+Every connection starts here. A request this path fully understands (GET or HEAD of a valid
+playback name, no body, at most a single Range, If-None-Match) is answered directly from the
+open-file cache: one ``writev`` for a hot object, ``writev`` + ``sendfile`` for a segment, on
+the transport's socket (edge/sendfile.py). Anything else (other routes, percent-encoding, a
+query string, odd headers, oversized or malformed requests) hands the connection, with the bytes
+already read, to aiohttp's own protocol for good, so aiohttp stays the one complete HTTP server
+and its error answers stay the reference.
+
+Access: ``access.authorize_playback`` gets a :class:`PlaybackRequest` carrying what an access
+check reads (``match_info`` with ``id`` and ``token``, ``headers``, ``app``, ``method``,
+``path``). An access check that reads anything else raises :class:`FastPathUnsupported`, and the
+request is replayed through aiohttp. The check is stepped inline; only if it suspends does a
+task finish it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from . import access, metrics
+from .delivery import REMOTE, Delivery
+from .errors import HTTPError
+from .files import Servable
+from .media import BadMediaPath, http_date, parse_media_path
+from .ranges import RangeNotSatisfiable, parse_range
+from .sendfile import DirectWrite, socket_fd
+
+log = logging.getLogger("streamgate.edge.fastpath")
+
+_REASONS = {200: b"OK", 206: b"Partial Content", 304: b"Not Modified", 400: b"Bad Request",
+            401: b"Unauthorized", 403: b"Forbidden", 404: b"Not Found",
+            416: b"Range Not Satisfiable", 429: b"Too Many Requests", 500: b"Internal Server Error",
+            502: b"Bad Gateway", 503: b"Service Unavailable"}
+_BODYLESS_HEADERS = (b"content-length", b"transfer-encoding", b"upgrade", b"expect")
+
+
+class FastPathUnsupported(AttributeError):
+    """The request needs something only aiohttp's full request object has."""
+
+
+class PlaybackRequest:
+    """What an access check sees on the fast path; the rest of ``web.Request`` is not here."""
+
+    __slots__ = ("app", "method", "path", "headers", "match_info", "_state")
+
+    def __init__(self, app: web.Application, method: str, path: str,
+                 headers: CIMultiDictProxy[str], match_info: dict[str, str]) -> None:
+        self.app = app
+        self.method = method
+        self.path = path
+        self.headers = headers
+        self.match_info = match_info
+        self._state: dict[str, Any] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        raise FastPathUnsupported(f"PlaybackRequest has no {name!r}: answered by aiohttp")
+
+    def __getitem__(self, key: str) -> Any:
+        return self._state[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._state[key] = value
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self._state.get(key, default)
+
+
+class Request:
+    __slots__ = ("method", "head", "target", "keep_alive", "headers", "video_id", "rel", "token",
+                 "started", "route")
+
+    def __init__(self) -> None:
+        self.token: str | None = None
+
+
+class FastPath:
+    """Per-process state shared by the fast connections."""
+
+    def __init__(self, app: web.Application, delivery: Delivery,
+                 fallback: Callable[[], asyncio.Protocol], client_timeout_s: float,
+                 max_header_size: int) -> None:
+        self.app = app
+        self.delivery = delivery
+        self.fallback = fallback
+        self.client_timeout_s = client_timeout_s
+        self.max_header_size = max_header_size
+        self.connections: set[FastConnection] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.metrics = delivery.metrics
+        self._date_second = 0
+        self._date_line = b""
+        self.handoffs = 0
+
+    def __call__(self) -> FastConnection:
+        return FastConnection(self)
+
+    def date_line(self) -> bytes:
+        now = time.time()
+        second = int(now)
+        if second != self._date_second:
+            self._date_second = second
+            self._date_line = b"Date: " + http_date(now).encode() + b"\r\n"
+        return self._date_line
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self._reap)
+        return task
+
+    def _reap(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("fast path task failed", exc_info=task.exception())
+
+    async def sweep(self) -> None:
+        """Close connections idle or stalled past ``edge.client_timeout`` (slow clients)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(min(1.0, self.client_timeout_s / 2))
+            now = loop.time()
+            for conn in [c for c in self.connections if c.deadline < now]:
+                conn.expire()
+
+    async def close(self) -> None:
+        for conn in list(self.connections):
+            conn.expire()
+        for task in list(self.tasks):
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+class FastConnection(asyncio.Protocol):
+    def __init__(self, shared: FastPath) -> None:
+        self.shared = shared
+        self.transport: asyncio.Transport | None = None
+        self.loop = asyncio.get_running_loop()
+        self.buf = b""
+        self.busy = False
+        self.closing = False
+        self.sock_fd = -1
+        self.deadline = 0.0
+        self.write: DirectWrite | None = None
+        self.entry: Servable | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    # asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.sock_fd = socket_fd(transport)
+        self.deadline = self.loop.time() + self.shared.client_timeout_s
+        self.shared.connections.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.buf = self.buf + data if self.buf else data
+        if not self.busy:
+            self.process()
+
+    def eof_received(self) -> bool:
+        # The client will send no more; finish what is in flight, then close.
+        self.closing = True
+        return self.busy
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.shared.connections.discard(self)
+        self.closing = True
+        if self.write is not None:
+            self.write.cancel()
+            self.write = None
+        self._release()
+        if self.task is not None:
+            self.task.cancel()
+
+    def expire(self) -> None:
+        if self.transport is not None:
+            self.transport.abort() if self.busy else self.transport.close()
+
+    # requests
+    def process(self) -> None:
+        while not self.busy and not self.closing and self.transport is not None:
+            buf = self.buf
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(buf) > self.shared.max_header_size:
+                    self.handoff()
+                return
+            request = self.parse(buf[:end])
+            if request is None:
+                self.handoff()
+                return
+            self.buf = buf[end + 4:]
+            self.deadline = self.loop.time() + self.shared.client_timeout_s
+            self.handle(request, buf[:end + 4])
+        if self.closing and not self.busy and self.transport is not None:
+            self.transport.close()
+
+    def parse(self, head: bytes) -> Request | None:
+        lines = head.split(b"\r\n")
+        parts = lines[0].split(b" ")
+        if len(parts) != 3:
+            return None
+        method, target, version = parts
+        if method not in (b"GET", b"HEAD") or version not in (b"HTTP/1.1", b"HTTP/1.0"):
+            return None
+        if b"%" in target or b"?" in target or b"\\" in target:
+            return None
+        headers: dict[bytes, bytes] = {}
+        for line in lines[1:]:
+            name, sep, value = line.partition(b":")
+            lname = name.lower()
+            if not sep or not name or name != name.strip() or lname in headers:
+                return None
+            headers[lname] = value.strip()
+        for name in _BODYLESS_HEADERS:
+            if name in headers and not (name == b"content-length" and headers[name] == b"0"):
+                return None
+        try:
+            path = target.decode("ascii")
+        except UnicodeDecodeError:
+            return None
+        request = Request()
+        if path.startswith("/s/"):
+            token, sep, path = path[3:].partition("/")
+            if not sep or not token:
+                return None
+            request.token = token
+            path = "/" + path
+        if not path.startswith("/videos/"):
+            return None
+        video_id, sep, rel = path[8:].partition("/")
+        try:
+            request.video_id, request.rel = parse_media_path(video_id, rel)
+        except BadMediaPath:
+            return None  # aiohttp answers it with the precise 400
+        connection = headers.get(b"connection", b"").lower()
+        request.keep_alive = (connection != b"close") if version == b"HTTP/1.1" else (connection == b"keep-alive")
+        request.method = method
+        request.target = target
+        request.headers = headers
+        request.started = time.perf_counter()
+        request.route = metrics.route_class(request.rel)
+        return request
+
+    def handle(self, request: Request, raw: bytes) -> None:
+        match_info = {"id": request.video_id, "path": request.rel}
+        if request.token is not None:
+            match_info["token"] = request.token
+        view = PlaybackRequest(self.shared.app, request.method.decode(), request.target.decode(),
+                               CIMultiDictProxy(CIMultiDict(
+                                   (k.decode("latin-1"), v.decode("latin-1"))
+                                   for k, v in request.headers.items())),
+                               match_info)
+        coro = access.authorize_playback(view, request.video_id)  # type: ignore[arg-type]
+        try:
+            suspended = coro.send(None)
+        except StopIteration:
+            pass
+        except HTTPError as exc:
+            self.error(request, exc)
+            return
+        except FastPathUnsupported:
+            self.replay(raw)
+            return
+        else:
+            self.go_async(self.finish_async(request, raw, coro, suspended))
+            return
+        found = self.shared.delivery.lookup_now(request.video_id, request.rel)
+        if found is None:
+            self.error(request, HTTPError(404, "not found",
+                                          f"video {request.video_id} has no file {request.rel}"))
+        elif found is REMOTE:
+            self.go_async(self.finish_async(request, raw, None, None))
+        else:
+            self.respond(request, found)  # type: ignore[arg-type]
+
+    def go_async(self, coro: Coroutine[Any, Any, None]) -> None:
+        self.busy = True
+        self.task = self.shared.spawn(coro)
+
+    async def finish_async(self, request: Request, raw: bytes, auth: Any, suspended: Any) -> None:
+        try:
+            if auth is not None:
+                await _resume(auth, suspended)
+            entry = await self.shared.delivery.lookup(request.video_id, request.rel)
+        except HTTPError as exc:
+            self.task = None
+            self.busy = False
+            self.error(request, exc)
+        except FastPathUnsupported:
+            self.task = None
+            self.busy = False
+            self.replay(raw)
+            return
+        else:
+            self.task = None
+            self.busy = False
+            self.respond(request, entry)
+        if not self.busy:
+            self.process()
+
+    def respond(self, request: Request, entry: Servable) -> None:
+        status = 200
+        start, end = 0, entry.size
+        headers = request.headers
+        inm = headers.get(b"if-none-match")
+        tail = b""
+        if inm is not None and _etag_matches(inm.decode("latin-1"), entry.etag):
+            status, block, end = 304, entry.head_block, 0
+        elif b"range" in headers and (b"if-range" not in headers
+                                      or headers[b"if-range"].decode("latin-1") == entry.etag):
+            try:
+                start, end = parse_range(headers[b"range"].decode("latin-1"), entry.size)
+            except (RangeNotSatisfiable, UnicodeDecodeError) as exc:
+                self.error(request, HTTPError(416, "range not satisfiable", str(exc),
+                                              {"Content-Range": f"bytes */{entry.size}"}))
+                return
+            status = 206
+            block = entry.head_block + b"Content-Length: %d\r\nContent-Range: bytes %d-%d/%d\r\n" % (
+                end - start, start, end - 1, entry.size)
+        else:
+            block = entry.full_block
+        if not request.keep_alive:
+            tail = b"Connection: close\r\n"
+            self.closing = True
+        elif headers.get(b"connection", b"").lower() == b"keep-alive":
+            tail = b"Connection: keep-alive\r\n"
+        head = b"".join((_status_line(status), self.shared.date_line(), block, tail, b"\r\n"))
+        body = request.method == b"GET" and status != 304
+        count = end - start if body else 0
+        if entry.body is not None or count == 0:
+            chunks = [head, entry.body[start:end]] if count and entry.body is not None else [head]
+            self.send(request, status, chunks, None, 0, count, None)
+        else:
+            if entry.fd is None:  # evicted and closed under us: let the full path reopen it
+                self.error(request, HTTPError(503, "file closed", "retry", {"Retry-After": "1"}))
+                return
+            entry.acquire()
+            self.send(request, status, [head], entry.fd, start, count, entry)
+
+    def send(self, request: Request, status: int, chunks: list[bytes], fd: int | None, offset: int,
+             count: int, entry: Servable | None) -> None:
+        self.entry = entry
+
+        def done(exc: BaseException | None) -> None:
+            self.write = None
+            self._release()
+            self.busy = False
+            self.shared.metrics.observe(request.route, status, count, time.perf_counter() - request.started)
+            if exc is not None:
+                if self.transport is not None:
+                    self.transport.abort()
+                return
+            self.process()
+
+        write = DirectWrite(self.loop, self.sock_fd, chunks, fd, offset, count, done)
+        try:
+            finished = write.start()
+        except (OSError, EOFError):
+            self._release()
+            if self.transport is not None:
+                self.transport.abort()
+            self.closing = True
+            return
+        if finished:
+            self._release()
+            self.shared.metrics.observe(request.route, status, count, time.perf_counter() - request.started)
+        else:
+            self.write = write
+            self.busy = True
+
+    def error(self, request: Request, exc: HTTPError) -> None:
+        body = json.dumps({"error": exc.error, "detail": exc.detail}).encode()
+        extra = "".join(f"{k}: {v}\r\n" for k, v in exc.headers.items()).encode("latin-1")
+        cors = f"Access-Control-Allow-Origin: {self.shared.delivery.config.edge.cors_allow_origin}\r\n"
+        tail = b"" if request.keep_alive else b"Connection: close\r\n"
+        if not request.keep_alive:
+            self.closing = True
+        head = b"".join((_status_line(exc.status), self.shared.date_line(),
+                         b"Content-Type: application/json; charset=utf-8\r\nContent-Length: %d\r\n" % len(body),
+                         cors.encode(), extra, tail, b"\r\n"))
+        chunks = [head, body] if request.method == b"GET" else [head]
+        self.send(request, exc.status, chunks, None, 0, 0, None)
+
+    def handoff(self) -> None:
+        """Give the connection and its unparsed bytes to aiohttp."""
+        self.replay(b"")
+
+    def replay(self, raw: bytes) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        pending = raw + self.buf
+        self.buf = b""
+        self.transport = None
+        self.shared.connections.discard(self)
+        self.shared.handoffs += 1
+        protocol = self.shared.fallback()
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        if pending:
+            protocol.data_received(pending)
+
+    def _release(self) -> None:
+        entry, self.entry = self.entry, None
+        if entry is not None:
+            entry.release()
+
+
+_STATUS_LINES: dict[int, bytes] = {}
+
+
+def _status_line(status: int) -> bytes:
+    line = _STATUS_LINES.get(status)
+    if line is None:
+        line = _STATUS_LINES[status] = b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Error"))
+    return line
+
+
+def _etag_matches(if_none_match: str, etag: str) -> bool:
+    if if_none_match.strip() == "*":
+        return True
+    return any(tag.strip().removeprefix("W/") == etag for tag in if_none_match.split(","))
+
+
+async def _resume(coro: Coroutine[Any, Any, Any], suspended: Any) -> None:
+    """Finish a coroutine that was stepped inline and suspended, inside the current task."""
+    while True:
+        try:
+            if suspended is None:
+                await asyncio.sleep(0)
+            else:
+                await suspended
+        except asyncio.CancelledError:
+            if asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                coro.close()
+                raise
+        except BaseException:
+            pass  # the coroutine reads the outcome from its own awaitable
+        try:
+            suspended = coro.send(None)
+        except StopIteration:
+            return
