@@ -13,12 +13,15 @@ The seam for other rooms (see docs/control-plane.md)::
         endpoints = await discovery.broker_endpoints()   # BrokerEndpoints; the current leader
         origins = await discovery.origins()              # ["http://10.0.0.5:8080", ...]
         await discovery.wait_changed("broker")           # returns when the broker set changed
+        async for endpoints in discovery.follow_broker(): # now, then on every leader change
+            ...
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
@@ -62,15 +65,19 @@ class ServiceWatch:
         self.instances: list[Instance] = []
         self.index: str | None = None
         self.answered = asyncio.Event()  # the first answer (or failure) is in
+        self.version = 0  # rises with every change of ``instances``
         self._changed = asyncio.Event()
         self.failures = 0
 
-    async def wait_changed(self) -> None:
-        await self._changed.wait()
+    async def wait_newer(self, version: int) -> None:
+        """Return once ``self.version`` is past ``version`` (at once if it already is)."""
+        while self.version <= version:
+            await self._changed.wait()
 
     def _publish(self, instances: list[Instance]) -> None:
         if instances != self.instances:
             self.instances = instances
+            self.version += 1
             # Wake the current waiters; later ones wait for the next change.
             self._changed.set()
             self._changed = asyncio.Event()
@@ -156,13 +163,27 @@ class Discovery:
         watch = await self.watch(role, tag)
         return list(watch.instances) if watch else []
 
-    async def wait_changed(self, role: str, tag: str | None = None) -> None:
-        """Return when the passing instances of ``role`` change (never, without Consul)."""
+    async def wait_changed(self, role: str, tag: str | None = None, since: int | None = None) -> int:
+        """Wait until the passing instances of ``role`` change after version ``since`` (default: now);
+        returns the new version. Without Consul nothing ever changes: this waits forever."""
         watch = await self.watch(role, tag)
         if watch is None:
             await asyncio.Event().wait()
-            return
-        await watch.wait_changed()
+            return 0
+        await watch.wait_newer(watch.version if since is None else since)
+        return watch.version
+
+    async def follow_broker(self) -> AsyncIterator[BrokerEndpoints]:
+        """The broker's endpoints now, then again each time they change (a new leader)."""
+        last: BrokerEndpoints | None = None
+        while True:
+            watch = await self.watch("broker")
+            version = watch.version if watch else 0
+            endpoints = await self.broker_endpoints()
+            if endpoints != last:
+                last = endpoints
+                yield endpoints
+            await self.wait_changed("broker", since=version)
 
     async def broker_endpoints(self) -> BrokerEndpoints:
         """The broker to talk to: the passing (leader) broker in Consul, else the configured one."""
