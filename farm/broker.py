@@ -569,7 +569,8 @@ async def serve(ctx: Any) -> None:
 
     assert isinstance(ctx, ServiceContext)
     config = ctx.config
-    broker = Broker(config, SqliteJournal(config.journal_path), metrics=farm_metrics())
+    metrics = farm_metrics() if config.metrics.enabled else None
+    broker = Broker(config, SqliteJournal(config.journal_path), metrics=metrics)
     await broker.start()
     ctx.ready(f"broker on {broker.endpoints.frontend}")
     try:

@@ -2,8 +2,7 @@ from __future__ import annotations
 
 import argparse
 
-from ...common.config import Config
-from ..cli import NotYetError
+from ...common.config import Config, supervisor_pid
 
 HELP = "Run the farm broker (ZeroMQ job queue with a durable journal) alone, for a systemd unit."
 
@@ -13,4 +12,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace, config: Config) -> int:
-    raise NotYetError("the farm service (issue 4) is not built yet")
+    from ...common.metrics import init_metrics
+
+    if config.metrics.enabled:
+        init_metrics(config)  # before anything imports prometheus_client
+    from ...common.service import run_service
+    from ...farm.broker import serve
+
+    return run_service("broker", serve, config, parent_pid=supervisor_pid())

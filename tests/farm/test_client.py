@@ -1,0 +1,46 @@
+"""BrokerClient: a broker that is down gives a prompt, named error; the client recovers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from streamgate.farm.client import BrokerClient, BrokerUnavailable
+
+
+async def test_broker_down_is_a_prompt_named_error_then_recovers(farm, start_broker) -> None:
+    client = BrokerClient(farm.config.broker_endpoints, timeout_s=0.3)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(BrokerUnavailable, match="did not answer within 0.3s"):
+            await client.submit(farm.job("/src.mp4"))
+        assert time.monotonic() - t0 < 1.0
+        # Many concurrent callers while down: each fails within the timeout, none hangs.
+        t0 = time.monotonic()
+        results = await asyncio.gather(*(client.stats() for _ in range(5)), return_exceptions=True)
+        assert all(isinstance(r, BrokerUnavailable) for r in results)
+        assert time.monotonic() - t0 < 1.0
+        with pytest.raises(BrokerUnavailable):
+            async with client.events() as stream:
+                await stream.live(timeout_s=0.3)
+        await start_broker()
+        job = farm.job("/src.mp4")
+        reply = await client.submit(job)  # a fresh socket: nothing stale was queued meanwhile
+        assert reply.accepted and reply.reason == ""
+        assert (await client.stats()).queue_length == 1
+    finally:
+        await client.close()
+    with pytest.raises(BrokerUnavailable, match="closed"):
+        await client.stats()
+
+
+async def test_concurrent_requests_each_get_their_own_reply(farm, start_broker, client) -> None:
+    await start_broker()
+    jobs = [farm.job("/src.mp4", priority=i % 3) for i in range(20)]
+    replies = await asyncio.gather(*(client.submit(j) for j in jobs))
+    assert all(r.accepted for r in replies)
+    infos = await asyncio.gather(*(client.job(j.job_id) for j in jobs))
+    assert [i.job_id for i in infos] == [j.job_id for j in jobs]
+    assert [i.priority for i in infos] == [j.priority for j in jobs]
