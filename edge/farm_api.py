@@ -1,9 +1,62 @@
-"""Not built yet: see the open issue that owns this part of the edge."""
+"""The transcoder's figures on the edge: ``GET /api/v1/farm/metrics`` and a "broker" readiness check.
+
+Both ask the farm broker over one :class:`~streamgate.farm.client.BrokerClient` per edge process
+(kept under ``FARM_CLIENT``; other parts of the edge may use it too). A broker that does not
+answer gives 503 with a reason, never a hang.
+"""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 from aiohttp import web
+
+from ..farm.client import BrokerClient, BrokerError, BrokerUnavailable
+from .errors import HTTPError
+from .keys import CONFIG, READINESS_CHECKS
+
+FARM_CLIENT = web.AppKey("farm_client", BrokerClient)
+# The figures answer quickly or not at all: a health probe must not wait out a long timeout.
+TIMEOUT_S = 2.0
+
+
+async def farm_metrics(request: web.Request) -> web.Response:
+    client = request.app[FARM_CLIENT]
+    try:
+        stats = await client.stats()
+    except (BrokerUnavailable, BrokerError) as exc:
+        raise HTTPError(503, "farm unavailable", str(exc), {"Retry-After": "5"}) from None
+    return web.json_response({
+        "total_workers": stats.total_workers,
+        "active_workers": stats.active_workers,
+        "idle_workers": stats.idle_workers,
+        "unhealthy_workers": stats.unhealthy_workers,
+        "total_tasks_processed": stats.total_tasks_processed,
+        "total_tasks_failed": stats.total_tasks_failed,
+        "average_task_time": stats.average_task_time,
+        "queue_length": stats.queue_length,
+    })
+
+
+async def broker_check(app: web.Application) -> tuple[bool, str]:
+    try:
+        stats = await app[FARM_CLIENT].stats()
+    except (BrokerUnavailable, BrokerError) as exc:
+        return False, str(exc)
+    return True, f"{stats.total_workers} workers, {stats.queue_length} queued"
+
+
+async def _client_ctx(app: web.Application) -> AsyncIterator[None]:
+    broker = app[CONFIG].broker
+    # Silent for two heartbeat expiries is down (capped: a probe must answer fast).
+    timeout_s = min(TIMEOUT_S, max(0.5, 2 * float(broker.heartbeat_interval) * broker.heartbeat_liveness))
+    client = BrokerClient(app[CONFIG].broker_endpoints, timeout_s=timeout_s)
+    app[FARM_CLIENT] = client
+    app[READINESS_CHECKS]["broker"] = broker_check
+    yield
+    await client.close()
 
 
 def setup(app: web.Application) -> None:
-    """Registers nothing yet."""
+    app.cleanup_ctx.append(_client_ctx)
+    app.router.add_get("/api/v1/farm/metrics", farm_metrics)
