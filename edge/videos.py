@@ -1,9 +1,181 @@
-"""Not built yet: see the open issue that owns this part of the edge."""
+"""The video API: ``GET /api/v1/videos`` (paginated), ``GET/DELETE /api/v1/videos/{id}`` and
+``POST /api/v1/videos/{id}/playback-url`` (a signed, expiring URL for private playback)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import shutil
+import time
+from datetime import UTC, datetime
+from typing import Any
+
 from aiohttp import web
+
+from ..common.config import Config
+from . import access, intake, stores
+from .auth import identity, require_writer
+from .catalog import Video
+from .errors import HTTPError
+from .keys import CONFIG
+from .ratelimit import enforce
+from .submission import SUBMITTER
+from .tokens import Claims
+from .uploads import partial_path
+
+MAX_PAGE = 100
+_VIDEO_ID = "{video_id:[0-9a-f]{32}}"
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _base(request: web.Request, config: Config) -> str:
+    return config.server.public_url.rstrip("/") or f"{request.scheme}://{request.host}"
+
+
+def _eta(video: Video, now: float) -> float | None:
+    if video.status == "ready":
+        return 0.0
+    if video.status != "transcoding":
+        return None
+    if video.eta_s is not None:
+        return round(max(0.0, video.eta_s), 1)
+    # No estimate from the farm: extrapolate from the progress so far.
+    if video.started_at and 0 < video.progress < 1:
+        elapsed = now - video.started_at
+        return round(elapsed * (1 - video.progress) / video.progress, 1)
+    return None
+
+
+def video_json(video: Video, base: str) -> dict[str, Any]:
+    playable = video.status in ("transcoding", "ready")
+    root = f"{base}/videos/{video.id}"
+    return {
+        "id": video.id, "title": video.title, "filename": video.filename, "status": video.status,
+        "progress": round(video.progress, 4), "eta_s": _eta(video, time.time()),
+        "error": video.error or None, "duration": video.duration,
+        "renditions": [{"name": r.name, "width": r.width, "height": r.height, "bandwidth": r.bandwidth}
+                       for r in video.renditions],
+        "hls_url": f"{root}/master.m3u8" if playable else None,
+        "dash_url": f"{root}/manifest.mpd" if playable else None,
+        "poster_url": f"{root}/poster.jpg" if video.status == "ready" else None,
+        "visibility": video.visibility, "owner": video.owner or None, "priority": video.priority,
+        "size": video.size, "sha256": video.sha256 or None, "created_at": _iso(video.created_at),
+    }
+
+
+def _int_query(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise HTTPError(400, "bad request", f"{name} must be an integer in {low}..{high}")
+    return int(raw)
+
+
+async def list_videos(request: web.Request) -> web.Response:
+    """Public videos newest first; ``?mine=1`` lists the caller's own, private ones included."""
+    config: Config = request.app[CONFIG]
+    caller = identity(request)
+    await enforce(request, "api", caller)
+    limit = _int_query(request, "limit", 20, 1, MAX_PAGE)
+    offset = _int_query(request, "offset", 0, 0, 10**9)
+    mine = request.query.get("mine", "") in ("1", "true", "yes")
+    if mine and not caller:
+        raise HTTPError(401, "unauthorized", "mine=1 lists a wallet's videos: send its bearer token",
+                        {"WWW-Authenticate": "Bearer"})
+    videos, total = await request.app[stores.CATALOG].list(
+        limit=limit, offset=offset, owner=caller if mine else None, public_only=not mine)
+    base = _base(request, config)
+    following = offset + len(videos)
+    next_url = None
+    if following < total:
+        next_url = f"/api/v1/videos?limit={limit}&offset={following}" + ("&mine=1" if mine else "")
+    return web.json_response({"videos": [video_json(v, base) for v in videos], "total": total,
+                              "limit": limit, "offset": offset, "next": next_url})
+
+
+async def _visible(request: web.Request, video_id: str) -> Video:
+    video = await request.app[stores.CATALOG].get(video_id)
+    if video is None:
+        raise HTTPError(404, "not found", "no such video")
+    if video.visibility == "private":
+        caller = identity(request)
+        if video.owner and caller != video.owner:
+            raise HTTPError(403 if caller else 401, "forbidden" if caller else "unauthorized",
+                            "a private video of another wallet" if caller else "a private video: sign in")
+    return video
+
+
+async def get_video(request: web.Request) -> web.Response:
+    await enforce(request, "api", identity(request))
+    video = await _visible(request, request.match_info["video_id"])
+    return web.json_response(video_json(video, _base(request, request.app[CONFIG])))
+
+
+def _owner_only(request: web.Request, video: Video, caller: str, what: str) -> None:
+    if video.owner and caller != video.owner:
+        if not caller:
+            raise HTTPError(401, "unauthorized", f"{what} needs the owner's bearer token",
+                            {"WWW-Authenticate": "Bearer"})
+        raise HTTPError(403, "forbidden", f"only the owner may {what}")
+
+
+async def delete_video(request: web.Request) -> web.Response:
+    """Cancels the job and removes the media, the source and any partial upload."""
+    app = request.app
+    config: Config = app[CONFIG]
+    caller = require_writer(request)
+    await enforce(request, "api", caller)
+    video_id = request.match_info["video_id"]
+    video = await app[stores.CATALOG].get(video_id)
+    if video is None:
+        raise HTTPError(404, "not found", "no such video")
+    _owner_only(request, video, caller, "delete this video")
+    await app[stores.CATALOG].delete(video_id)  # first: the resubmitter and events stop touching it
+    access.forget(app, video_id)
+    if video.status in ("queued", "transcoding"):
+        await app[SUBMITTER].cancel(video_id)
+    store = app[stores.UPLOAD_STORE]
+    if await store.get(video_id) is not None:
+        await store.remove(video_id)
+
+    def remove_files() -> None:
+        for folder in (config.storage.media_dir / video_id, config.storage.sources_dir / video_id):
+            shutil.rmtree(folder, ignore_errors=True)
+        with contextlib.suppress(FileNotFoundError):
+            partial_path(config, video_id).unlink()
+
+    await asyncio.to_thread(remove_files)
+    return web.Response(status=204)
+
+
+async def playback_url(request: web.Request) -> web.Response:
+    """Mint ``/s/{token}/videos/{id}/master.m3u8`` (and the .mpd), valid ``auth.signed_url_ttl``."""
+    app = request.app
+    config: Config = app[CONFIG]
+    caller = identity(request)
+    await enforce(request, "api", caller)
+    video = await app[stores.CATALOG].get(request.match_info["video_id"])
+    if video is None:
+        raise HTTPError(404, "not found", "no such video")
+    _owner_only(request, video, caller, "sign playback URLs for this video")
+    ttl = float(config.auth.signed_url_ttl)
+    if "ttl" in request.query:
+        ttl = float(_int_query(request, "ttl", 0, 1, int(config.auth.signed_url_ttl)))
+    expires_at = time.time() + ttl
+    token = app[stores.SIGNER].sign(Claims(kind="play", vid=video.id, exp=expires_at))
+    root = f"{_base(request, config)}/s/{token}/videos/{video.id}"
+    return web.json_response({"hls_url": f"{root}/master.m3u8", "dash_url": f"{root}/manifest.mpd",
+                              "token": token, "expires_at": _iso(expires_at)})
 
 
 def setup(app: web.Application) -> None:
-    """Registers nothing yet."""
+    stores.setup(app)
+    intake.setup(app)
+    app.router.add_get("/api/v1/videos", list_videos)
+    app.router.add_get(f"/api/v1/videos/{_VIDEO_ID}", get_video)
+    app.router.add_delete(f"/api/v1/videos/{_VIDEO_ID}", delete_video)
+    app.router.add_post(f"/api/v1/videos/{_VIDEO_ID}/playback-url", playback_url)

@@ -1,0 +1,260 @@
+"""The video catalog: one record per video, SQLite on a single node, Redis in a fleet.
+
+Both backends keep the same contract (tests/edge/test_catalog.py runs one suite over both).
+A record is created by the tus POST (the video id is the upload id) and advanced by the upload's
+completion and the broker's events; ``update(..., when=...)`` refuses to move a video out of a
+state it has already left, so a late progress event never turns a ``ready`` video back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Collection
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import msgspec
+
+Status = Literal["uploading", "queued", "transcoding", "ready", "failed"]
+STATUSES: tuple[str, ...] = ("uploading", "queued", "transcoding", "ready", "failed")
+Visibility = Literal["public", "private"]
+
+
+class Rendition(msgspec.Struct, kw_only=True):
+    name: str
+    width: int
+    height: int
+    bandwidth: int
+
+
+class Video(msgspec.Struct, kw_only=True):
+    id: str
+    created_at: float
+    title: str = ""
+    filename: str = ""
+    # The EIP-55 address of the wallet that uploaded it; empty when uploaded without sign-in.
+    owner: str = ""
+    visibility: Visibility = "public"
+    priority: int = 0
+    status: Status = "uploading"
+    progress: float = 0.0
+    # Seconds left as the farm estimates it; None when unknown.
+    eta_s: float | None = None
+    error: str = ""
+    duration: float | None = None
+    renditions: list[Rendition] = msgspec.field(default_factory=list)
+    size: int = 0
+    sha256: str = ""
+    source: str = ""
+    updated_at: float = 0.0
+    # When the broker accepted the job; None while it still has to be (re)submitted.
+    submitted_at: float | None = None
+    # When the first progress event arrived: the base of the ETA.
+    started_at: float | None = None
+
+
+class VideoExists(Exception):
+    """``create`` was given an id the catalog already holds."""
+
+
+_encode = msgspec.msgpack.Encoder().encode
+_decode = msgspec.msgpack.Decoder(Video).decode
+
+
+class Catalog(Protocol):
+    async def create(self, video: Video) -> None: ...
+    async def get(self, video_id: str) -> Video | None: ...
+    async def update(self, video_id: str, changes: dict[str, Any], *,
+                     when: Collection[str] | None = None) -> Video | None:
+        """Apply ``changes``; None when the video is missing or its status is not in ``when``."""
+    async def list(self, *, limit: int, offset: int = 0, owner: str | None = None,
+                   public_only: bool = False) -> tuple[list[Video], int]:
+        """Newest first: one page and the total count."""
+    async def with_status(self, status: str) -> list[str]: ...
+    async def delete(self, video_id: str) -> bool: ...
+    async def close(self) -> None: ...
+
+
+def _apply(video: Video, changes: dict[str, Any]) -> Video:
+    changes = dict(changes, updated_at=time.time())
+    if "renditions" in changes:
+        changes["renditions"] = [r if isinstance(r, Rendition) else msgspec.convert(r, Rendition)
+                                 for r in changes["renditions"]]
+    return msgspec.structs.replace(video, **changes)
+
+
+def open_sqlite(path: Path) -> sqlite3.Connection:
+    """A connection shared by the edge's SQLite stores; WAL so several edge processes share the file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
+    db.execute("PRAGMA journal_mode=WAL")
+    # FULL: a commit is on disk when it returns, so an acknowledged upload offset survives a power cut.
+    db.execute("PRAGMA synchronous=FULL")
+    db.execute("PRAGMA busy_timeout=10000")
+    return db
+
+
+class SqliteCatalog:
+    """Single node: a table in the edge's SQLite file; queries are sub-millisecond, run inline."""
+
+    def __init__(self, path: Path) -> None:
+        self._db = open_sqlite(path)
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS videos (id TEXT PRIMARY KEY, created_at REAL NOT NULL,"
+            " status TEXT NOT NULL, owner TEXT NOT NULL, visibility TEXT NOT NULL, body BLOB NOT NULL)")
+        self._db.execute("CREATE INDEX IF NOT EXISTS videos_created ON videos (created_at)")
+        self._db.execute("CREATE INDEX IF NOT EXISTS videos_status ON videos (status)")
+        self._lock = asyncio.Lock()
+
+    async def create(self, video: Video) -> None:
+        try:
+            self._db.execute("INSERT INTO videos VALUES (?, ?, ?, ?, ?, ?)",
+                             (video.id, video.created_at, video.status, video.owner, video.visibility,
+                              _encode(video)))
+        except sqlite3.IntegrityError:
+            raise VideoExists(video.id) from None
+
+    async def get(self, video_id: str) -> Video | None:
+        row = self._db.execute("SELECT body FROM videos WHERE id = ?", (video_id,)).fetchone()
+        return _decode(row[0]) if row else None
+
+    async def update(self, video_id: str, changes: dict[str, Any], *,
+                     when: Collection[str] | None = None) -> Video | None:
+        async with self._lock:  # one transaction at a time on the shared connection
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._db.execute("SELECT body FROM videos WHERE id = ?", (video_id,)).fetchone()
+                if row is None:
+                    return None
+                video = _decode(row[0])
+                if when is not None and video.status not in when:
+                    return None
+                video = _apply(video, changes)
+                self._db.execute("UPDATE videos SET status = ?, body = ? WHERE id = ?",
+                                 (video.status, _encode(video), video_id))
+                return video
+            finally:
+                self._db.execute("COMMIT")
+
+    async def list(self, *, limit: int, offset: int = 0, owner: str | None = None,
+                   public_only: bool = False) -> tuple[list[Video], int]:
+        where, args = [], []
+        if owner is not None:
+            where.append("owner = ?")
+            args.append(owner)
+        if public_only:
+            where.append("visibility = 'public'")
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        total = self._db.execute(f"SELECT count(*) FROM videos{clause}", args).fetchone()[0]
+        rows = self._db.execute(
+            f"SELECT body FROM videos{clause} ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?",
+            [*args, limit, offset]).fetchall()
+        return [_decode(r[0]) for r in rows], total
+
+    async def with_status(self, status: str) -> list[str]:
+        return [r[0] for r in self._db.execute(
+            "SELECT id FROM videos WHERE status = ? ORDER BY created_at", (status,))]
+
+    async def delete(self, video_id: str) -> bool:
+        return self._db.execute("DELETE FROM videos WHERE id = ?", (video_id,)).rowcount > 0
+
+    async def close(self) -> None:
+        self._db.close()
+
+
+class RedisCatalog:
+    """Fleet: a msgpack value per video, a sorted set by creation time, a set per status.
+
+    Updates are optimistic transactions (WATCH/MULTI), so two edges applying events to the same
+    video never lose each other's change.
+    """
+
+    def __init__(self, redis: Any, prefix: str = "sg:") -> None:
+        self._r = redis
+        self._p = prefix
+
+    def _key(self, video_id: str) -> str:
+        return f"{self._p}video:{video_id}"
+
+    def _index(self, owner: str | None, public_only: bool) -> str:
+        if owner is not None:
+            return f"{self._p}videos:owner:{owner}" + (":public" if public_only else "")
+        return f"{self._p}videos:public" if public_only else f"{self._p}videos"
+
+    def _status_key(self, status: str) -> str:
+        return f"{self._p}videos:status:{status}"
+
+    async def create(self, video: Video) -> None:
+        if not await self._r.set(self._key(video.id), _encode(video), nx=True):
+            raise VideoExists(video.id)
+        async with self._r.pipeline(transaction=True) as pipe:
+            score = {video.id: video.created_at}
+            pipe.zadd(self._index(None, False), score)
+            pipe.zadd(self._index(video.owner, False), score)
+            if video.visibility == "public":
+                pipe.zadd(self._index(None, True), score)
+                pipe.zadd(self._index(video.owner, True), score)
+            pipe.sadd(self._status_key(video.status), video.id)
+            await pipe.execute()
+
+    async def get(self, video_id: str) -> Video | None:
+        raw = await self._r.get(self._key(video_id))
+        return _decode(raw) if raw else None
+
+    async def update(self, video_id: str, changes: dict[str, Any], *,
+                     when: Collection[str] | None = None) -> Video | None:
+        from redis.exceptions import WatchError
+
+        key = self._key(video_id)
+        while True:
+            async with self._r.pipeline(transaction=True) as pipe:
+                try:
+                    await pipe.watch(key)
+                    raw = await pipe.get(key)
+                    if not raw:
+                        return None
+                    old = _decode(raw)
+                    if when is not None and old.status not in when:
+                        return None
+                    new = _apply(old, changes)
+                    pipe.multi()
+                    pipe.set(key, _encode(new))
+                    if new.status != old.status:
+                        pipe.srem(self._status_key(old.status), video_id)
+                        pipe.sadd(self._status_key(new.status), video_id)
+                    await pipe.execute()
+                    return new
+                except WatchError:
+                    continue
+
+    async def list(self, *, limit: int, offset: int = 0, owner: str | None = None,
+                   public_only: bool = False) -> tuple[list[Video], int]:
+        index = self._index(owner, public_only)
+        total = await self._r.zcard(index)
+        ids = await self._r.zrevrange(index, offset, offset + limit - 1) if limit > 0 else []
+        if not ids:
+            return [], total
+        raws = await self._r.mget([self._key(i.decode()) for i in ids])
+        return [_decode(raw) for raw in raws if raw], total
+
+    async def with_status(self, status: str) -> list[str]:
+        return sorted(m.decode() for m in await self._r.smembers(self._status_key(status)))
+
+    async def delete(self, video_id: str) -> bool:
+        video = await self.get(video_id)
+        if video is None:
+            return False
+        async with self._r.pipeline(transaction=True) as pipe:
+            pipe.delete(self._key(video_id))
+            for index in {self._index(None, False), self._index(None, True),
+                          self._index(video.owner, False), self._index(video.owner, True)}:
+                pipe.zrem(index, video_id)
+            for status in STATUSES:
+                pipe.srem(self._status_key(status), video_id)
+            results = await pipe.execute()
+        return bool(results[0])
+
+    async def close(self) -> None:
+        """The Redis client belongs to the app."""

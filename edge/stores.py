@@ -1,0 +1,59 @@
+"""The intake's stores, built once per edge process from the config: SQLite alone, Redis in a fleet.
+
+``setup(app)`` is idempotent: uploads, videos and auth each call it, the first one registers the
+cleanup context that opens the stores (after the shared Redis client, see edge/app.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from ..common.config import Config
+from .catalog import Catalog, RedisCatalog, SqliteCatalog
+from .keys import CONFIG, REDIS
+from .nonces import NonceStore, RedisNonceStore, SqliteNonceStore
+from .ratelimit import RATE_LIMITER, MemoryBuckets, RateLimiter, RedisBuckets
+from .tokens import TokenSigner, load_secret
+from .upload_state import RedisUploadStore, SqliteUploadStore, UploadStore
+
+CATALOG = web.AppKey("catalog", Catalog)
+UPLOAD_STORE = web.AppKey("upload_store", UploadStore)
+NONCES = web.AppKey("nonces", NonceStore)
+SIGNER = web.AppKey("token_signer", TokenSigner)
+_REGISTERED = web.AppKey("intake_stores_registered", bool)
+
+
+def sqlite_path(config: Config) -> Any:
+    return config.storage.state_dir / "edge.sqlite3"
+
+
+async def _stores_ctx(app: web.Application):  # type: ignore[no-untyped-def]
+    config: Config = app[CONFIG]
+    redis = app[REDIS]
+    for folder in (config.storage.uploads_dir, config.storage.sources_dir, config.storage.media_dir,
+                   config.storage.state_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+    if redis is not None:
+        app[CATALOG] = RedisCatalog(redis)
+        app[UPLOAD_STORE] = RedisUploadStore(redis)
+        app[NONCES] = RedisNonceStore(redis)
+        app[RATE_LIMITER] = RateLimiter(config.edge.rate_limit, RedisBuckets(redis))
+    else:
+        path = sqlite_path(config)
+        app[CATALOG] = SqliteCatalog(path)
+        app[UPLOAD_STORE] = SqliteUploadStore(path, config.storage.uploads_dir / ".locks")
+        app[NONCES] = SqliteNonceStore(path)
+        app[RATE_LIMITER] = RateLimiter(config.edge.rate_limit, MemoryBuckets())
+    app[SIGNER] = TokenSigner(load_secret(config))
+    yield
+    for store in (app[CATALOG], app[UPLOAD_STORE], app[NONCES]):
+        await store.close()
+
+
+def setup(app: web.Application) -> None:
+    if app.get(_REGISTERED):
+        return
+    app[_REGISTERED] = True
+    app.cleanup_ctx.append(_stores_ctx)

@@ -1,0 +1,80 @@
+"""The edge's link to the farm broker: submit a queued video's job, cancel it, follow its events.
+
+The broker client (farm/client.py) is created lazily; a failure to reach the broker is a
+reason, never an exception that loses a video: the caller leaves the video queued and the
+resubmitter (edge/intake.py) tries again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from aiohttp import web
+
+from ..common.config import Config
+from .catalog import Video
+
+log = logging.getLogger("streamgate.edge.submission")
+
+# A broker that does not answer within this is treated as down for this attempt (tests lower it).
+BROKER_TIMEOUT_S = 3.0
+SUBMITTER = web.AppKey("job_submitter", Any)
+
+
+class JobSubmitter:
+    def __init__(self, config: Config) -> None:
+        self._config = config
+        self._client: Any = None
+
+    def _connect(self) -> Any:
+        if self._client is None:
+            from ..farm.client import BrokerClient
+
+            self._client = BrokerClient(self._config.broker_endpoints, timeout_s=BROKER_TIMEOUT_S)
+        return self._client
+
+    async def submit(self, video: Video) -> str | None:
+        """None when the broker accepted the job, else why not (the video stays queued)."""
+        from ..common.protocol import JobSpec
+
+        job = JobSpec(job_id=video.id, source=video.source,
+                      out_dir=str(self._config.storage.media_dir / video.id),
+                      priority=video.priority, submitted_at=time.time())
+        from ..farm.client import BrokerError, BrokerUnavailable
+
+        try:
+            reply = await self._connect().submit(job)
+        except (BrokerUnavailable, BrokerError, OSError) as exc:
+            return f"{type(exc).__name__}: {exc}"
+        if reply.accepted:
+            return None
+        return reply.reason or "refused"
+
+    async def cancel(self, video_id: str) -> None:
+        from ..farm.client import BrokerError, BrokerUnavailable
+
+        try:
+            await self._connect().cancel(video_id)
+        except (BrokerUnavailable, BrokerError, OSError) as exc:
+            # Best effort: the media is removed either way, and a job whose video is gone is
+            # ignored by the progress follower.
+            log.warning("cancel %s: %s: %s", video_id, type(exc).__name__, exc)
+
+    async def job(self, video_id: str) -> Any:
+        """The broker's JobInfo for a video, or None; raises BrokerUnavailable when down."""
+        return await self._connect().job(video_id)
+
+    @contextlib.asynccontextmanager
+    async def events(self) -> AsyncIterator[AsyncIterator[Any]]:
+        """A live event stream (the subscription confirmed by the broker's first tick)."""
+        async with self._connect().events() as stream:
+            await stream.live()
+            yield stream
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
