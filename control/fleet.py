@@ -132,7 +132,7 @@ async def broker_figures(config: Config, discovery: Discovery) -> BrokerFigures:
         return figures
     try:
         stats = await asyncio.wait_for(_broker_stats(BrokerClient, config, endpoints),
-                                       float(config.control.scrape_timeout))
+                                       float(config.control.scrape_timeout) + 1)
     except Exception as exc:  # a down broker is a figure of the fleet, not a control failure
         figures.error = f"{type(exc).__name__}: {exc}"
         return figures
@@ -142,21 +142,11 @@ async def broker_figures(config: Config, discovery: Discovery) -> BrokerFigures:
 
 
 async def _broker_stats(client_class: Any, config: Config, endpoints: Any) -> Any:
-    # farm/client.py's constructor and context-manager shape, as docs/farm-service.md describes it.
-    client = _make_client(client_class, config, endpoints)
+    client = client_class(endpoints, timeout_s=float(config.control.scrape_timeout))
     try:
         return await client.stats()
     finally:
-        closing = client.close()
-        if asyncio.iscoroutine(closing):
-            await closing
-
-
-def _make_client(client_class: Any, config: Config, endpoints: Any) -> Any:
-    try:
-        return client_class(config, endpoint=endpoints.frontend)
-    except TypeError:
-        return client_class(config)
+        await client.close()
 
 
 def _sum_families(text: str) -> tuple[float, float]:

@@ -1,15 +1,12 @@
 """The farm worker count the whole fleet should run, from the queue and ``transcoder.scaling_policy``.
 
-The rule (pure, so it is unit-tested on its own):
-
-- pressure = queue length / ``target_queue_len``;
-- pressure above ``scale_up_threshold``: add one worker per ``target_queue_len`` jobs waiting;
-- pressure below ``scale_down_threshold``: remove one worker, never below the busy ones;
-- otherwise hold; always clamp to ``[min_workers, max_workers]``.
-
-The band between the thresholds is the hysteresis that keeps the count from flapping. The
-decision is published by the control service (``GET /api/v1/scaling``, the Prometheus gauge
-``streamgate_scaling_farm_workers`` and the Consul KV key ``<kv_prefix>/scaling/farm_workers``).
+The rule itself is the farm's (``farm/scaling.py`` ``desired_workers``: waiting jobs per worker
+against ``target_queue_len``, up at ``scale_up_threshold``, down by one at
+``scale_down_threshold`` without retiring busy workers, clamped to ``[min_workers, max_workers]``),
+so a single node's pool and the fleet read the policy the same way. Here it is applied to the
+whole fleet's figures and wrapped in a :class:`ScalingDecision` that the control service publishes
+(``GET /api/v1/scaling``, the gauge ``streamgate_scaling_farm_workers`` and the Consul KV key
+``<kv_prefix>/scaling/farm_workers``), with the share of each farm.
 """
 
 from __future__ import annotations
@@ -20,6 +17,7 @@ from typing import Literal
 import msgspec
 
 from ..common.config import ScalingPolicy
+from ..farm.scaling import desired_workers
 
 Action = Literal["scale_up", "scale_down", "hold"]
 
@@ -33,7 +31,7 @@ class ScalingDecision(msgspec.Struct, frozen=True, kw_only=True):
     active_workers: int
     queue_length: int
     farms: int
-    pressure: float
+    pressure: float  # waiting jobs per worker over target_queue_len
     action: Action
     reason: str
     decided_at: float = 0.0
@@ -41,37 +39,19 @@ class ScalingDecision(msgspec.Struct, frozen=True, kw_only=True):
 
 def decide(queue_length: int, current_workers: int, active_workers: int, policy: ScalingPolicy,
            farms: int = 1, decided_at: float = 0.0) -> ScalingDecision:
-    """The fleet's target worker count for this queue (see the module docstring for the rule)."""
+    """The fleet's target worker count for these figures (pure: no I/O, no clock)."""
     queue_length = max(queue_length, 0)
     current = max(current_workers, 0)
     active = min(max(active_workers, 0), current)
     target_len = max(policy.target_queue_len, 1)
-    pressure = queue_length / target_len
-    if pressure > policy.scale_up_threshold:
-        wanted = current + math.ceil(queue_length / target_len)
-        action: Action = "scale_up"
-        reason = (f"queue {queue_length} is {pressure:.2f}x the target {target_len}"
-                  f" (above {policy.scale_up_threshold:g})")
-    elif pressure < policy.scale_down_threshold and current > active:
-        wanted = max(current - 1, active)
-        action = "scale_down"
-        reason = (f"queue {queue_length} is {pressure:.2f}x the target {target_len}"
-                  f" (below {policy.scale_down_threshold:g}); {current - active} idle")
-    else:
-        wanted = current
-        action = "hold"
-        reason = f"queue {queue_length} within the band ({pressure:.2f}x the target {target_len})"
-    clamped = min(max(wanted, policy.min_workers), policy.max_workers)
-    if clamped != wanted:
-        reason += f"; clamped to [{policy.min_workers}, {policy.max_workers}]"
-    if clamped > current:
-        action = "scale_up"
-    elif clamped < current:
-        action = "scale_down"
-    else:
-        action = "hold"
+    pressure = queue_length / max(current, 1) / target_len
+    wanted = desired_workers(policy, queue_length=queue_length, workers=current, busy=active)
+    action: Action = "scale_up" if wanted > current else "scale_down" if wanted < current else "hold"
+    reason = (f"queue {queue_length} over {current} workers ({active} busy) is {pressure:.2f}x the target"
+              f" {target_len} per worker (up at {policy.scale_up_threshold:g}, down at"
+              f" {policy.scale_down_threshold:g}; {policy.min_workers}..{policy.max_workers} workers)")
     farms = max(farms, 1)
-    return ScalingDecision(farm_workers=clamped, per_farm=math.ceil(clamped / farms),
+    return ScalingDecision(farm_workers=wanted, per_farm=math.ceil(wanted / farms),
                            current_workers=current, active_workers=active, queue_length=queue_length,
                            farms=farms, pressure=round(pressure, 3), action=action, reason=reason,
                            decided_at=decided_at)

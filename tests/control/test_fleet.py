@@ -44,10 +44,10 @@ async def test_decision_is_published_to_consul_kv_when_it_changes(consul_agent: 
         assert (await client.kv.get(count_key))[1] is None
         await state.publish(_view(config, 100))
         _, entry = await client.kv.get(count_key)
-        assert entry["Value"] == b"14"
+        assert entry["Value"] == b"10"
         _, entry = await client.kv.get(decision_key)
         decision = msgspec.json.decode(entry["Value"])
-        assert decision["farm_workers"] == 14 and decision["per_farm"] == 7 and decision["action"] == "scale_up"
+        assert decision["farm_workers"] == 10 and decision["per_farm"] == 5 and decision["action"] == "scale_up"
         index_before = (await client.kv.get(count_key))[1]["ModifyIndex"]
         await state.publish(_view(config, 100))  # unchanged: not written again
         assert (await client.kv.get(count_key))[1]["ModifyIndex"] == index_before
@@ -69,11 +69,11 @@ async def test_an_autoscaler_can_follow_the_key_with_a_blocking_query(consul_age
         started = time.monotonic()
         await state.publish(_view(config, 100))
         _, entry = await asyncio.wait_for(follower, 10)
-        assert entry["Value"] == b"14" and time.monotonic() - started < 5
+        assert entry["Value"] == b"10" and time.monotonic() - started < 5
     async with aiohttp.ClientSession() as session:
         async with session.get(f"{consul_agent.address}/v1/kv/{count_key}?raw") as r:
             # `curl $CONSUL/v1/kv/streamgate/scaling/farm_workers?raw` gives the bare figure.
-            assert await r.read() == b"14"
+            assert await r.read() == b"10"
 
 
 async def test_view_without_a_registry_lists_this_node(tmp_path) -> None:  # type: ignore[no-untyped-def]
