@@ -187,6 +187,13 @@ class TranscoderConfig(_Section):
     audio_bitrate: int = 128_000
     # Frames in flight between the decoder and the encoders (bounded shared-memory ring).
     ring_slots: int = 8
+    # VBV cap of a 1080p30 rung in bit/s; other rungs scale with pixels ** 0.75, x1.5 above 30 fps.
+    peak_bitrate_1080p: int = 5_000_000
+    bufsize_factor: float = 2.0  # x264 VBV buffer = cap x this (seconds of the cap)
+    x264_threads: int = 0  # threads per encoder process; 0: x264 decides from the cores
+    x264_params: str = ""  # extra x264 options "key=value:key=value" for every rung
+    encoder_stall_timeout: Seconds = Seconds(120)  # no encoder progress this long fails the job
+    mpd_schema: str = ""  # DASH-MPD.xsd for the gate; empty: ../shared/conformance beside the code
     # SIGTERM: a running job gets this long to finish, then it is cancelled and handed back.
     drain_timeout: Seconds = Seconds(5)
     # A cancelled or aborted run that has not stopped after this long is wedged: its worker exits.

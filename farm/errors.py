@@ -1,0 +1,35 @@
+"""Named failures of a transcode job; each carries a one-line ``reason`` for the job record."""
+
+from __future__ import annotations
+
+
+class TranscodeError(Exception):
+    """A failed job with a clear reason (bad input, gate failure, encoder died, ...)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class BadInputError(TranscodeError):
+    """The source cannot be transcoded (not a video, truncated, no video stream, ...)."""
+
+
+class EncoderFailedError(TranscodeError):
+    """An encoder process died, stalled or reported an error."""
+
+
+class TranscodeCancelled(TranscodeError):
+    """The caller set the cancel event."""
+
+    def __init__(self, reason: str = "cancelled") -> None:
+        super().__init__(reason)
+
+
+class GateError(TranscodeError):
+    """The output broke a conformance rule; ``rule`` names it (e.g. ``hls.extinf-over-target``)."""
+
+    def __init__(self, rule: str, detail: str) -> None:
+        super().__init__(f"conformance gate: {rule}: {detail}")
+        self.rule = rule
+        self.detail = detail
