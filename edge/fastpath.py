@@ -194,7 +194,8 @@ class FastConnection(asyncio.Protocol):
                 if len(buf) > self.shared.max_header_size:
                     self.handoff()
                 return
-            request = self.parse(buf[:end])
+            # Long heads go to aiohttp, whose parser enforces the per-field limits (400/431).
+            request = self.parse(buf[:end]) if end <= self.shared.max_header_size else None
             if request is None:
                 self.handoff()
                 return
@@ -271,6 +272,10 @@ class FastConnection(asyncio.Protocol):
         except FastPathUnsupported:
             self.replay(raw)
             return
+        except Exception:
+            log.exception("access check failed on %s", request.target.decode())
+            self.error(request, HTTPError(500, "internal error", "the edge failed to answer; see its log"))
+            return
         else:
             self.go_async(self.finish_async(request, raw, coro, suspended))
             return
@@ -301,6 +306,11 @@ class FastConnection(asyncio.Protocol):
             self.busy = False
             self.replay(raw)
             return
+        except Exception:
+            log.exception("failed to answer %s", request.target.decode())
+            self.task = None
+            self.busy = False
+            self.error(request, HTTPError(500, "internal error", "the edge failed to answer; see its log"))
         else:
             self.task = None
             self.busy = False

@@ -33,7 +33,7 @@ class Servable:
 
     __slots__ = ("key", "size", "etag", "content_type", "cache_control", "last_modified", "body",
                  "fd", "headers", "head_block", "full_block", "users", "evicted", "identity",
-                 "checked_at", "expires_at")
+                 "checked_at", "expires_at", "depends")
 
     def __init__(self, key: str, size: int, etag: str, content_type: str, cache_control: str,
                  last_modified: str, cors: dict[str, str], body: bytes | None = None,
@@ -52,6 +52,8 @@ class Servable:
         self.expires_at = expires_at
         self.users = 0
         self.evicted = False
+        # A growing master's Cache-Control depends on other files: re-derive it on each check.
+        self.depends = False
         # aiohttp path: a dict; fast path: the same headers serialized once.
         self.headers = {"Content-Type": content_type, "ETag": etag, "Last-Modified": last_modified,
                         "Cache-Control": cache_control, "Accept-Ranges": "bytes", **cors}
@@ -111,7 +113,7 @@ class OpenFileCache:
             except OSError:
                 self._drop(path)
                 return None
-            if (st.st_ino, st.st_size, st.st_mtime_ns) == entry.identity:
+            if (st.st_ino, st.st_size, st.st_mtime_ns) == entry.identity and not entry.depends:
                 entry.checked_at = now
                 self.entries.move_to_end(path)
                 self.hits += 1
@@ -138,6 +140,7 @@ class OpenFileCache:
             body = None
             if st.st_size <= self.hot_max or media.is_playlist(rel):
                 body = _read_all(fd, st.st_size)
+            live = False
             if meta is not None:
                 etag, cache_control, ctype = meta
             else:
@@ -146,9 +149,11 @@ class OpenFileCache:
                 cache_control = media.cache_control(rel, live, self.config)
                 ctype = media.content_type(rel)
             keep = body is None
-            return Servable(path, len(body) if body is not None else st.st_size, etag, ctype,
+            entry = Servable(path, len(body) if body is not None else st.st_size, etag, ctype,
                             cache_control, media.http_date(st.st_mtime), self.cors, body=body,
                             fd=fd if keep else None, identity=identity)
+            entry.depends = meta is None and live and media.is_master(body or b"")
+            return entry
         finally:
             if not keep:
                 os.close(fd)

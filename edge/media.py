@@ -90,13 +90,17 @@ def playlist_is_live(rel: str, body: bytes, video_dir: str | None) -> bool:
     if ext == ".mpd":
         # DASH-IF IOP: a dynamic MPD is updated in place; a static one is final.
         return b'type="dynamic"' in body
-    if b"#EXT-X-STREAM-INF" in body or b"#EXT-X-MEDIA:" in body:
+    if is_master(body):
         # A master playlist never changes itself; its video is complete once every media
         # playlist it names carries EXT-X-ENDLIST (RFC 8216 section 4.3.3.4).
         if video_dir is None:
             return True
         return not _media_playlists_ended(body, video_dir)
     return b"#EXT-X-ENDLIST" not in body
+
+
+def is_master(body: bytes) -> bool:
+    return b"#EXT-X-STREAM-INF" in body or b"#EXT-X-MEDIA:" in body
 
 
 _URI_ATTR = re.compile(rb'URI="([^"]+)"')

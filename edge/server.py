@@ -15,10 +15,11 @@ import logging
 import os
 import signal
 import sys
+from typing import Any
 
 from aiohttp import web
 
-from ..common.config import SUPERVISOR_PID_ENV
+from ..common.config import SUPERVISOR_PID_ENV, Config
 from ..common.metrics import mark_process_dead
 from ..common.service import ServiceContext
 from .app import build_app
@@ -36,24 +37,52 @@ def worker_count(configured: int) -> int:
     return configured if configured > 0 else (os.cpu_count() or 1)
 
 
+class EdgeServer:
+    """One process's listener: aiohttp's app behind the fast path, on a SO_REUSEPORT socket."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.app = build_app(config)
+        self.runner = web.AppRunner(self.app, handle_signals=False, access_log=None,
+                                    shutdown_timeout=float(config.server.shutdown_timeout),
+                                    keepalive_timeout=float(config.edge.client_timeout))
+        self.fast: FastPath | None = None
+        self.server: asyncio.AbstractServer | None = None
+        self._sweep: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        config = self.config
+        await self.runner.setup()
+        factory: Any = self.runner.server
+        if config.edge.fast_path:
+            self.fast = FastPath(self.app, self.app[DELIVERY], self.runner.server,
+                                 float(config.edge.client_timeout), int(config.edge.max_header_size))
+            factory = self.fast
+            self._sweep = asyncio.create_task(self.fast.sweep(), name="fast-path-sweep")
+        # SO_REUSEPORT lets several edge processes share the port; the kernel spreads connections.
+        self.server = await asyncio.get_running_loop().create_server(
+            factory, config.server.host, config.server.port, reuse_port=True, backlog=1024)
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return self.server.sockets[0].getsockname()[1]
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        if self._sweep is not None:
+            self._sweep.cancel()
+            await asyncio.gather(self._sweep, return_exceptions=True)
+        if self.fast is not None:
+            await self.fast.close()
+        await self.runner.cleanup()
+
+
 async def serve(ctx: ServiceContext) -> None:
     config = ctx.config
-    app = build_app(config)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None,
-                           shutdown_timeout=float(config.server.shutdown_timeout),
-                           keepalive_timeout=float(config.edge.client_timeout))
-    await runner.setup()
-    loop = asyncio.get_running_loop()
-    fast: FastPath | None = None
-    factory = runner.server
-    if config.edge.fast_path:
-        fast = FastPath(app, app[DELIVERY], runner.server, float(config.edge.client_timeout),
-                        int(config.edge.max_header_size))
-        factory = fast  # type: ignore[assignment]
-        ctx.spawn(fast.sweep(), "fast-path-sweep")
-    # SO_REUSEPORT lets several edge processes share the port; the kernel spreads connections.
-    server = await loop.create_server(factory, config.server.host, config.server.port,  # type: ignore[arg-type]
-                                      reuse_port=True, backlog=1024)
+    edge = EdgeServer(config)
+    await edge.start()
     workers = worker_count(config.server.workers)
     pool = WorkerPool(ctx, workers - 1) if workers > 1 else None
     if pool is not None:
@@ -62,13 +91,11 @@ async def serve(ctx: ServiceContext) -> None:
     try:
         await ctx.stop.wait()
     finally:
-        server.close()
         if pool is not None:
             await pool.stop(float(config.server.shutdown_timeout))
-        if fast is not None:
-            await fast.close()
-        await runner.cleanup()
-        log.info("edge stopped%s", f" ({fast.handoffs} connections handed to aiohttp)" if fast else "")
+        await edge.close()
+        handoffs = edge.fast.handoffs if edge.fast else 0
+        log.info("edge stopped (%d connections handed from the fast path to aiohttp)", handoffs)
 
 
 class WorkerPool:
