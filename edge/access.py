@@ -25,15 +25,8 @@ from .tokens import BadToken
 CACHE_TTL_S = 2.0
 _CACHE_MAX = 100_000
 
-# video id -> (expires at (monotonic), visibility, owner); None visibility: no such video.
-_Entry = tuple[float, str | None, str]
-ACCESS_CACHE = web.AppKey("access_cache", dict[str, _Entry])
-
-
 async def _lookup(app: web.Application, video_id: str) -> tuple[str | None, str]:
-    cache = app.get(ACCESS_CACHE)
-    if cache is None:
-        cache = app[ACCESS_CACHE] = {}
+    cache = app[stores.ACCESS_CACHE]
     now = time.monotonic()
     entry = cache.get(video_id)
     if entry is not None and entry[0] > now:
@@ -48,9 +41,7 @@ async def _lookup(app: web.Application, video_id: str) -> tuple[str | None, str]
 
 def forget(app: web.Application, video_id: str) -> None:
     """Drop a cached entry (this process) after a delete."""
-    cache = app.get(ACCESS_CACHE)
-    if cache is not None:
-        cache.pop(video_id, None)
+    app[stores.ACCESS_CACHE].pop(video_id, None)
 
 
 async def authorize_playback(request: web.Request, video_id: str) -> None:

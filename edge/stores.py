@@ -22,6 +22,8 @@ CATALOG = web.AppKey("catalog", Catalog)
 UPLOAD_STORE = web.AppKey("upload_store", UploadStore)
 NONCES = web.AppKey("nonces", NonceStore)
 SIGNER = web.AppKey("token_signer", TokenSigner)
+# edge/access.py: video id -> (expires at (monotonic), visibility or None if unknown, owner).
+ACCESS_CACHE = web.AppKey("access_cache", dict[str, tuple[float, str | None, str]])
 _REGISTERED = web.AppKey("intake_stores_registered", bool)
 
 
@@ -56,4 +58,5 @@ def setup(app: web.Application) -> None:
     if app.get(_REGISTERED):
         return
     app[_REGISTERED] = True
+    app[ACCESS_CACHE] = {}
     app.cleanup_ctx.append(_stores_ctx)

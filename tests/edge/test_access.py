@@ -1,0 +1,111 @@
+"""Private videos: the owner's bearer token, signed expiring playback URLs, other wallets refused."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from urllib.parse import urljoin
+
+from intake_support import bearer, edge, new_account, sign_in  # noqa: F401
+
+from streamgate.edge import stores
+from streamgate.edge.catalog import Video
+from streamgate.edge.keys import CONFIG
+from streamgate.edge.tokens import Claims
+
+MASTER = "#EXTM3U\n#EXT-X-VERSION:7\n#EXT-X-STREAM-INF:BANDWIDTH=400000,RESOLUTION=320x240\n240p/index.m3u8\n"
+MEDIA = ("#EXTM3U\n#EXT-X-VERSION:7\n#EXT-X-TARGETDURATION:2\n#EXT-X-MAP:URI=\"init.mp4\"\n"
+         "#EXTINF:2.0,\nseg_00001.m4s\n#EXT-X-ENDLIST\n")
+
+
+async def _video(e, video_id: str, owner: str, visibility: str) -> None:  # type: ignore[no-untyped-def]
+    """A ready video with a tiny media tree (text stand-ins for the segments: access is tested here)."""
+    media: Path = e.app[CONFIG].storage.media_dir / video_id
+    (media / "240p").mkdir(parents=True)
+    (media / "master.m3u8").write_text(MASTER)
+    (media / "manifest.mpd").write_text("<MPD/>")
+    (media / "240p" / "index.m3u8").write_text(MEDIA)
+    (media / "240p" / "init.mp4").write_bytes(b"init")
+    (media / "240p" / "seg_00001.m4s").write_bytes(b"segment")
+    await e.app[stores.CATALOG].create(Video(id=video_id, created_at=time.time(), owner=owner,
+                                             visibility=visibility, status="ready"))
+
+
+async def _get(e, url: str, headers: dict[str, str] | None = None) -> tuple[int, str]:  # type: ignore[no-untyped-def]
+    async with e.session.get(url if url.startswith("http") else e.url + url, headers=headers or {}) as r:
+        return r.status, await r.text()
+
+
+async def test_public_plays_private_needs_its_owner(edge) -> None:  # noqa: F811
+    e = await edge(auth_required=True)
+    owner, stranger = new_account(), new_account()
+    owner_token, stranger_token = await sign_in(e, owner), await sign_in(e, stranger)
+    public, private = "a" * 32, "b" * 32
+    await _video(e, public, owner.address, "public")
+    await _video(e, private, owner.address, "private")
+    assert (await _get(e, f"/videos/{public}/master.m3u8"))[0] == 200
+    assert (await _get(e, f"/videos/{public}/240p/seg_00001.m4s"))[0] == 200
+    status, body = await _get(e, f"/videos/{private}/master.m3u8")
+    assert status == 401 and "private" in body
+    assert (await _get(e, f"/videos/{private}/240p/seg_00001.m4s", bearer(stranger_token)))[0] == 403
+    assert (await _get(e, f"/videos/{private}/master.m3u8", bearer(owner_token))) == (200, MASTER)
+    # The API hides the private video from others too.
+    async with e.session.get(f"{e.url}/api/v1/videos/{private}", headers=bearer(stranger_token)) as r:
+        assert r.status == 403 and (await r.json())["error"] == "forbidden"
+    async with e.session.get(f"{e.url}/api/v1/videos") as r:
+        assert [v["id"] for v in (await r.json())["videos"]] == [public]
+    async with e.session.get(f"{e.url}/api/v1/videos?mine=1", headers=bearer(owner_token)) as r:
+        assert {v["id"] for v in (await r.json())["videos"]} == {public, private}
+
+
+async def test_signed_playback_url_opens_every_file_below_it(edge) -> None:  # noqa: F811
+    e = await edge(auth_required=True)
+    owner, stranger = new_account(), new_account()
+    owner_token = await sign_in(e, owner)
+    private, other = "c" * 32, "d" * 32
+    await _video(e, private, owner.address, "private")
+    await _video(e, other, owner.address, "private")
+    url = f"{e.url}/api/v1/videos/{private}/playback-url"
+    async with e.session.post(url) as r:
+        assert r.status == 401
+    async with e.session.post(url, headers=bearer(await sign_in(e, stranger))) as r:
+        assert r.status == 403
+    async with e.session.post(url, headers=bearer(owner_token)) as r:
+        assert r.status == 200
+        signed = await r.json()
+    hls = signed["hls_url"]
+    assert f"/s/{signed['token']}/videos/{private}/master.m3u8" in hls
+    assert signed["dash_url"].endswith(f"/videos/{private}/manifest.mpd")
+    # A player resolves each relative URI against the playlist's URL (RFC 3986 5.2): no rewriting.
+    status, master = await _get(e, hls)
+    assert status == 200
+    media_url = urljoin(hls, master.strip().splitlines()[-1])
+    status, media = await _get(e, media_url)
+    assert status == 200
+    for line in media.splitlines():
+        target = line.split('URI="')[1].rstrip('"') if "URI=" in line else line
+        if target and not target.startswith("#"):
+            assert (await _get(e, urljoin(media_url, target)))[0] == 200, target
+    assert (await _get(e, signed["dash_url"]))[0] == 200
+    # The same token for another video, tampered, or expired: 403, and the edge stays healthy.
+    assert (await _get(e, hls.replace(private, other)))[0] == 403
+    token = signed["token"]
+    assert (await _get(e, hls.replace(token, token[:-3] + "AAA")))[0] == 403
+    expired = e.app[stores.SIGNER].sign(Claims(kind="play", vid=private, exp=time.time() - 1))
+    status, body = await _get(e, hls.replace(token, expired))
+    assert status == 403 and "expired" in body
+    session = e.app[stores.SIGNER].sign(Claims(kind="session", sub=owner.address, exp=time.time() + 60))
+    assert (await _get(e, hls.replace(token, session)))[0] == 403  # a session token is no playback URL
+    assert (await _get(e, "/health"))[0] == 200
+
+
+async def test_signed_url_ttl_is_bounded(edge) -> None:  # noqa: F811
+    e = await edge(auth_required=False, auth={"signed_url_ttl": "10m"})
+    video_id = "e" * 32
+    await _video(e, video_id, "", "private")
+    async with e.session.post(f"{e.url}/api/v1/videos/{video_id}/playback-url?ttl=60") as r:
+        body = await r.json()
+    claims = e.app[stores.SIGNER].verify(body["token"], "play")
+    assert 50 < claims.exp - time.time() <= 60
+    async with e.session.post(f"{e.url}/api/v1/videos/{video_id}/playback-url?ttl=3600") as r:
+        assert r.status == 400

@@ -1,0 +1,87 @@
+"""Token buckets per client address and per wallet, in-process and in Redis: 429 + Retry-After."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import make_mocked_request
+from intake_support import edge  # noqa: F401
+
+from streamgate.common.config import RateLimitConfig
+from streamgate.edge.errors import HTTPError
+from streamgate.edge.ratelimit import MemoryBuckets, RateLimiter, RedisBuckets
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def buckets(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
+    if request.param == "memory":
+        yield MemoryBuckets()
+        return
+    import redis.asyncio as redis
+
+    client = redis.Redis.from_url(request.getfixturevalue("redis_url"))
+    yield RedisBuckets(client)
+    await client.aclose()
+
+
+async def test_bucket_allows_the_burst_then_refills_at_the_rate(buckets: Any) -> None:
+    now = 1000.0
+    waits = [await buckets.take("k", 2.0, 3, now) for _ in range(4)]
+    assert waits[:3] == [0.0, 0.0, 0.0]
+    assert waits[3] == pytest.approx(0.5)  # one token per 1/rate seconds
+    assert await buckets.take("k", 2.0, 3, now + 0.5) == 0.0
+    assert await buckets.take("k", 2.0, 3, now + 0.5) > 0
+    assert await buckets.take("other", 2.0, 3, now) == 0.0  # keys are independent
+    assert [await buckets.take("k", 2.0, 3, now + 100) for _ in range(3)] == [0.0] * 3  # capped at burst
+
+
+class _Transport:
+    def __init__(self, address: str) -> None:
+        self.address = address
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return (self.address, 40000) if name == "peername" else default
+
+
+def _request(address: str) -> Any:
+    return make_mocked_request("GET", "/api/v1/videos", transport=_Transport(address))
+
+
+async def test_wallet_bucket_spans_addresses_and_address_bucket_spans_wallets(buckets: Any) -> None:
+    limiter = RateLimiter(RateLimitConfig(api_per_second=0.001, api_burst=2), buckets)
+    await limiter.enforce(_request("10.0.0.1"), "api", "0xWallet")
+    await limiter.enforce(_request("10.0.0.2"), "api", "0xWallet")
+    with pytest.raises(HTTPError) as refused:
+        await limiter.enforce(_request("10.0.0.3"), "api", "0xWallet")  # a fresh address, same wallet
+    assert refused.value.status == 429 and "wallet" in refused.value.detail
+    assert int(refused.value.headers["Retry-After"]) >= 1
+    await limiter.enforce(_request("10.0.0.1"), "api", "0xOther")
+    with pytest.raises(HTTPError) as refused:
+        await limiter.enforce(_request("10.0.0.1"), "api", "0xThird")
+    assert "client address" in refused.value.detail
+    # Uploads have their own buckets.
+    await limiter.enforce(_request("10.0.0.1"), "upload", "0xWallet")
+
+
+@pytest.mark.parametrize("with_redis", [False, True])
+async def test_api_answers_429_with_retry_after(edge, with_redis: bool, request: pytest.FixtureRequest) -> None:  # noqa: F811
+    redis_url = request.getfixturevalue("redis_url") if with_redis else ""
+    e = await edge(redis_url=redis_url, rate_limit={"enabled": True, "api_per_second": 0.01, "api_burst": 3,
+                                                    "upload_per_second": 0.01, "upload_burst": 1})
+    statuses = []
+    for _ in range(4):
+        async with e.session.get(e.url + "/api/v1/videos") as r:
+            statuses.append(r.status)
+            if r.status == 429:
+                assert int(r.headers["Retry-After"]) >= 1
+                assert (await r.json())["error"] == "rate limited"
+    assert statuses == [200, 200, 200, 429]
+    headers = {"Tus-Resumable": "1.0.0", "Upload-Length": "1"}
+    async with e.session.post(e.url + "/api/v1/uploads", headers=headers) as r:
+        assert r.status == 201
+    async with e.session.post(e.url + "/api/v1/uploads", headers=headers) as r:
+        assert r.status == 429
+    async with e.session.get(e.url + "/health") as r:  # health and playback are never limited
+        assert r.status == 200
