@@ -18,5 +18,10 @@ def main(args: argparse.Namespace, config: Config) -> int:
         init_metrics(config)  # before anything imports prometheus_client
     from ...common.service import run_service
     from ...farm.broker import serve
+    from ..failover import failover_enabled
+
+    if failover_enabled(config):
+        # A fleet with Consul: one leader among the brokers, jobs in Redis (control/failover.py).
+        from ..failover import serve
 
     return run_service("broker", serve, config, parent_pid=supervisor_pid())

@@ -1,0 +1,122 @@
+"""Broker failover for a fleet: two (or more) brokers, one leader, job state in Redis.
+
+``streamgate broker`` runs :func:`serve` instead of farm/broker.py's when the node is in a fleet
+with Consul (``deployment.mode: fleet``, ``registry.type: consul``). Every broker:
+
+1. says ready as a *standby*: the runner registers it (``streamgate-broker``) with a TTL check
+   that this loop reports as ``warning`` ("standby"), so discovery (passing only) never offers it;
+2. creates a Consul session bound to that check and waits for the lock
+   ``<kv_prefix>/broker/leader`` (control/leadership.py);
+3. on winning it, takes a new fencing epoch in Redis, starts the farm's :class:`~streamgate.farm.broker.Broker`
+   over :class:`~streamgate.farm.journal_redis.RedisJournal` (recovering every accepted job), binds
+   its sockets and turns its check ``passing``; workers and edges find it through discovery;
+4. serves until stopped (then releases the lock: the standby takes over at once) or until the
+   lock is lost (then it stops at once and exits 1; systemd restarts it as a standby).
+
+A leader that is killed stops refreshing its TTL check: Consul turns it critical after
+``registry.ttl``, which invalidates the session and frees the lock for the standby after
+``control.broker_lock_delay``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from ..common.config import Config
+from ..common.service import ServiceContext
+from .consul_client import consul_client
+from .discovery import Discovery
+from .leadership import LeaderLock, LeadershipLost
+from .registry import registration_for
+
+log = logging.getLogger("streamgate.failover")
+
+
+def lock_key(config: Config) -> str:
+    return f"{config.registry.kv_prefix.strip('/')}/broker/leader"
+
+
+def journal_prefix(config: Config) -> str:
+    return f"{config.registry.kv_prefix.strip('/')}:broker"
+
+
+def failover_enabled(config: Config) -> bool:
+    return config.deployment.mode == "fleet" and config.registry.type == "consul"
+
+
+class Leadership:
+    """This broker's role, as its TTL check reports it."""
+
+    def __init__(self) -> None:
+        self.leading = False
+
+    def probe(self) -> tuple[Any, str]:
+        return ("passing", "leader") if self.leading else ("warning", "standby: waiting for the broker lock")
+
+
+async def serve(ctx: ServiceContext) -> None:
+    """The ``broker`` role of a fleet: stand by, lead when the lock is ours, step down when it is not."""
+    from ..farm.broker import Broker
+    from ..farm.journal_redis import RedisJournal
+
+    config = ctx.config
+    registration = registration_for("broker", config)
+    leadership = Leadership()
+    ctx.health_probe = leadership.probe
+    ctx.ready("broker standby")
+    holder = f"{registration.service_id} {config.broker_endpoints.frontend}"
+    async with consul_client(config.registry) as client:
+        lock = LeaderLock(client, lock_key(config), check_id=registration.check_id, holder=holder,
+                          lock_delay_s=float(config.control.broker_lock_delay),
+                          wait_s=float(config.registry.watch_wait))
+        if await lock.create_session(ctx.stop) is None or not await lock.acquire(ctx.stop):
+            await lock.release()
+            return
+        journal = RedisJournal.from_url(config.cache.redis_url, journal_prefix(config))
+        epoch = await journal.take_epoch()
+        metrics = None
+        if config.metrics.enabled:
+            from ..farm.metrics import farm_metrics
+
+            metrics = farm_metrics()
+        broker = Broker(config, journal, metrics=metrics)
+        await broker.start()
+        leadership.leading = True
+        # Be discoverable now rather than at the registrar's next refresh.
+        await client.agent.check.ttl_pass(registration.check_id, "leader")
+        ctx.status(f"broker leader (epoch {epoch}) on {broker.endpoints.frontend}")
+        log.info("broker leads (epoch %d) on %s", epoch, broker.endpoints.frontend)
+        running = asyncio.create_task(broker.run(ctx.stop), name="broker-run")
+        watching = asyncio.create_task(lock.watch_lost(ctx.stop), name="broker-lock-watch")
+        try:
+            done, _ = await asyncio.wait({running, watching}, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()  # LeadershipLost or a broker failure ends this role with an error
+        except LeadershipLost:
+            log.error("broker lost the leader lock; stepping down at once")
+            raise
+        finally:
+            leadership.leading = False
+            for task in (running, watching):
+                task.cancel()
+            await asyncio.gather(running, watching, return_exceptions=True)
+            await broker.close()
+            await lock.release()
+
+
+def discovered_worker(config: Config, discovery: Discovery, **kwargs: Any) -> Any:
+    """A farm worker that asks discovery for the leader's backend before every session.
+
+    The farm's :class:`~streamgate.farm.worker.Worker` reconnects on a fresh socket after the
+    broker goes silent; this subclass only changes *where* each new session connects.
+    """
+    from ..farm.worker import Worker
+
+    class DiscoveredWorker(Worker):
+        async def session(self) -> str:
+            self.endpoint = (await discovery.broker_endpoints()).backend
+            return await super().session()
+
+    return DiscoveredWorker(config, **kwargs)
