@@ -34,6 +34,17 @@ CLIENT = b"SGFC01"
 TOPIC_PREFIX = b"job."
 TICK_TOPIC = b"farm.tick"
 
+# A worker that lost the broker reconnects after a doubling backoff, from one heartbeat interval
+# up to this many (the guide's INTERVAL_MAX); the broker waits as long for a running job's worker
+# to come back after a broker restart.
+RECONNECT_MAX_INTERVALS = 8
+RECONNECT_MAX_S = 10.0
+
+
+def reconnect_max_s(heartbeat_interval_s: float) -> float:
+    return min(RECONNECT_MAX_S, heartbeat_interval_s * RECONNECT_MAX_INTERVALS)
+
+
 JobState = Literal["queued", "running", "done", "failed", "cancelled"]
 TERMINAL_STATES: frozenset[str] = frozenset({"done", "failed", "cancelled"})
 

@@ -61,6 +61,7 @@ from ..common.protocol import (
     Tick,
     WorkerMessage,
     encode,
+    reconnect_max_s,
     topic,
 )
 from .journal import JobRecord, Journal, Totals
@@ -94,6 +95,7 @@ class Lease:
         self.started = now
         self.deadline = deadline
         self.frames = -1
+        self.stage = ""
         self.frames_at = now
         self.fraction = 0.0
         self.fps = 0.0
@@ -133,7 +135,8 @@ class Broker:
     async def start(self) -> None:
         """Recover the journal, then bind the sockets."""
         self.totals = await self.journal.totals()
-        deadline = time.monotonic() + self.expiry_s * 2
+        # Its worker reconnects within its backoff cap after noticing (one expiry) we were gone.
+        deadline = time.monotonic() + 2 * self.expiry_s + reconnect_max_s(self.heartbeat_s)
         for record in await self.journal.load_active():
             self.jobs[record.job_id] = record
             if record.state == "running":
@@ -286,6 +289,20 @@ class Broker:
                 log.info("broker: %s re-adopted job %s attempt %d", worker.worker_id, ready.job_id,
                          ready.attempt)
                 return
+            record = self.jobs.get(ready.job_id)
+            if (lease is None and record is not None and record.state == "queued"
+                    and record.attempts == ready.attempt and self.queue.remove(ready.job_id)):
+                # Requeued while its worker was away (broker restart, lost heartbeats), and nobody
+                # has started it since: the run that is still going keeps it.
+                lease = Lease(ready.job_id, ready.attempt, worker, time.monotonic() + self.task_timeout_s)
+                self.leases[ready.job_id] = lease
+                worker.lease = lease
+                record.state, record.worker = "running", worker.worker_id
+                await self.journal.save(record)
+                self._observe_queue()
+                log.info("broker: %s took back job %s attempt %d", worker.worker_id, ready.job_id,
+                         ready.attempt)
+                return
             await self.send_worker(identity, Abort(job_id=ready.job_id, attempt=ready.attempt,
                                                    reason="lease lost"))
             return  # busy until it stops that run and says READY again
@@ -302,8 +319,10 @@ class Broker:
         lease = self._lease_of(worker, message.job_id, message.attempt)
         if lease is None:
             return
-        if message.frames > lease.frames:
-            lease.frames, lease.frames_at = message.frames, time.monotonic()
+        # Advancing: more frames, or a later stage (packaging and the gate count no frames).
+        if message.frames > lease.frames or message.stage != lease.stage or message.fraction > lease.fraction:
+            lease.frames, lease.stage = max(lease.frames, message.frames), message.stage
+            lease.frames_at = time.monotonic()
         lease.fraction, lease.fps, lease.eta_s = message.fraction, message.fps, message.eta_s
         self.publish(JobProgress(job_id=message.job_id, attempt=message.attempt,
                                  fraction=message.fraction, fps=message.fps, eta_s=message.eta_s,

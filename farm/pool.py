@@ -224,13 +224,14 @@ class Pool:
                  self.replaced, self.killed_hung)
 
 
-async def serve(ctx: Any) -> None:
+async def serve(ctx: Any, runner: str = DEFAULT_RUNNER) -> None:
     """The ``farm`` role (run by common.service.run_service)."""
     from .metrics import farm_metrics
 
     config = ctx.config
     client = BrokerClient(config.broker_endpoints, timeout_s=max(1.0, float(config.broker.heartbeat_interval)))
-    pool = Pool(config, metrics=farm_metrics() if config.metrics.enabled else None, client=client)
+    pool = Pool(config, runner=runner, metrics=farm_metrics() if config.metrics.enabled else None,
+                client=client)
     try:
         await pool.run(ctx.stop, ready=lambda: ctx.ready(f"farm pool: {len(pool.workers)} workers"))
     finally:

@@ -51,13 +51,13 @@ from ..common.protocol import (
     Progress,
     Ready,
     encode,
+    reconnect_max_s,
 )
 
 log = logging.getLogger("streamgate.worker")
 
 # Exit code of a worker that killed itself because its pipeline would not stop (pool replaces it).
 EXIT_WEDGED = 75
-RECONNECT_MAX_S = 10.0
 PROGRESS_EVERY_S = 0.2
 
 
@@ -130,12 +130,14 @@ class Worker:
         self.metrics = metrics
         self.heartbeat_s = float(config.broker.heartbeat_interval)
         self.expiry_s = self.heartbeat_s * config.broker.heartbeat_liveness
+        self.reconnect_max_s = reconnect_max_s(self.heartbeat_s)
         self.drain_timeout_s = float(config.transcoder.drain_timeout)
         self.abort_grace_s = float(config.transcoder.abort_grace)
         self.draining = asyncio.Event()
         self.current: Current | None = None
         self.jobs_done = 0
         self.jobs_failed = 0
+        self.sessions = 0  # connections made (1 + reconnects)
         self._ctx = zmq.asyncio.Context()
         self._decoder = msgspec.msgpack.Decoder(BrokerMessage)
         self._sock: zmq.asyncio.Socket | None = None
@@ -162,7 +164,7 @@ class Worker:
                     log.warning("worker %s: broker silent for %.1fs; reconnecting in %.1fs",
                                 self.worker_id, self.expiry_s, backoff)
                     await self._sleep_unless_drained(backoff)
-                    backoff = min(backoff * 2, max(RECONNECT_MAX_S, self.heartbeat_s))
+                    backoff = min(backoff * 2, self.reconnect_max_s)
                 else:
                     backoff = self.heartbeat_s
         finally:
@@ -194,6 +196,7 @@ class Worker:
         sock.setsockopt(zmq.ROUTING_ID, self.worker_id.encode())
         sock.connect(self.endpoint)
         self._sock = sock
+        self.sessions += 1
         self._last_heard = time.monotonic()
         try:
             await self._hello()

@@ -9,6 +9,9 @@ HELP = "Run the farm worker pool alone, for a systemd unit."
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, help="workers at start (default: transcoder.worker_pool_size)")
+    parser.add_argument("--runner", metavar="MODULE:FUNCTION",
+                        help="what a worker runs per job (default: the farm pipeline); a file path"
+                             " may stand for the module (/path/runners.py:name), as fault tests do")
 
 
 def main(args: argparse.Namespace, config: Config) -> int:
@@ -21,7 +24,10 @@ def main(args: argparse.Namespace, config: Config) -> int:
             config.transcoder, worker_pool_size=args.workers))
     if config.metrics.enabled:
         init_metrics(config)  # before anything imports prometheus_client; workers inherit it
+    from functools import partial
+
     from ...common.service import run_service
     from ...farm.pool import serve
 
-    return run_service("farm", serve, config, parent_pid=supervisor_pid())
+    runner = {"runner": args.runner} if args.runner else {}
+    return run_service("farm", partial(serve, **runner), config, parent_pid=supervisor_pid())

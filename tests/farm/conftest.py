@@ -109,7 +109,7 @@ def _processes_with(token: str) -> list[tuple[int, str]]:
     """Live processes started under this test (they inherit the token in their environment)."""
     found = []
     needle = f"{TOKEN_ENV}={token}".encode()
-    for pid, title in processes_titled(""):
+    for pid, title in processes_titled("streamgate"):
         if pid == os.getpid():
             continue
         try:
@@ -365,3 +365,48 @@ def raw_worker(farm: Farm) -> Iterator[Callable[[str], RawWorker]]:
 @pytest.fixture(name="runner")
 def runner_fixture() -> Callable[[str], str]:
     return runner
+
+
+class RunningPool:
+    def __init__(self, pool: Any, stop: asyncio.Event, task: asyncio.Task[None]) -> None:
+        self.pool = pool
+        self.stop_event = stop
+        self.task = task
+
+    def pids(self) -> list[int]:
+        return [w.pid for w in self.pool.workers if w.process.exitcode is None and not w.retiring]
+
+    async def stop(self) -> None:
+        if not self.task.done():
+            self.stop_event.set()
+        await self.task
+
+
+@pytest.fixture
+async def start_pool(farm: Farm) -> AsyncIterator[Callable[..., Any]]:
+    """Factory: an in-process pool (its workers are real spawned processes) on the farm's config,
+    with a runner from tests/farm/runners.py; stopped (drained) at teardown."""
+    from streamgate.farm.client import BrokerClient
+    from streamgate.farm.pool import Pool
+
+    running: list[tuple[RunningPool, Any]] = []
+
+    async def start(runner_name: str = "real", *, wait_ready: bool = True) -> RunningPool:
+        client = BrokerClient(farm.config.broker_endpoints, timeout_s=0.5)
+        pool = Pool(farm.config, runner=runner(runner_name), client=client)
+        stop = asyncio.Event()
+        handle = RunningPool(pool, stop, asyncio.create_task(pool.run(stop)))
+        running.append((handle, client))
+        if wait_ready:
+            from support import async_wait_until
+
+            async def all_idle() -> bool:
+                return bool(pool.workers) and all(w.state == "idle" for w in pool.workers)
+
+            await async_wait_until(all_idle, timeout=30, what="pool workers to connect")
+        return handle
+
+    yield start
+    for handle, client in running:
+        await handle.stop()
+        await client.close()

@@ -7,6 +7,7 @@ job's settings are read here and removed before the pipeline sees the settings.
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
@@ -31,7 +32,7 @@ def _started_marker(run: JobRun) -> None:
     """Tell the test which attempt is running now (a file it polls for)."""
     marker = Path(run.job.out_dir).parent / f"{run.job.job_id}.running-{run.attempt}"
     marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text("")
+    marker.write_text(str(os.getpid()))
 
 
 def gated(run: JobRun) -> TranscodeResult:
@@ -55,3 +56,27 @@ def stall_first(run: JobRun) -> TranscodeResult:
         run.on_progress(TranscodeProgress(stage="decode", frames_done=1, fraction=0.05))
         threading.Event().wait()  # forever
     return _pipeline(run)
+
+
+def gated_mid(run: JobRun) -> TranscodeResult:
+    """Like :func:`gated`, but the gate is inside the pipeline: at the first encode progress the
+    decoder blocks in its callback while the encoder processes and the frame ring exist, so a
+    kill or a drain lands mid-encode."""
+    if run.attempt not in run.job.settings.get("test_gate_attempts", [1]):
+        _started_marker(run)
+        return _pipeline(run)
+    release = Path(run.job.out_dir).parent / f"{run.job.job_id}.release"
+    gated = [False]
+
+    def on_progress(p: TranscodeProgress) -> None:
+        run.on_progress(p)
+        if not gated[0] and p.frames_done > 0:
+            gated[0] = True
+            _started_marker(run)
+            while not release.exists():
+                if run.cancel.wait(0.02):
+                    return  # the pipeline sees the cancel event and stops itself
+
+    return run_pipeline(JobRun(job=msgspec.structs.replace(run.job, settings={
+        k: v for k, v in run.job.settings.items() if not k.startswith("test_")}),
+        attempt=run.attempt, config=run.config, on_progress=on_progress, cancel=run.cancel))
