@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-
 from conftest import free_port, streamgate_env
 from support import wait_until
 
