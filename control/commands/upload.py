@@ -1,16 +1,112 @@
 from __future__ import annotations
 
 import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
 
 from ...common.config import Config
-from ..cli import NotYetError
+from ..edge_client import add_server_arguments
 
 HELP = "Upload a video over tus with a progress bar, follow its transcode, print the HLS and DASH URLs."
 
+CHUNK = 4 * 2**20
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    parser.add_argument("file", type=Path, help="the video file")
+    parser.add_argument("--title", help="title (default: the file name)")
+    parser.add_argument("--private", action="store_true",
+                        help="only its owner (your wallet) and signed URLs may play it")
+    parser.add_argument("--priority", type=int, default=None, help="transcode priority (higher first)")
+    parser.add_argument("--no-wait", action="store_true", help="return once uploaded, do not follow the transcode")
+    parser.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for the transcode")
+    add_server_arguments(parser)
 
 
 def main(args: argparse.Namespace, config: Config) -> int:
-    raise NotYetError("edge intake (issue 6) is not built yet")
+    from rich.console import Console
+
+    from ..edge_client import EdgeAPIError, EdgeClient, server_url
+
+    console = Console(stderr=True)
+    if not args.file.is_file():
+        console.print(f"[red]streamgate upload: {args.file}: no such file[/red]")
+        return 2
+    client = EdgeClient(server_url(args, config), Path(args.wallet_key))
+    try:
+        video_id = _upload(client, args, console)
+        console.print(f"uploaded [bold]{video_id}[/bold]")
+        if args.no_wait:
+            print(video_id)
+            return 0
+        video = _follow(client, video_id, args.timeout, console)
+        if video["status"] != "ready":
+            console.print(f"[red]transcode {video['status']}: {video.get('error') or 'no reason given'}[/red]")
+            return 1
+        urls = (client.json("POST", f"/api/v1/videos/{video_id}/playback-url")
+                if video["visibility"] == "private" else video)
+        print(f"id:   {video_id}")
+        print(f"HLS:  {urls['hls_url']}")
+        print(f"DASH: {urls['dash_url']}")
+        return 0
+    except EdgeAPIError as exc:
+        console.print(f"[red]streamgate upload: {exc}[/red]")
+        return 1
+    except OSError as exc:
+        console.print(f"[red]streamgate upload: cannot reach {client.base}: {exc}[/red]")
+        return 1
+    finally:
+        client.close()
+
+
+def _upload(client: Any, args: argparse.Namespace, console: Any) -> str:
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+    from tusclient import client as tus
+    from tusclient.exceptions import TusCommunicationError
+
+    metadata = {"filename": args.file.name, "title": args.title or args.file.stem,
+                "visibility": "private" if args.private else "public"}
+    if args.priority is not None:
+        metadata["priority"] = str(args.priority)
+    size = args.file.stat().st_size
+    with open(args.file, "rb") as stream:  # a stream: tuspy leaks the handles it opens from a path
+        tus_client = tus.TusClient(client.base + "/api/v1/uploads", headers=client.headers)
+        uploader = tus_client.uploader(file_stream=stream, chunk_size=CHUNK, metadata=metadata,
+                                       upload_checksum=True, retries=3, retry_delay=1)
+        try:
+            uploader.set_url(uploader.create_url())
+        except TusCommunicationError as exc:
+            if exc.status_code != 401:
+                raise
+            console.print(f"signing in with the wallet in {args.wallet_key}")
+            console.print(f"signed in as {client.sign_in()}")
+            tus_client.set_headers(client.headers)
+            uploader.set_url(uploader.create_url())
+        with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                      TransferSpeedColumn(), console=console, transient=False) as progress:
+            task = progress.add_task(f"upload {args.file.name}", total=size)
+            while uploader.offset < size:
+                uploader.upload_chunk()
+                progress.update(task, completed=uploader.offset)
+    return str(uploader.url).rstrip("/").rsplit("/", 1)[1]
+
+
+def _follow(client: Any, video_id: str, timeout: float, console: Any) -> dict[str, Any]:
+    from rich.progress import BarColumn, Progress, TextColumn
+
+    deadline = time.monotonic() + timeout
+    with Progress("[progress.description]{task.description}", BarColumn(),
+                  TextColumn("{task.percentage:>3.0f}%  {task.fields[eta]}"), console=console) as progress:
+        task = progress.add_task("queued", total=1.0, eta="")
+        while True:
+            video = client.json("GET", f"/api/v1/videos/{video_id}")
+            eta = f"ETA {video['eta_s']:.0f}s" if video.get("eta_s") else ""
+            progress.update(task, description=video["status"], completed=video["progress"], eta=eta)
+            if video["status"] in ("ready", "failed"):
+                return video  # type: ignore[no-any-return]
+            if time.monotonic() > deadline:
+                print(f"streamgate upload: still {video['status']} after {timeout:g}s", file=sys.stderr)
+                return video  # type: ignore[no-any-return]
+            time.sleep(0.5)  # polling the API for the user; not test synchronisation

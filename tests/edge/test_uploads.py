@@ -21,6 +21,20 @@ def _payload(size: int, seed: int = 7) -> bytes:
     return hashlib.shake_256(f"streamgate-{seed}".encode()).digest(size)
 
 
+def _tus_upload(base: str, path: Path, *, chunk_size: int, stop_at: int | None = None,
+                url: str | None = None, metadata: dict[str, str] | None = None, checksum: bool = True):  # type: ignore[no-untyped-def]
+    """tuspy, synchronous (requests): run in a thread, off the loop serving the edge."""
+    from tusclient import client
+
+    with open(path, "rb") as stream:  # a stream: tuspy leaks the handles it opens from a path
+        uploader = client.TusClient(base + "/api/v1/uploads").uploader(
+            file_stream=stream, url=url, chunk_size=chunk_size, metadata=metadata,
+            upload_checksum=checksum)
+        uploader.resumed_from = uploader.offset  # with a url: what HEAD reported
+        uploader.upload(stop_at)
+        return uploader
+
+
 async def _create(e, length: int, **meta: str) -> str:  # type: ignore[no-untyped-def]
     headers = {**TUS, "Upload-Length": str(length),
                "Upload-Metadata": _meta(**(meta or {"filename": "clip.mp4"}))}
@@ -42,17 +56,12 @@ async def _patch(e, url: str, offset: int, body: bytes, **headers: str):  # type
 
 
 async def test_tuspy_upload_with_checksums_queues_the_video(edge, tmp_path: Path) -> None:  # noqa: F811
-    from tusclient import client
-
     e = await edge()
     data = _payload(300_000)
     path = tmp_path / "my clip.mp4"
     path.write_bytes(data)
-    tus = client.TusClient(e.url + "/api/v1/uploads")
-    with open(path, "rb") as stream:  # a stream: tuspy leaks the handles it opens from a path
-        uploader = tus.uploader(file_stream=stream, chunk_size=64 * 1024, upload_checksum=True,
-                                metadata={"filename": path.name, "title": "My clip", "priority": "99"})
-        await asyncio.to_thread(uploader.upload)
+    uploader = await asyncio.to_thread(_tus_upload, e.url, path, chunk_size=64 * 1024, metadata={
+        "filename": path.name, "title": "My clip", "priority": "99"})
     video_id = uploader.url.rsplit("/", 1)[1]
     async with e.session.get(f"{e.url}/api/v1/videos/{video_id}") as r:
         video = await r.json()
@@ -68,21 +77,14 @@ async def test_tuspy_upload_with_checksums_queues_the_video(edge, tmp_path: Path
 
 
 async def test_interrupted_upload_resumes_where_it_stopped(edge, tmp_path: Path) -> None:  # noqa: F811
-    from tusclient import client
-
     e = await edge()
     data = _payload(200_000, seed=2)
     path = tmp_path / "a.mov"
     path.write_bytes(data)
-    tus = client.TusClient(e.url + "/api/v1/uploads")
-    with open(path, "rb") as stream:
-        first = tus.uploader(file_stream=stream, chunk_size=50_000, metadata={"filename": "a.mov"})
-        await asyncio.to_thread(first.upload, 100_000)  # stop half way, as a dropped client would
-        # The constructor asks the server for the offset (HEAD): off the loop that serves it.
-        resumed = await asyncio.to_thread(tus.uploader, file_stream=stream, url=first.url,
-                                          chunk_size=70_000, upload_checksum=True)
-        assert resumed.offset == 100_000  # asked the server with HEAD
-        await asyncio.to_thread(resumed.upload)
+    first = await asyncio.to_thread(_tus_upload, e.url, path, chunk_size=50_000, stop_at=100_000,
+                                    metadata={"filename": "a.mov"}, checksum=False)
+    resumed = await asyncio.to_thread(_tus_upload, e.url, path, chunk_size=70_000, url=first.url)
+    assert resumed.resumed_from == 100_000 and resumed.offset == len(data)
     video_id = first.url.rsplit("/", 1)[1]
     assert (tmp_path / "data" / "sources" / video_id / "source.mov").read_bytes() == data
 

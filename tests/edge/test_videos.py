@@ -109,6 +109,13 @@ async def test_delete_removes_source_media_and_partial(edge) -> None:  # noqa: F
         assert r.status == 410
 
 
+def _start_broker(data_dir: Path, log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "wb") as out:
+        return subprocess.Popen([sys.executable, "-m", "streamgate", "broker"],
+                                env=streamgate_env(data_dir, 1, STREAMGATE__METRICS__ENABLED="false"),
+                                stdout=out, stderr=subprocess.STDOUT)
+
+
 async def test_queued_video_reaches_a_broker_that_starts_late(edge, tmp_path: Path) -> None:  # noqa: F811
     from streamgate.farm.client import BrokerClient
 
@@ -119,10 +126,7 @@ async def test_queued_video_reaches_a_broker_that_starts_late(edge, tmp_path: Pa
     assert await intake.resubmit_once(e.app) == 0  # no broker yet: stays queued
     assert (await e.app[stores.CATALOG].get(video_id)).submitted_at is None
     log = tmp_path / "broker.log"
-    with open(log, "wb") as out:
-        broker = subprocess.Popen([sys.executable, "-m", "streamgate", "broker"],
-                                  env=streamgate_env(data_dir, 1, STREAMGATE__METRICS__ENABLED="false"),
-                                  stdout=out, stderr=subprocess.STDOUT)
+    broker = _start_broker(data_dir, log)
     client = BrokerClient(config.broker_endpoints, timeout_s=1.0)
     try:
         deadline = time.monotonic() + 20
