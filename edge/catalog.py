@@ -69,7 +69,7 @@ class Catalog(Protocol):
     async def update(self, video_id: str, changes: dict[str, Any], *,
                      when: Collection[str] | None = None) -> Video | None:
         """Apply ``changes``; None when the video is missing or its status is not in ``when``."""
-    async def list(self, *, limit: int, offset: int = 0, owner: str | None = None,
+    async def page(self, *, limit: int, offset: int = 0, owner: str | None = None,
                    public_only: bool = False) -> tuple[list[Video], int]:
         """Newest first: one page and the total count."""
     async def with_status(self, status: str) -> list[str]: ...
@@ -138,7 +138,7 @@ class SqliteCatalog:
             finally:
                 self._db.execute("COMMIT")
 
-    async def list(self, *, limit: int, offset: int = 0, owner: str | None = None,
+    async def page(self, *, limit: int, offset: int = 0, owner: str | None = None,
                    public_only: bool = False) -> tuple[list[Video], int]:
         where, args = [], []
         if owner is not None:
@@ -229,7 +229,7 @@ class RedisCatalog:
                 except WatchError:
                     continue
 
-    async def list(self, *, limit: int, offset: int = 0, owner: str | None = None,
+    async def page(self, *, limit: int, offset: int = 0, owner: str | None = None,
                    public_only: bool = False) -> tuple[list[Video], int]:
         index = self._index(owner, public_only)
         total = await self._r.zcard(index)

@@ -229,6 +229,12 @@ async def receive(request: web.Request, config: Config, upload: Upload,
         except HTTPError:
             os.ftruncate(fd, base + durable)
             raise
+        except OSError as exc:  # the disk is full or failing: keep what is durable, say so
+            os.ftruncate(fd, base + durable)
+            log.error("upload %s: write failed at %d: %s", upload.id, base + written, exc)
+            raise _error(config, 507, "insufficient storage",
+                         f"the edge could not store the upload ({exc.strerror}); resume later",
+                         **{"Upload-Offset": str(base + durable)}) from None
         except asyncio.CancelledError:
             if hasher is None:
                 await checkpoint()

@@ -86,7 +86,7 @@ async def list_videos(request: web.Request) -> web.Response:
     if mine and not caller:
         raise HTTPError(401, "unauthorized", "mine=1 lists a wallet's videos: send its bearer token",
                         {"WWW-Authenticate": "Bearer"})
-    videos, total = await request.app[stores.CATALOG].list(
+    videos, total = await request.app[stores.CATALOG].page(
         limit=limit, offset=offset, owner=caller if mine else None, public_only=not mine)
     base = _base(request, config)
     following = offset + len(videos)

@@ -84,15 +84,15 @@ async def test_list_is_paginated_newest_first_and_respects_privacy(backend: dict
     for i in range(7):
         await catalog.create(_video(f"v{i}", 10.0 + i, owner="0xA" if i % 2 else "0xB",
                                     visibility="private" if i == 5 else "public"))
-    page, total = await catalog.list(limit=3, offset=0)
+    page, total = await catalog.page(limit=3, offset=0)
     assert total == 7 and [v.id for v in page] == ["v6", "v5", "v4"]
-    page, total = await catalog.list(limit=3, offset=6)
+    page, total = await catalog.page(limit=3, offset=6)
     assert [v.id for v in page] == ["v0"]
-    public, total = await catalog.list(limit=10, public_only=True)
+    public, total = await catalog.page(limit=10, public_only=True)
     assert total == 6 and "v5" not in [v.id for v in public]
-    mine, total = await catalog.list(limit=10, owner="0xA")
+    mine, total = await catalog.page(limit=10, owner="0xA")
     assert total == 3 and [v.id for v in mine] == ["v5", "v3", "v1"]
-    empty, total = await catalog.list(limit=10, owner="0xC")
+    empty, total = await catalog.page(limit=10, owner="0xC")
     assert (empty, total) == ([], 0)
 
 
@@ -104,8 +104,8 @@ async def test_delete(backend: dict[str, Any]) -> None:
     assert await catalog.get("v") is None
     assert await catalog.delete("v") is False
     assert await catalog.with_status("queued") == []
-    assert await catalog.list(limit=10) == ([], 0)
-    assert await catalog.list(limit=10, owner="0xA", public_only=True) == ([], 0)
+    assert await catalog.page(limit=10) == ([], 0)
+    assert await catalog.page(limit=10, owner="0xA", public_only=True) == ([], 0)
 
 
 async def test_upload_state_lifecycle(backend: dict[str, Any]) -> None:

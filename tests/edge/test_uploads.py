@@ -13,6 +13,7 @@ from intake_support import TUS, edge  # noqa: F401  (fixture)
 from streamgate.edge import intake, stores
 from streamgate.edge.uploads import partial_path
 
+
 def _meta(**pairs: str) -> str:
     return ",".join(f"{k} {base64.b64encode(v.encode()).decode()}" for k, v in pairs.items())
 
@@ -279,3 +280,40 @@ async def test_x_http_method_override(edge) -> None:  # noqa: F811
             **TUS, "X-HTTP-Method-Override": "PATCH", "Upload-Offset": "0",
             "Content-Type": "application/offset+octet-stream"}) as r:
         assert r.status == 204 and r.headers["Upload-Offset"] == "4"
+
+
+async def test_a_second_writer_waits_then_gets_423(edge, monkeypatch) -> None:  # noqa: F811
+    from streamgate.edge import uploads
+
+    monkeypatch.setattr(uploads, "LOCK_WAIT_S", 0.3)
+    e = await edge()
+    url = await _create(e, 10_000)
+    path = url.split("://", 1)[1].split("/", 1)[1]
+    reader, writer = await asyncio.open_connection(e.server.host, e.server.port)
+    writer.write((f"PATCH /{path} HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\nUpload-Offset: 0\r\n"
+                  "Content-Type: application/offset+octet-stream\r\nContent-Length: 10000\r\n\r\n").encode()
+                 + b"a" * 100)
+    await writer.drain()
+    # The first PATCH holds the lock while its body trickles in; a second writer is refused.
+    deadline = time.monotonic() + 10
+    while True:
+        status, headers, body = await _patch(e, url, 0, b"b" * 10)
+        if status == 423:
+            break
+        assert time.monotonic() < deadline, (status, body)
+    assert body["error"] == "locked" and headers["Retry-After"] == "1"
+    writer.write(b"a" * 9900)  # the first writer finishes
+    await writer.drain()
+    status_line = await reader.readline()
+    assert b" 204 " in status_line
+    writer.close()
+    await writer.wait_closed()
+    assert (await _head(e, url))[1]["Upload-Offset"] == "10000"
+
+
+async def test_an_empty_upload_completes_at_creation(edge) -> None:  # noqa: F811
+    e = await edge()
+    url = await _create(e, 0)
+    video_id = url.rsplit("/", 1)[1]
+    video = await e.app[stores.CATALOG].get(video_id)
+    assert video.status == "queued" and video.sha256 == hashlib.sha256(b"").hexdigest()
