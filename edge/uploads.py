@@ -298,6 +298,9 @@ async def create(request: web.Request) -> web.Response:
     has_body = bool(request.content_length) or request.headers.get("Transfer-Encoding") == "chunked"
     if has_body:
         _check_body_type(request, config)
+        if request.content_length is not None and request.content_length > length:
+            raise _error(config, 413, "payload too large",
+                         f"a {request.content_length}-byte body for an Upload-Length of {length}")
     checksum = _checksum(request, config) if has_body else None
     upload_id = uuid.uuid4().hex
     now = time.time()

@@ -108,6 +108,12 @@ async def test_creation_with_upload_and_options(edge) -> None:  # noqa: F811
         url = r.headers["Location"]
     status, headers, _ = await _patch(e, url, 600, body[600:])
     assert status == 204 and headers["Upload-Offset"] == "1000"
+    async with e.session.post(e.url + "/api/v1/uploads", data=b"y" * 20, headers={
+            **TUS, "Upload-Length": "10", "Content-Type": "application/offset+octet-stream"}) as r:
+        assert r.status == 413 and "Location" not in r.headers
+    async with e.session.post(e.url + "/api/v1/uploads", data=b"y" * 10, headers={
+            **TUS, "Upload-Length": "10", "Content-Type": "text/plain"}) as r:
+        assert r.status == 415
 
 
 async def test_every_tus_error_has_its_status_and_a_json_error(edge, tmp_path: Path) -> None:  # noqa: F811
