@@ -8,6 +8,7 @@ import hashlib
 import time
 from pathlib import Path
 
+import pytest
 from intake_support import TUS, edge  # noqa: F401  (fixture)
 
 from streamgate.edge import intake, stores
@@ -116,8 +117,11 @@ async def test_creation_with_upload_and_options(edge) -> None:  # noqa: F811
         assert r.status == 415
 
 
-async def test_every_tus_error_has_its_status_and_a_json_error(edge, tmp_path: Path) -> None:  # noqa: F811
-    e = await edge(uploads={"max_size": "1MiB"})
+@pytest.mark.parametrize("with_redis", [False, True], ids=["sqlite", "redis"])
+async def test_every_tus_error_has_its_status_and_a_json_error(edge, with_redis: bool,  # noqa: F811
+                                                               request: pytest.FixtureRequest) -> None:
+    redis_url = request.getfixturevalue("redis_url") if with_redis else ""
+    e = await edge(uploads={"max_size": "1MiB"}, redis_url=redis_url)
     base = e.url + "/api/v1/uploads"
     # 412 + Tus-Version for a wrong or missing Tus-Resumable
     async with e.session.post(base, headers={"Tus-Resumable": "0.2.2", "Upload-Length": "5"}) as r:
@@ -323,3 +327,24 @@ async def test_an_empty_upload_completes_at_creation(edge) -> None:  # noqa: F81
     video_id = url.rsplit("/", 1)[1]
     video = await e.app[stores.CATALOG].get(video_id)
     assert video.status == "queued" and video.sha256 == hashlib.sha256(b"").hexdigest()
+
+
+async def test_a_completion_cut_short_is_finished_by_the_resubmitter(edge) -> None:  # noqa: F811
+    from streamgate.edge.upload_state import Upload
+
+    e = await edge()
+    url = await _create(e, 5, filename="crash.webm")
+    video_id = url.rsplit("/", 1)[1]
+    store = e.app[stores.UPLOAD_STORE]
+    # As if the edge died right after the last checkpoint: every byte durable, completion not run.
+    partial_path(_config(e), video_id).write_bytes(b"hello")
+    upload = await store.get(video_id)
+    await store.save(Upload(id=video_id, length=5, offset=5, metadata=upload.metadata,
+                            created_at=upload.created_at, expires_at=upload.expires_at))
+    assert (await e.app[stores.CATALOG].get(video_id)).status == "uploading"
+    await intake.resubmit_once(e.app)
+    video = await e.app[stores.CATALOG].get(video_id)
+    assert video.status == "queued" and video.sha256 == hashlib.sha256(b"hello").hexdigest()
+    assert await asyncio.to_thread(Path(video.source).read_bytes) == b"hello"
+    assert video.source.endswith("source.webm")
+    assert (await store.get(video_id)).done
