@@ -88,4 +88,33 @@ def make_video(
                     out.mux(packet)
             for packet in astream.encode(None):
                 out.mux(packet)
+    if rotate and vstream is not None and path.suffix.lower() in (".mp4", ".mov", ".m4v"):
+        _set_display_rotation(path, rotate)
     return path
+
+
+def _set_display_rotation(path: Path, rotate: int) -> None:
+    """Write a phone's display matrix into the video track's ``tkhd`` (ISO/IEC 14496-12 8.3.2).
+
+    FFmpeg's mp4 muxer no longer turns the ``rotate`` tag into a matrix, so the matrix is
+    patched in place; ``rotate`` is clockwise degrees as phones and ``ffmpeg -metadata rotate``
+    mean it (the same matrices as FFmpeg's movenc).
+    """
+    import struct
+
+    data = bytearray(path.read_bytes())
+    at = data.find(b"tkhd")  # the video stream is added first, so its track comes first
+    if at < 0:
+        return
+    payload = at + 4
+    version = data[payload]
+    width, height = struct.unpack_from(">II", data, payload + (84 if version == 1 else 72))
+    width, height = width >> 16, height >> 16
+    one = 1 << 16
+    a, b, c, d, tx, ty = {
+        90: (0, one, -one, 0, height * one, 0),
+        180: (-one, 0, 0, -one, width * one, height * one),
+        270: (0, -one, one, 0, 0, width * one),
+    }[rotate % 360]
+    struct.pack_into(">9i", data, payload + (52 if version == 1 else 40), a, b, 0, c, d, 0, tx, ty, 1 << 30)
+    path.write_bytes(bytes(data))

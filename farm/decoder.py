@@ -99,6 +99,7 @@ class DecodeLoop:
                         self.released[encoder.name] += 1
                     case SegmentWritten(segment=segment):
                         self.on_segment(encoder.name, segment)
+                        self._last_progress = 0.0  # report now: a new segment is playable
                     case Finished():
                         self.finished[encoder.name] = event
                     case Attached():

@@ -58,7 +58,7 @@ def probe(source: Path) -> SourceInfo:
     try:
         container = av.open(str(source), metadata_errors="ignore")
     except (av.FFmpegError, UnicodeDecodeError, ValueError) as exc:
-        raise BadInputError(f"not a readable media file: {exc}") from exc
+        raise BadInputError(f"not a readable media file (corrupt, truncated or not audio/video): {exc}") from exc
     with container:
         if not container.streams.video:
             kind = "audio only" if container.streams.audio else "no streams"

@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import mmap
 import os
+import secrets
 from multiprocessing import shared_memory
 
 import numpy as np
+
+RING_PREFIX = "streamgate-ring-"
 
 
 def frame_bytes(width: int, height: int) -> int:
@@ -31,8 +34,10 @@ class FrameRing:
             raise ValueError("ring frames are yuv420p: width and height must be even")
         self.width, self.height, self.slots = width, height, slots
         self.slot_size = frame_bytes(width, height)
+        # A recognisable name (``ls /dev/shm``), unique per creating process and ring.
+        name = f"{RING_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
         self._shm: shared_memory.SharedMemory | None = shared_memory.SharedMemory(
-            create=True, size=self.slot_size * slots)
+            name=name, create=True, size=self.slot_size * slots)
         self.name = self._shm.name
         self._unlinked = False
         self._frames = np.ndarray((slots, height * 3 // 2, width), dtype=np.uint8, buffer=self._shm.buf)
