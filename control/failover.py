@@ -58,6 +58,10 @@ class Leadership:
 
 async def serve(ctx: ServiceContext) -> None:
     """The ``broker`` role of a fleet: stand by, lead when the lock is ours, step down when it is not."""
+    # Everything slow to import is imported before standing by: the TTL check (and with it the
+    # lock's session) must not lapse while a new leader blocks its loop on imports.
+    import redis.asyncio  # noqa: F401
+
     from ..farm.broker import Broker
     from ..farm.journal_redis import RedisJournal
 
@@ -65,6 +69,11 @@ async def serve(ctx: ServiceContext) -> None:
     registration = registration_for("broker", config)
     leadership = Leadership()
     ctx.health_probe = leadership.probe
+    metrics = None
+    if config.metrics.enabled:
+        from ..farm.metrics import farm_metrics
+
+        metrics = farm_metrics()
     ctx.ready("broker standby")
     holder = f"{registration.service_id} {config.broker_endpoints.frontend}"
     async with consul_client(config.registry) as client:
@@ -76,11 +85,6 @@ async def serve(ctx: ServiceContext) -> None:
             return
         journal = RedisJournal.from_url(config.cache.redis_url, journal_prefix(config))
         epoch = await journal.take_epoch()
-        metrics = None
-        if config.metrics.enabled:
-            from ..farm.metrics import farm_metrics
-
-            metrics = farm_metrics()
         broker = Broker(config, journal, metrics=metrics)
         await broker.start()
         leadership.leading = True
@@ -112,11 +116,23 @@ def discovered_worker(config: Config, discovery: Discovery, **kwargs: Any) -> An
     The farm's :class:`~streamgate.farm.worker.Worker` reconnects on a fresh socket after the
     broker goes silent; this subclass only changes *where* each new session connects.
     """
+    from ..common.protocol import Done, Failed, HandBack
     from ..farm.worker import Worker
 
     class DiscoveredWorker(Worker):
         async def session(self) -> str:
             self.endpoint = (await discovery.broker_endpoints()).backend
             return await super().session()
+
+        async def _hello(self) -> None:
+            # A run that finished while no broker was reachable left its result in the outbox;
+            # farm/worker.py's READY names only a running job or a result already sent, so the new
+            # leader would see a plain READY, then drop the DONE of a lease it still holds, and run
+            # the job again. Claim it as the result "sent but unsure", which READY does name.
+            final = next((m for m in self._outbox if isinstance(m, Done | Failed | HandBack)), None)
+            if self.current is None and self._unsure is None and final is not None:
+                self._outbox.remove(final)
+                self._unsure = final
+            await super()._hello()
 
     return DiscoveredWorker(config, **kwargs)
