@@ -52,3 +52,12 @@ lint: $(TEST_STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+LOAD_STAMP := $(VENV)/.installed-load
+
+$(LOAD_STAMP): pyproject.toml $(STAMP)
+	$(PIP) install --quiet -e '.[load]'
+	@touch $@
+
+loadtest: system-deps $(TEST_STAMP) $(LOAD_STAMP)  ## bounded headless locust run against a local node it seeds (LOADTEST_ARGS="--users 50 --run-time 60s")
+	$(PY) loadtests/run.py $(LOADTEST_ARGS)
