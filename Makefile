@@ -61,3 +61,6 @@ $(LOAD_STAMP): pyproject.toml $(STAMP)
 
 loadtest: system-deps $(TEST_STAMP) $(LOAD_STAMP)  ## bounded headless locust run against a local node it seeds (LOADTEST_ARGS="--users 50 --run-time 60s")
 	$(PY) loadtests/run.py $(LOADTEST_ARGS)
+
+bench-transcode: system-deps $(STAMP)  ## streamgate transcode vs the ffmpeg command line (single decode, naive); BENCH_ARGS="--runs 5"
+	$(PY) bench/transcode.py $(BENCH_ARGS)
