@@ -135,8 +135,9 @@ class Broker:
     async def start(self) -> None:
         """Recover the journal, then bind the sockets."""
         self.totals = await self.journal.totals()
-        # Its worker reconnects within its backoff cap after noticing (one expiry) we were gone.
-        deadline = time.monotonic() + 2 * self.expiry_s + reconnect_max_s(self.heartbeat_s)
+        # Its worker notices we were gone (one expiry), then reconnects within its backoff cap;
+        # the margin covers a slow start of either side.
+        deadline = time.monotonic() + 2 * (self.expiry_s + reconnect_max_s(self.heartbeat_s))
         for record in await self.journal.load_active():
             self.jobs[record.job_id] = record
             if record.state == "running":
@@ -165,20 +166,16 @@ class Broker:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set."""
-        tasks = {
-            asyncio.create_task(self._recv_workers(), name="broker-workers"),
-            asyncio.create_task(self._recv_clients(), name="broker-clients"),
-            asyncio.create_task(self._tick(), name="broker-tick"),
-        }
+        loop = asyncio.create_task(self._loop(), name="broker-loop")
         stopper = asyncio.create_task(stop.wait(), name="broker-stop")
         try:
-            done, _ = await asyncio.wait({*tasks, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            for task in done - {stopper}:
-                task.result()  # a failed loop is an error of the broker, not a quiet stop
+            done, _ = await asyncio.wait({loop, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            if loop in done:
+                loop.result()  # a failed loop is an error of the broker, not a quiet stop
         finally:
-            for task in (*tasks, stopper):
+            for task in (loop, stopper):
                 task.cancel()
-            await asyncio.gather(*tasks, stopper, return_exceptions=True)
+            await asyncio.gather(loop, stopper, return_exceptions=True)
 
     async def close(self) -> None:
         for sock in (self.backend, self.frontend, self.publisher):
@@ -189,12 +186,46 @@ class Broker:
         log.info("broker stopped: %d queued, %d running, %d done, %d failed",
                  len(self.queue), len(self.leases), self.totals.done, self.totals.failed)
 
-    # -- loops ---------------------------------------------------------------------------------
+    # -- the loop ----------------------------------------------------------------------------
 
-    async def _recv_workers(self) -> None:
+    async def _loop(self) -> None:
+        """The guide's broker loop: poll both ROUTERs, handle everything that arrived, then purge
+        expired workers, check leases and send heartbeats. Reading first matters: after a pause
+        of this process, heartbeats waiting in the socket must count before anyone is purged."""
+        assert self.backend is not None and self.frontend is not None
+        poller = zmq.asyncio.Poller()
+        poller.register(self.backend, zmq.POLLIN)
+        poller.register(self.frontend, zmq.POLLIN)
+        turn_s = min(self.heartbeat_s / 4, 0.25)
+        next_beat = 0.0
+        last_turn = time.monotonic()
+        while True:
+            ready = dict(await poller.poll(turn_s * 1000))
+            if self.backend in ready:
+                await self._read_workers()
+            if self.frontend in ready:
+                await self._read_clients()
+            now = time.monotonic()
+            if now - last_turn > self.expiry_s / 2:
+                # This process was not scheduled (a paused VM, a starved CPU): the silence was
+                # ours, not the workers'. Do not hold it against them.
+                for worker in self.workers.values():
+                    worker.expiry += now - last_turn
+            last_turn = now
+            await self.purge_workers(now)
+            await self.check_leases(now)
+            if now >= next_beat:
+                next_beat = now + self.heartbeat_s
+                await self.send_heartbeats()
+                self.publish(Tick(queue_length=len(self.queue), at=time.time()))
+
+    async def _read_workers(self) -> None:
         assert self.backend is not None
         while True:
-            frames = await self.backend.recv_multipart()
+            try:
+                frames = await self.backend.recv_multipart(flags=zmq.NOBLOCK)
+            except zmq.Again:
+                return
             if len(frames) != 3 or frames[1] != WORKER:
                 log.warning("broker: dropped a malformed worker message (%d frames)", len(frames))
                 continue
@@ -205,10 +236,13 @@ class Broker:
                 continue
             await self.on_worker_message(frames[0], message)
 
-    async def _recv_clients(self) -> None:
+    async def _read_clients(self) -> None:
         assert self.frontend is not None
         while True:
-            frames = await self.frontend.recv_multipart()
+            try:
+                frames = await self.frontend.recv_multipart(flags=zmq.NOBLOCK)
+            except zmq.Again:
+                return
             if len(frames) != 3 or frames[1] != CLIENT:
                 log.warning("broker: dropped a malformed client message (%d frames)", len(frames))
                 continue
@@ -219,19 +253,6 @@ class Broker:
             else:
                 reply = await self.on_client_request(request)
             await self.frontend.send_multipart([frames[0], CLIENT, encode(reply)])
-
-    async def _tick(self) -> None:
-        """Heartbeats out, dead workers purged, leases checked: a few times per heartbeat."""
-        next_beat = 0.0
-        while True:
-            now = time.monotonic()
-            await self.purge_workers(now)
-            await self.check_leases(now)
-            if now >= next_beat:
-                next_beat = now + self.heartbeat_s
-                await self.send_heartbeats()
-                self.publish(Tick(queue_length=len(self.queue), at=time.time()))
-            await asyncio.sleep(min(self.heartbeat_s / 4, 0.25))
 
     # -- workers -------------------------------------------------------------------------------
 

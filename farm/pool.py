@@ -32,13 +32,14 @@ from .worker import DEFAULT_RUNNER, worker_process
 log = logging.getLogger("streamgate.pool")
 
 TICK_S = 0.1
+STARTUP_TIMEOUT_S = 60
 
 
 class WorkerHandle:
     def __init__(self, process: BaseProcess, conn: Connection) -> None:
         self.process = process
         self.conn = conn
-        self.state = "starting"  # starting, idle, busy (as the worker reports it)
+        self.state = "starting"  # starting, connecting, idle, busy (as the worker reports it)
         self.started = time.monotonic()
         self.ping_sent: float | None = None
         self.last_ping = 0.0
@@ -136,6 +137,14 @@ class Pool:
         is hung (a blocked loop cannot heartbeat either): kill it, reap() replaces it."""
         for handle in self.workers:
             if handle.killed:
+                continue
+            if handle.state == "starting":
+                # Importing and connecting (slow on a busy machine): not pinged yet, but bounded.
+                if now - handle.started > STARTUP_TIMEOUT_S:
+                    log.error("pool: worker pid %d did not start within %ds; killing it", handle.pid,
+                              STARTUP_TIMEOUT_S)
+                    handle.killed = True
+                    self._signal(handle, signal.SIGKILL)
                 continue
             if handle.ping_sent is None:
                 if now - handle.started >= self.health_s and now - handle.last_ping >= self.health_s:

@@ -259,7 +259,12 @@ class Worker:
 
     async def _heartbeat(self) -> str:
         while True:
+            slept = time.monotonic()
             await asyncio.sleep(self.heartbeat_s)
+            overslept = time.monotonic() - slept - self.heartbeat_s
+            if overslept > self.heartbeat_s:
+                # We were not scheduled: the broker's silence may be ours. Listen a while longer.
+                self._last_heard += overslept
             if time.monotonic() - self._last_heard > self.expiry_s:
                 return "lost"
             await self._send(Heartbeat())
@@ -447,6 +452,26 @@ def _observe(result: TranscodeResult, elapsed_s: float) -> None:
     observe_result(result, elapsed_s)
 
 
+def _own_resource_tracker() -> None:
+    """Use a resource tracker of our own, not the pool's that ``spawn`` handed down.
+
+    The pipeline's frame ring is a shared-memory segment that stays named for a moment (until
+    every encoder has mapped it). Should this worker be killed in that moment, the tracker
+    unlinks the segment when the last process using it exits; with the pool's tracker that would
+    be when the pool exits, so /dev/shm would keep the segment for the pool's whole life. A
+    tracker of our own sees us (and our encoders, which die with us) go at once. CPython keeps
+    the inherited descriptor in ``_resource_tracker._fd`` (multiprocessing/spawn.py); dropping it
+    makes the next registration start a fresh tracker.
+    """
+    from multiprocessing import resource_tracker
+
+    tracker = resource_tracker._resource_tracker  # type: ignore[attr-defined]
+    if getattr(tracker, "_fd", None) is not None:
+        os.close(tracker._fd)
+        tracker._fd = None
+        tracker._pid = None
+
+
 def worker_process(config: Config, conn: Connection | None, runner_spec: str, parent_pid: int | None,
                    worker_id: str | None = None, metrics: bool = False) -> None:
     """Entry point of a worker process (multiprocessing ``spawn``, not daemonic: the pipeline
@@ -458,17 +483,25 @@ def worker_process(config: Config, conn: Connection | None, runner_spec: str, pa
     set_title("farm-worker")
     if parent_pid is not None:
         die_with_parent(signal.SIGTERM, parent_pid)
+    _own_resource_tracker()
     # Ctrl-C in a terminal reaches the whole process group: the pool decides, not each worker.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     configure_logging(logging.INFO)
 
+    # Import the pipeline (PyAV, numpy, lxml) now, not in the first job's thread: an import holds
+    # the GIL, and a loop that cannot run misses heartbeats and loses its lease.
+    from . import pipeline  # noqa: F401
+
+    runner = load_runner(runner_spec)
+
     async def main() -> None:
-        worker = Worker(config, runner=load_runner(runner_spec), pool=conn, worker_id=worker_id,
+        worker = Worker(config, runner=runner, pool=conn, worker_id=worker_id,
                         metrics=metrics)
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, worker.drain)
         if conn is not None:
             loop.add_reader(conn.fileno(), worker.on_pool_message)
+            conn.send(("state", "connecting"))  # up: from now on the pool pings us
         try:
             await worker.run()
         finally:

@@ -59,7 +59,7 @@ def stall_first(run: JobRun) -> TranscodeResult:
 
 
 def gated_mid(run: JobRun) -> TranscodeResult:
-    """Like :func:`gated`, but the gate is inside the pipeline: at the first encode progress the
+    """Like :func:`gated`, but the gate is inside the pipeline: at its first "encode" progress the
     decoder blocks in its callback while the encoder processes and the frame ring exist, so a
     kill or a drain lands mid-encode."""
     if run.attempt not in run.job.settings.get("test_gate_attempts", [1]):
@@ -70,7 +70,7 @@ def gated_mid(run: JobRun) -> TranscodeResult:
 
     def on_progress(p: TranscodeProgress) -> None:
         run.on_progress(p)
-        if not gated[0] and p.frames_done > 0:
+        if not gated[0] and p.stage == "encode":
             gated[0] = True
             _started_marker(run)
             while not release.exists():

@@ -58,7 +58,7 @@ async def test_worker_reconnects_with_backoff_until_the_broker_comes(farm, start
     worker = Worker(farm.config, runner=run_pipeline, worker_id="late-1")
     task = asyncio.create_task(worker.run())
     try:
-        # No broker: after each silent expiry (0.3 s) a fresh socket, after 0.1, 0.2, 0.4 s...
+        # No broker: after each silent expiry (0.5 s) a fresh socket, after 0.1, 0.2, 0.4 s...
         await async_wait_until(lambda: _async(worker.sessions >= 3), timeout=10,
                                what="the worker to reconnect twice")
         await start_broker()
