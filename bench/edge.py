@@ -190,7 +190,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (medians reported)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--only", action="append", metavar="LOAD",
+                        help="run only loads whose name contains this (repeatable): 1 MiB, 200 KiB, playlists, Redis")
+    parser.add_argument("--edge-env", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra environment for the edges, e.g. STREAMGATE__EDGE__FAST_PATH=false")
     args = parser.parse_args(argv)
+    extra_env = dict(item.split("=", 1) for item in args.edge_env)
     for tool in ("nginx", "wrk", "redis-server"):
         if shutil.which(tool) is None:
             raise SystemExit(f"bench-edge needs {tool} on PATH")
@@ -214,13 +219,13 @@ def main(argv: list[str] | None = None) -> int:
         procs: dict[str, subprocess.Popen[bytes]] = {}
         try:
             procs["nginx"] = start_nginx(root, data / "media", ports["nginx"], args.workers)
-            procs["edge"] = start_edge(data, ports["edge"], args.workers)
+            procs["edge"] = start_edge(data, ports["edge"], args.workers, **extra_env)
             # The Redis-hit edge: no media of its own, no memory tier, so Redis answers each request.
             redis_data = root / "redis-data"
             redis_data.mkdir()
             procs["redis-edge"] = start_edge(redis_data, ports["redis-edge"], args.workers,
                                              REDIS_URL=f"unix://{redis_sock}",
-                                             STREAMGATE__EDGE__MEMORY_CACHE_SIZE="0")
+                                             **{**extra_env, "STREAMGATE__EDGE__MEMORY_CACHE_SIZE": "0"})
             probe = urls["pl"][0]
             for name, proc in procs.items():
                 if name != "redis-edge":
@@ -270,6 +275,8 @@ def bench(args: argparse.Namespace, ports: dict[str, int], pids: dict[str, list[
           lua_files: dict[str, Path]) -> list[dict[str, object]]:
     results = []
     for name, key, metric, goal in SCENARIOS:
+        if args.only and not any(part.lower() in name.lower() for part in args.only):
+            continue
         servers = ["nginx", "redis-edge" if name.startswith("Redis") else "edge"]
         runs: dict[str, list[dict[str, float]]] = {s: [] for s in servers}
         # Warm both (page cache, open-file caches), then alternate, switching who goes first.

@@ -19,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import socket
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -148,6 +150,8 @@ class FastConnection(asyncio.Protocol):
         self.busy = False
         self.closing = False
         self.sock_fd = -1
+        self.wait_fd = -1
+        self.sock: socket.socket | None = None
         self.deadline = 0.0
         self.write: DirectWrite | None = None
         self.entry: Servable | None = None
@@ -157,6 +161,10 @@ class FastConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.sock_fd = socket_fd(transport)
+        # A dup kept for the connection's life: the writability watch (no dup/close per request)
+        # and a socket object for send flags.
+        self.sock = socket.socket(fileno=os.dup(self.sock_fd))
+        self.wait_fd = self.sock.fileno()
         self.deadline = self.loop.time() + self.shared.client_timeout_s
         self.shared.connections.add(self)
 
@@ -176,9 +184,16 @@ class FastConnection(asyncio.Protocol):
         if self.write is not None:
             self.write.cancel()
             self.write = None
+        self._close_wait_fd()
         self._release()
         if self.task is not None:
             self.task.cancel()
+
+    def _close_wait_fd(self) -> None:
+        if self.wait_fd >= 0:
+            self.loop.remove_writer(self.wait_fd)
+            self.sock.close()
+            self.wait_fd = -1
 
     def expire(self) -> None:
         if self.transport is not None:
@@ -348,7 +363,7 @@ class FastConnection(asyncio.Protocol):
                 return
             self.process()
 
-        write = DirectWrite(self.loop, self.sock_fd, chunks, fd, offset, count, done)
+        write = DirectWrite(self.loop, self.sock_fd, chunks, fd, offset, count, done, self.wait_fd, self.sock)
         try:
             finished = write.start()
         except (OSError, EOFError):
@@ -388,6 +403,7 @@ class FastConnection(asyncio.Protocol):
         pending = raw + self.buf
         self.buf = b""
         self.transport = None
+        self._close_wait_fd()
         self.shared.connections.discard(self)
         self.shared.handoffs += 1
         protocol = self.shared.fallback()

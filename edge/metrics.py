@@ -9,18 +9,27 @@ path counts every request.
 
 from __future__ import annotations
 
+import asyncio
 import os
-from typing import Any
+from bisect import bisect_left
 
 from aiohttp import web
 
 ROUTE_CLASSES = ("playlist", "init", "segment", "poster", "preflight", "error")
 TIERS = ("memory", "redis", "disk", "origin")
+FLUSH_INTERVAL_S = 1.0
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
                    0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 class EdgeMetrics:
+    """The series, fed from per-process tallies flushed every ``FLUSH_INTERVAL_S``.
+
+    A multiprocess-mode increment is a lock, a getpid() and an mmap write; four of them per
+    request cost more than the rest of a fast-path answer. So requests are tallied in plain
+    dicts and the tallies added to the shared files once a second (and before a local scrape).
+    """
+
     def __init__(self) -> None:
         import prometheus_client as pc
 
@@ -36,22 +45,50 @@ class EdgeMetrics:
         self.cache = pc.Counter("streamgate_edge_cache_requests_total",
                                 "Cache tier lookups by tier (memory, redis, disk, origin) and result.",
                                 ["tier", "result"])
-        self._requests: dict[tuple[str, int], Any] = {}
         self._bytes = {r: self.bytes.labels(r) for r in ROUTE_CLASSES}
         self._latency = {r: self.latency.labels(r) for r in ROUTE_CLASSES}
         self._cache = {(t, r): self.cache.labels(t, r) for t in TIERS for r in ("hit", "miss", "error")}
+        self._bounds = list(LATENCY_BUCKETS) + [float("inf")]
+        self._tally_requests: dict[tuple[str, int], int] = {}
+        self._tally_bytes = dict.fromkeys(ROUTE_CLASSES, 0)
+        # route -> [sum of seconds, count per bucket...]
+        self._tally_latency = {r: [0.0] * (len(self._bounds) + 1) for r in ROUTE_CLASSES}
+        self._tally_cache: dict[tuple[str, str], int] = {}
 
     def observe(self, route: str, status: int, sent: int, seconds: float) -> None:
-        child = self._requests.get((route, status))
-        if child is None:
-            child = self._requests[(route, status)] = self.requests.labels(route, str(status))
-        child.inc()
-        if sent:
-            self._bytes[route].inc(sent)
-        self._latency[route].observe(seconds)
+        key = (route, status)
+        tally = self._tally_requests
+        tally[key] = tally.get(key, 0) + 1
+        self._tally_bytes[route] += sent
+        latency = self._tally_latency[route]
+        latency[0] += seconds
+        latency[bisect_left(self._bounds, seconds) + 1] += 1
 
     def tier(self, tier: str, result: str) -> None:
-        self._cache[(tier, result)].inc()
+        key = (tier, result)
+        self._tally_cache[key] = self._tally_cache.get(key, 0) + 1
+
+    def flush(self) -> None:
+        """Add the tallies to the series (the shared files in multiprocess mode)."""
+        requests, self._tally_requests = self._tally_requests, {}
+        for (route, status), n in requests.items():
+            self.requests.labels(route, str(status)).inc(n)
+        for route, n in self._tally_bytes.items():
+            if n:
+                self._bytes[route].inc(n)
+                self._tally_bytes[route] = 0
+        for route, latency in self._tally_latency.items():
+            if any(latency[1:]):
+                child = self._latency[route]
+                # Histogram.observe() adds one observation; these add a batch the same way.
+                child._sum.inc(latency[0])
+                for i, n in enumerate(latency[1:]):
+                    if n:
+                        child._buckets[i].inc(n)
+                self._tally_latency[route] = [0.0] * len(latency)
+        cache, self._tally_cache = self._tally_cache, {}
+        for key, n in cache.items():
+            self._cache[key].inc(n)
 
 
 _metrics: EdgeMetrics | None = None
@@ -86,9 +123,19 @@ def render() -> tuple[bytes, str]:
 
 
 async def metrics_route(request: web.Request) -> web.Response:
-    edge_metrics()  # the series exist (at zero) before the first request
+    edge_metrics().flush()  # this process's tallies; the others flush on their own each second
     body, content_type = render()
     return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+async def flush_forever() -> None:
+    metrics = edge_metrics()
+    try:
+        while True:
+            await asyncio.sleep(FLUSH_INTERVAL_S)
+            metrics.flush()
+    finally:
+        metrics.flush()
 
 
 def setup(app: web.Application) -> None:

@@ -9,6 +9,7 @@ without aiohttp's per-request machinery and hands everything else here.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 
@@ -138,7 +139,10 @@ async def _delivery_ctx(app: web.Application) -> AsyncIterator[None]:
         app[ORIGIN_RESOLVER] = default_resolver(config)
     delivery = Delivery(config, app.get(REDIS), app[ORIGIN_RESOLVER])
     app[DELIVERY] = delivery
+    flusher = asyncio.create_task(metrics.flush_forever(), name="edge-metrics-flush")
     yield
+    flusher.cancel()
+    await asyncio.gather(flusher, return_exceptions=True)
     await delivery.close()
 
 

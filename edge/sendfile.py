@@ -13,17 +13,20 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 from collections.abc import Callable
 
 
 class DirectWrite:
     """Header bytes then an optional file range, written to the socket without copies."""
 
-    __slots__ = ("loop", "sock_fd", "chunks", "fd", "offset", "count", "done", "wait_fd", "sent")
+    __slots__ = ("loop", "sock_fd", "chunks", "fd", "offset", "count", "done", "wait_fd", "own_wait",
+                 "sent", "sock")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sock_fd: int, chunks: list[bytes],
                  fd: int | None, offset: int, count: int,
-                 done: Callable[[BaseException | None], None] | None = None) -> None:
+                 done: Callable[[BaseException | None], None] | None = None,
+                 wait_fd: int = -1, sock: socket.socket | None = None) -> None:
         self.loop = loop
         self.sock_fd = sock_fd
         self.chunks = chunks
@@ -31,8 +34,13 @@ class DirectWrite:
         self.offset = offset
         self.count = count if fd is not None else 0
         self.done = done
-        self.wait_fd = -1
+        # A dup of the socket to watch for writability: the caller's (kept open), or made here.
+        self.wait_fd = wait_fd
+        self.own_wait = wait_fd < 0
         self.sent = 0
+        # With a socket object the header goes out with MSG_MORE, so the kernel sends it in the
+        # same segment as the file's first bytes (what nginx gets from TCP_NOPUSH), not alone.
+        self.sock = sock
 
     def start(self) -> bool:
         """Write what the socket takes now; True when finished, False when ``done`` will be called.
@@ -46,7 +54,10 @@ class DirectWrite:
         sock = self.sock_fd
         try:
             while chunks:
-                n = os.writev(sock, chunks)
+                if self.sock is not None and self.count > 0:
+                    n = self.sock.sendmsg(chunks, (), socket.MSG_MORE)
+                else:
+                    n = os.writev(sock, chunks)
                 self.sent += n
                 while chunks and n >= len(chunks[0]):
                     n -= len(chunks[0])
@@ -89,8 +100,9 @@ class DirectWrite:
     def _close_wait(self) -> None:
         if self.wait_fd >= 0:
             self.loop.remove_writer(self.wait_fd)
-            os.close(self.wait_fd)
-            self.wait_fd = -1
+            if self.own_wait:
+                os.close(self.wait_fd)
+                self.wait_fd = -1
 
     def cancel(self) -> None:
         """Stop waiting (the connection is gone); ``done`` is not called."""

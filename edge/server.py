@@ -14,6 +14,7 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import sys
 from typing import Any
 
@@ -59,9 +60,8 @@ class EdgeServer:
                                  float(config.edge.client_timeout), int(config.edge.max_header_size))
             factory = self.fast
             self._sweep = asyncio.create_task(self.fast.sweep(), name="fast-path-sweep")
-        # SO_REUSEPORT lets several edge processes share the port; the kernel spreads connections.
         self.server = await asyncio.get_running_loop().create_server(
-            factory, config.server.host, config.server.port, reuse_port=True, backlog=1024)
+            factory, sock=listen_socket(config), backlog=1024)
 
     @property
     def port(self) -> int:
@@ -77,6 +77,26 @@ class EdgeServer:
         if self.fast is not None:
             await self.fast.close()
         await self.runner.cleanup()
+
+
+def listen_socket(config: Config) -> socket.socket:
+    host, port = config.server.host, config.server.port
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # SO_REUSEPORT lets several edge processes share the port; the kernel spreads connections.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if config.edge.socket_send_buffer:
+            # Accepted sockets inherit it (socket(7)).
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, int(config.edge.socket_send_buffer))
+        sock.bind((host, port))
+        sock.listen(1024)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 async def serve(ctx: ServiceContext) -> None:

@@ -62,9 +62,13 @@ def test_workers_share_the_port_and_players_read_hls_and_dash(data_dir: Path, ed
     assert status == 416
     status, text, headers = get(f"{edge.url}/metrics")
     assert status == 200 and headers["Content-Type"].startswith("text/plain")
-    samples = _samples(text.decode())
-    served = samples[("streamgate_edge_requests_total", (("route", "segment"), ("status", "200")))]
-    assert served >= 20
+    served_key = ("streamgate_edge_requests_total", (("route", "segment"), ("status", "200")))
+
+    def all_flushed() -> dict | None:  # each process adds its tallies to the shared files every second
+        samples = _samples(get(f"{edge.url}/metrics")[1].decode())
+        return samples if samples.get(served_key, 0) >= 20 else None
+
+    samples = wait_until(all_flushed, timeout=10, what="20 segment requests in /metrics")
     assert samples[("streamgate_edge_response_bytes_total", (("route", "segment"),))] >= 20 * len(big)
     assert not any(name.endswith("_created") for name, _ in samples)
 
