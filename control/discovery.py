@@ -15,6 +15,8 @@ The seam for other rooms (see docs/control-plane.md)::
         await discovery.wait_changed("broker")           # returns when the broker set changed
         async for endpoints in discovery.follow_broker(): # now, then on every leader change
             ...
+        async for decision in discovery.follow_scaling(): # a farm: run decision.per_farm workers
+            ...
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import msgspec
 from ..common.config import BrokerEndpoints, Config
 from .consul_client import ConsulClient, consul_client
 from .registry import CONSUL_ERRORS, service_name
+from .scaling import ScalingDecision, scaling_keys
 
 log = logging.getLogger("streamgate.discovery")
 
@@ -192,6 +195,43 @@ class Discovery:
         for instance in await self.instances("broker"):
             return broker_endpoints_of(instance, self.config)
         return self.config.broker_endpoints
+
+    async def follow_scaling(self) -> AsyncIterator[ScalingDecision]:
+        """The control plane's scaling decision (Consul KV), now and on every change.
+
+        A farm converges by running ``decision.per_farm`` workers; nothing is yielded until
+        control has published a decision, and never without Consul.
+        """
+        if self._client is None:
+            await asyncio.Event().wait()
+            return
+        _, key = scaling_keys(self.config)
+        index = None
+        backoff = 0.5
+        wait_s = float(self.config.registry.watch_wait)
+        last: ScalingDecision | None = None
+        while True:
+            try:
+                index, entry = await asyncio.wait_for(
+                    self._client.kv.get(key, index=index, wait=f"{wait_s:g}s"), wait_s + 10)
+                backoff = 0.5
+            except CONSUL_ERRORS as exc:
+                log.warning("following %s failed (%s: %s); next attempt in %.1fs", key, type(exc).__name__,
+                            exc, backoff)
+                index = None
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+                continue
+            if entry is None or not entry.get("Value"):
+                continue
+            try:
+                decision = msgspec.json.decode(entry["Value"], type=ScalingDecision)
+            except msgspec.ValidationError as exc:
+                log.warning("ignoring a malformed scaling decision in %s: %s", key, exc)
+                continue
+            if decision != last:
+                last = decision
+                yield decision
 
     async def origins(self) -> list[str]:
         """Origin base URLs: passing edges tagged ``origin`` in Consul, else the static list."""

@@ -49,6 +49,7 @@ class BrokerFigures(msgspec.Struct, kw_only=True):
     up: bool = False
     endpoint: str = ""
     error: str = ""
+    leader: str = ""  # who holds the broker leader lock in a fleet (control/failover.py)
     queue_length: int = 0
     total_workers: int = 0
     active_workers: int = 0
@@ -141,6 +142,19 @@ async def broker_figures(config: Config, discovery: Discovery) -> BrokerFigures:
     return msgspec.structs.replace(figures, up=True, **known)
 
 
+async def broker_leader(client: ConsulClient, config: Config) -> str:
+    """The holder written in the broker leader lock, or "" when nobody holds it."""
+    from .failover import lock_key
+
+    try:
+        _, entry = await asyncio.wait_for(client.kv.get(lock_key(config)), REQUEST_TIMEOUT_S)
+    except CONSUL_ERRORS:
+        return ""
+    if not entry or not entry.get("Session") or entry.get("Value") is None:
+        return ""
+    return entry["Value"].decode(errors="replace")
+
+
 async def _broker_stats(client_class: Any, config: Config, endpoints: Any) -> Any:
     client = client_class(endpoints, timeout_s=float(config.control.scrape_timeout))
     try:
@@ -195,6 +209,8 @@ async def gather_fleet(config: Config, client: ConsulClient | None, discovery: D
     else:
         instances = static_instances(config)
     broker = await broker_figures(config, discovery)
+    if client is not None:
+        broker.leader = await broker_leader(client, config)
     edges_to_scrape = [(i.service_id, f"http://{i.address}:{i.port}") for i in instances
                        if i.role == "edge" and i.status in ("passing", "warning", "unknown")]
     edges = list(await asyncio.gather(*(edge_traffic(session, sid, url, float(config.control.scrape_timeout))

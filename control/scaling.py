@@ -16,7 +16,7 @@ from typing import Literal
 
 import msgspec
 
-from ..common.config import ScalingPolicy
+from ..common.config import Config, ScalingPolicy
 from ..farm.scaling import desired_workers
 
 Action = Literal["scale_up", "scale_down", "hold"]
@@ -55,3 +55,9 @@ def decide(queue_length: int, current_workers: int, active_workers: int, policy:
                            current_workers=current, active_workers=active, queue_length=queue_length,
                            farms=farms, pressure=round(pressure, 3), action=action, reason=reason,
                            decided_at=decided_at)
+
+
+def scaling_keys(config: Config) -> tuple[str, str]:
+    """Consul KV keys of the decision: the bare fleet-wide count, and the whole decision as JSON."""
+    prefix = config.registry.kv_prefix.strip("/")
+    return f"{prefix}/scaling/farm_workers", f"{prefix}/scaling/decision"

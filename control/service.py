@@ -28,15 +28,11 @@ from .consul_client import ConsulClient, consul_client
 from .discovery import Discovery
 from .fleet import FleetView, gather_fleet
 from .registry import CONSUL_ERRORS, REQUEST_TIMEOUT_S
+from .scaling import scaling_keys
 
 log = logging.getLogger("streamgate.control")
 
 FLEET = web.AppKey("fleet", Any)  # the ControlState below
-
-
-def scaling_keys(config: Config) -> tuple[str, str]:
-    prefix = config.registry.kv_prefix.strip("/")
-    return f"{prefix}/scaling/farm_workers", f"{prefix}/scaling/decision"
 
 
 class ControlState:
@@ -123,6 +119,11 @@ class FleetCollector:
         yield instances
         b = view.broker
         yield GaugeMetricFamily("streamgate_fleet_broker_up", "1 when the broker answered", value=int(b.up))
+        leader = GaugeMetricFamily("streamgate_fleet_broker_leader", "1 for the broker holding the leader lock",
+                                   labels=["holder"])
+        if b.leader:
+            leader.add_metric([b.leader], 1)
+        yield leader
         yield GaugeMetricFamily("streamgate_fleet_queue_length", "Jobs waiting in the broker", value=b.queue_length)
         workers = GaugeMetricFamily("streamgate_fleet_workers", "Farm workers by state", labels=["state"])
         for name, value in (("total", b.total_workers), ("active", b.active_workers),

@@ -70,7 +70,8 @@ def render(view: dict[str, Any], source: str) -> Any:
         instances.add_row(inst["role"], inst["service_id"], address, inst["node"], inst["version"], health)
 
     b = view["broker"]
-    broker = Table(title=f"Broker {b['endpoint']}", show_header=False)
+    title = f"Broker {b['endpoint']}" + (f" (leader: {b['leader']})" if b.get("leader") else "")
+    broker = Table(title=title, show_header=False)
     broker.add_column("figure")
     broker.add_column("value", justify="right")
     if b["up"]:

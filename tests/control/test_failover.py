@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import yaml
 from agent_api import Agent, free_port
@@ -28,6 +29,7 @@ from streamgate.common.protocol import JobSpec
 from streamgate.control.consul_client import consul_client
 from streamgate.control.discovery import Discovery
 from streamgate.control.failover import discovered_worker, journal_prefix, lock_key
+from streamgate.control.fleet import gather_fleet
 from streamgate.farm.client import BrokerClient, BrokerUnavailable
 from streamgate.farm.journal_redis import RedisJournal
 from streamgate.farm.worker import JobCancelled, JobRun, run_pipeline
@@ -209,6 +211,13 @@ async def test_killing_the_leader_moves_leadership_and_every_job_completes_once(
             states = await async_wait_until(
                 lambda: _all_done(discovery, ids), timeout=60, what="every job done on the new leader")
             assert set(states.values()) == {"done"}
+            # The fleet view names the new leader and reads its figures.
+            async with aiohttp.ClientSession() as session:
+                view = await gather_fleet(config, client, discovery, session)
+            assert f"streamgate-broker-{standby.name}" in view.broker.leader
+            assert view.broker.up and view.broker.total_tasks_processed == JOBS, view.broker
+            roles = Counter((i.role, i.status) for i in view.instances)
+            assert roles[("broker", "passing")] == 1, view.instances
         finally:
             for job_id in ids:
                 runs.gate(job_id).set()

@@ -13,8 +13,8 @@ from streamgate.common.config import config_from_tree
 from streamgate.control.consul_client import consul_client
 from streamgate.control.discovery import Discovery
 from streamgate.control.fleet import BrokerFigures, CheckState, FleetView, gather_fleet, instance_status
-from streamgate.control.scaling import decide
-from streamgate.control.service import ControlState, scaling_keys
+from streamgate.control.scaling import decide, scaling_keys
+from streamgate.control.service import ControlState
 
 
 def test_instance_status_is_the_worst_check_and_maintenance_wins() -> None:
@@ -87,3 +87,21 @@ async def test_view_without_a_registry_lists_this_node(tmp_path) -> None:  # typ
     # Nothing listens on port 1 here: the edge is reported down, the view is still built.
     assert [e.up for e in view.edges] == [False] and view.edges[0].error
     assert not view.broker.up and view.broker.error
+
+
+async def test_a_farm_follows_the_decision(consul_agent: Agent) -> None:
+    """Discovery.follow_scaling: the seam a farm pool uses to converge on its share."""
+    config = consul_agent.config(watch_wait="20s")
+    async with consul_client(config.registry) as client, Discovery(config) as discovery, \
+            aiohttp.ClientSession() as session:
+        state = ControlState(config, client, discovery, session)
+        following = discovery.follow_scaling()
+        first = asyncio.create_task(anext(following))
+        await asyncio.sleep(0)
+        assert not first.done()  # nothing published yet: nothing to follow
+        await state.publish(_view(config, 100))
+        assert (await asyncio.wait_for(first, 10)).per_farm == 5
+        await state.publish(_view(config, 10))
+        decision = await asyncio.wait_for(anext(following), 10)
+        assert (decision.farm_workers, decision.per_farm) == (4, 2)
+        await following.aclose()
