@@ -163,18 +163,21 @@ async def _broker_stats(client_class: Any, config: Config, endpoints: Any) -> An
         await client.close()
 
 
+# The edge's own series (edge/metrics.py); families are named without the _total suffix.
+EDGE_REQUESTS = "streamgate_edge_requests"
+EDGE_BYTES = "streamgate_edge_response_bytes"
+
+
 def _sum_families(text: str) -> tuple[float, float]:
-    """Requests and bytes sent in an edge's Prometheus text: counters named *requests / *bytes_sent."""
+    """Requests answered and body bytes sent, summed over labels, from an edge's /metrics text."""
     from prometheus_client.parser import text_string_to_metric_families
 
     requests = sent = 0.0
     for family in text_string_to_metric_families(text):
-        if family.type != "counter":
-            continue
         total = sum(s.value for s in family.samples if s.name.endswith("_total"))
-        if family.name.endswith("requests") and "http" in family.name:
+        if family.name == EDGE_REQUESTS:
             requests += total
-        elif family.name.endswith(("bytes_sent", "response_bytes", "sent_bytes")):
+        elif family.name == EDGE_BYTES:
             sent += total
     return requests, sent
 

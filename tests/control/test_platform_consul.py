@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 
 from agent_api import Agent, free_port
@@ -36,8 +37,8 @@ def test_run_registers_every_role_and_deregisters_on_sigterm(run_platform, consu
     )
     present = wait_until(lambda: _present_roles(consul_agent, platform.log), timeout=60,
                          what="every role registered or reported not yet available")
-    # Edge and control are built: always present, with HTTP checks on /health.
-    assert {"edge", "control"} <= set(present), present
+    # Every role is built (the farm roles landed with issue 4): all four register.
+    assert set(present) == set(ROLES), present
     edge_port = int(platform.url.rsplit(":", 1)[1])
     assert present["edge"]["Port"] == edge_port and present["edge"]["Service"] == "streamgate-edge"
     assert present["control"]["Port"] == control_port
@@ -63,13 +64,24 @@ def test_run_registers_every_role_and_deregisters_on_sigterm(run_platform, consu
         assert all_passing(), consul_agent.checks()
         time.sleep(0.25)
 
+    # Some playback traffic for the edge's counters (a missing video: 404, still counted).
+    for _ in range(3):
+        try:
+            urllib.request.urlopen(f"{platform.url}/videos/none/master.m3u8", timeout=10).close()
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 404
+            exc.close()
     # The fleet view lists the instances with their health.
     with urllib.request.urlopen(f"http://127.0.0.1:{control_port}/api/v1/fleet?refresh=1", timeout=10) as r:
         view = json.loads(r.read())
     by_role = {i["role"]: i for i in view["instances"]}
     assert view["registry"] == "consul"
     assert by_role["edge"]["status"] == "passing" and by_role["control"]["status"] == "passing"
+    assert by_role["broker"]["status"] == "passing" and by_role["farm"]["status"] == "passing"
     assert [e["up"] for e in view["edges"]] == [True]
+    assert view["edges"][0]["requests_total"] >= 3, view["edges"]
+    # The broker's figures come from the farm's BrokerClient over the node's ipc:// socket.
+    assert view["broker"]["up"] is True, view["broker"]
     assert view["scaling"]["farm_workers"] >= 1 and view["scaling"]["action"] in ("hold", "scale_up", "scale_down")
     with urllib.request.urlopen(f"http://127.0.0.1:{control_port}/metrics", timeout=10) as r:
         metrics = r.read().decode()
