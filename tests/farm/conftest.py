@@ -1,4 +1,4 @@
-"""Fixtures of the farm room: a short data dir (ipc:// paths have a 107-byte limit), a fast config
+"""Fixtures of the farm service tests: a short data dir (ipc:// paths have a 107-byte limit), a fast config
 (100 ms heartbeats), an in-process broker, broker and pool subprocesses, and a check that every
 test leaves no farm process and no /dev/shm segment behind."""
 
@@ -122,9 +122,10 @@ def _processes_with(token: str) -> list[tuple[int, str]]:
     return found
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture
 def no_leaks(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Every process and shared-memory segment a test starts is gone when it ends."""
+    """Every process and shared-memory segment a test starts is gone when it ends (the farm
+    service's modules use it for every test: ``pytestmark = pytest.mark.usefixtures("no_leaks")``)."""
     token = f"{os.getpid()}-{time.monotonic_ns()}"
     monkeypatch.setenv(TOKEN_ENV, token)
     shm_before = shm_segments()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 
 import msgspec
+import pytest
 import zmq
 import zmq.asyncio
 from support import async_wait_until
@@ -29,6 +30,8 @@ from streamgate.common.protocol import (
     JobQueued,
     Progress,
 )
+
+pytestmark = pytest.mark.usefixtures("no_leaks")
 
 RESULT = TranscodeResult(duration_s=1.0, renditions=[], frames=15)
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from streamgate.farm.queue import JobQueue
+
+pytestmark = pytest.mark.usefixtures("no_leaks")
 
 
 def test_higher_priority_first_fifo_within() -> None:

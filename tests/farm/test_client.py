@@ -9,6 +9,8 @@ import pytest
 
 from streamgate.farm.client import BrokerClient, BrokerUnavailable
 
+pytestmark = pytest.mark.usefixtures("no_leaks")
+
 
 async def test_broker_down_is_a_prompt_named_error_then_recovers(farm, start_broker) -> None:
     client = BrokerClient(farm.config.broker_endpoints, timeout_s=0.3)

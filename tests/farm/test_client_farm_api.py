@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from streamgate.edge.app import build_app
+
+pytestmark = pytest.mark.usefixtures("no_leaks")
 
 FIGURES = {"total_workers", "active_workers", "idle_workers", "unhealthy_workers",
            "total_tasks_processed", "total_tasks_failed", "average_task_time", "queue_length"}

@@ -6,9 +6,13 @@ from __future__ import annotations
 import json
 import urllib.request
 
+import pytest
+from support import async_wait_until
+
 from streamgate.common.config import load_config
 from streamgate.farm.client import BrokerClient
-from support import async_wait_until
+
+pytestmark = pytest.mark.usefixtures("no_leaks")
 
 
 def _get(url: str) -> tuple[int, bytes]:

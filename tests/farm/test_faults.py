@@ -10,9 +10,12 @@ import sqlite3
 import time
 from pathlib import Path
 
+import pytest
 from support import async_wait_until
 
 from streamgate.common.protocol import JobDone, JobFailed, JobQueued, JobStarted
+
+pytestmark = pytest.mark.usefixtures("no_leaks")
 
 
 async def _true(value: object) -> bool:

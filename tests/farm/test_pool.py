@@ -6,11 +6,14 @@ import os
 import signal
 from pathlib import Path
 
+import pytest
 from support import async_wait_until
 
 from streamgate.common.config import config_from_tree
 from streamgate.common.protocol import JobDone, JobFailed
 from streamgate.farm.scaling import desired_workers
+
+pytestmark = pytest.mark.usefixtures("no_leaks")
 
 
 async def _true(value: object) -> bool:

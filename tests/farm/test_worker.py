@@ -6,9 +6,12 @@ import asyncio
 from pathlib import Path
 
 import m3u8
+import pytest
 from support import async_wait_until
 
 from streamgate.common.protocol import JobCancelled, JobDone, JobFailed, JobProgress, JobStarted
+
+pytestmark = pytest.mark.usefixtures("no_leaks")
 
 
 async def test_a_job_runs_to_a_real_ladder(farm, start_broker, start_pool, client, events, clip) -> None:
