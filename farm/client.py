@@ -143,14 +143,18 @@ class BrokerClient:
 
     # -- events --------------------------------------------------------------------------------
 
-    def events(self, *, ticks: bool = False) -> EventStream:
+    def events(self, *, ticks: bool = False, silence_s: float | None = None) -> EventStream:
         """The broker's job events (queued, started, progress, done, failed, cancelled).
 
         Use as ``async with client.events() as stream: await stream.live(); async for ev in stream``.
         PUB/SUB drops what a subscriber misses (before it is connected, or while the broker is
         down): after :meth:`EventStream.live`, query a job to learn anything that came before.
+        The broker ticks every heartbeat; a stream that hears nothing for ``silence_s`` (default:
+        the larger of the client's timeout and 5 s) raises :class:`BrokerUnavailable`, so the
+        subscriber can resubscribe and catch up by query once the broker is back.
         """
-        stream = EventStream(self, ticks=ticks)
+        stream = EventStream(self, ticks=ticks,
+                             silence_s=silence_s if silence_s is not None else max(self.timeout_s, 5.0))
         self._streams.add(stream)
         return stream
 
@@ -165,9 +169,10 @@ class BrokerClient:
 class EventStream:
     """A SUB socket on the broker's events; an async iterator of :data:`JobEvent`."""
 
-    def __init__(self, client: BrokerClient, *, ticks: bool = False) -> None:
+    def __init__(self, client: BrokerClient, *, ticks: bool = False, silence_s: float = 5.0) -> None:
         self._client = client
         self._ticks = ticks
+        self._silence_s = silence_s
         self._decoder = msgspec.msgpack.Decoder(Event)
         sock = client._ctx.socket(zmq.SUB)
         sock.setsockopt(zmq.LINGER, 0)
@@ -210,7 +215,14 @@ class EventStream:
         if self._early:
             return self._early.pop(0)
         while True:
-            event = await self._next()
+            try:
+                async with asyncio.timeout(self._silence_s):
+                    event = await self._next()
+            except TimeoutError:
+                raise BrokerUnavailable(
+                    f"no events from the farm broker at {self._client.endpoints.publisher}"
+                    f" for {self._silence_s:g}s"
+                ) from None
             if not isinstance(event, Tick) or self._ticks:
                 return event  # type: ignore[return-value]
 

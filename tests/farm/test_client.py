@@ -46,3 +46,17 @@ async def test_concurrent_requests_each_get_their_own_reply(farm, start_broker, 
     infos = await asyncio.gather(*(client.job(j.job_id) for j in jobs))
     assert [i.job_id for i in infos] == [j.job_id for j in jobs]
     assert [i.priority for i in infos] == [j.priority for j in jobs]
+
+
+async def test_event_stream_notices_a_silent_broker(farm, start_broker, client) -> None:
+    broker = await start_broker()
+    async with client.events(silence_s=0.5) as stream:
+        await stream.live()
+        await client.submit(farm.job("/src.mp4", job_id="e1"))
+        first = await anext(stream)
+        assert first.job_id == "e1" and type(first).__name__ == "JobQueued"
+        await broker.stop()
+        t0 = time.monotonic()
+        with pytest.raises(BrokerUnavailable, match="no events"):
+            await anext(stream)
+        assert time.monotonic() - t0 < 2.0
