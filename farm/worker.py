@@ -168,11 +168,14 @@ class Worker:
                 else:
                     backoff = self.heartbeat_s
         finally:
-            drainer.cancel()
-            await asyncio.gather(drainer, return_exceptions=True)
+            for task in (drainer, *self._tasks):
+                task.cancel()
+            await asyncio.gather(drainer, *self._tasks, return_exceptions=True)
             await self._stop_run()
             self._ctx.term()
-            self._executor.shutdown(wait=False, cancel_futures=True)
+            current = self.current
+            wedged = current is not None and current.future is not None and not current.future.done()
+            self._executor.shutdown(wait=not wedged, cancel_futures=True)
             log.info("worker %s stopped: %d done, %d failed", self.worker_id, self.jobs_done,
                      self.jobs_failed)
 
