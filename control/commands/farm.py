@@ -28,6 +28,11 @@ def main(args: argparse.Namespace, config: Config) -> int:
 
     from ...common.service import run_service
     from ...farm.pool import serve
+    from ..failover import failover_enabled
+
+    if failover_enabled(config):
+        # A fleet with Consul: the pool runs its share of control's scaling decision (issue 7).
+        from ..fleet_farm import serve
 
     runner = {"runner": args.runner} if args.runner else {}
     return run_service("farm", partial(serve, **runner), config, parent_pid=supervisor_pid())
