@@ -97,3 +97,20 @@ async def test_cancel_running_job_then_the_worker_takes_the_next(farm, start_bro
     assert done.attempts == 1
     assert (await client.job(first.job_id)).state == "cancelled"
     assert not log.of(JobDone, first.job_id)
+
+
+async def test_task_timeout_takes_the_lease_back_from_a_real_worker(farm, start_broker, start_pool, client,
+                                                                    events, clip) -> None:
+    farm.configure(transcoder={"task_timeout": "2s"})
+    await start_broker()
+    await start_pool("gated")  # attempt 1 waits at its gate past the timeout; attempt 2 runs
+    log = await events()
+    job = farm.job(clip)
+    await client.submit(job)
+    failed = (await log.wait(JobFailed, job.job_id, timeout=10))[0]
+    assert failed.reason == "task timeout: ran over 2s" and not failed.final and failed.attempt == 1
+    done = (await log.wait(JobDone, job.job_id, timeout=30))[0]
+    # The same worker stopped the aborted run and took the retry (a real run, well under 2 s
+    # unless the machine is very busy: then a further retry, still done once).
+    assert done.attempts >= 2 and len(log.of(JobDone)) == 1
+    assert (await client.stats()).total_workers == 1
