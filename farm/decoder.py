@@ -44,7 +44,7 @@ class DecodeLoop:
                  audio: AudioTrack | None, timescale: int, segment_s: float, poster_path: Path,
                  stall_timeout_s: float, cancel: threading.Event | None,
                  on_progress: Callable[[TranscodeProgress], None] | None,
-                 on_segment: Callable[[str, SegmentInfo], None]) -> None:
+                 on_segment: Callable[[str, SegmentInfo, str], None]) -> None:
         self.source, self.info, self.ring, self.encoders, self.audio = source, info, ring, encoders, audio
         self.timescale = timescale
         self.segment_ticks = round(segment_s * timescale)
@@ -97,8 +97,8 @@ class DecodeLoop:
                     case Released(slot=slot):
                         self.pending[slot] -= 1
                         self.released[encoder.name] += 1
-                    case SegmentWritten(segment=segment):
-                        self.on_segment(encoder.name, segment)
+                    case SegmentWritten(segment=segment, codecs=codecs):
+                        self.on_segment(encoder.name, segment, codecs)
                         self._last_progress = 0.0  # report now: a new segment is playable
                     case Finished():
                         self.finished[encoder.name] = event

@@ -128,7 +128,7 @@ def run(in_fd: int, out_fd: int) -> int:
                     boundaries.discard(pts)
                     info = segmenter.boundary(sample, dts, pts, True)
                     if info is not None:
-                        _send(out_fd, SegmentWritten(info))
+                        _send(out_fd, SegmentWritten(info, codecs))
                 else:
                     segmenter.add(sample, dts, pts, packet.is_keyframe)
 
@@ -160,7 +160,7 @@ def run(in_fd: int, out_fd: int) -> int:
         mux(codec.encode(None))  # flush every frame x264 still holds
         info = segmenter.finish(last_duration)
         if info is not None:
-            _send(out_fd, SegmentWritten(info))
+            _send(out_fd, SegmentWritten(info, codecs))
         usage = resource.getrusage(resource.RUSAGE_SELF)
         _send(out_fd, Finished(frames=frames, codecs=codecs,
                                encode_s=time.monotonic() - (started or time.monotonic()),

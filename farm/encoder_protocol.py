@@ -52,6 +52,7 @@ class Released(msgspec.Struct, tag=True):
 
 class SegmentWritten(msgspec.Struct, tag=True):
     segment: SegmentInfo
+    codecs: str = ""  # RFC 6381, so a live master playlist can be published before the end
 
 
 class Finished(msgspec.Struct, tag=True, kw_only=True):

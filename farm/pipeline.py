@@ -121,9 +121,21 @@ def transcode(source: Path, out_dir: Path, settings: TranscodeSettings, *,
     (with ``.reason``) on bad input, encoder failure, cancellation or a gate failure.
 
     Nothing outlives the call: encoder processes are joined (killed if need be) and the
-    shared-memory ring is unlinked, whatever happens.
+    shared-memory ring is unlinked, whatever happens. Safe to call from any thread of any
+    process (encoders are plain subprocesses, not multiprocessing children).
     """
-    source, out_dir = Path(source), Path(out_dir)
+    try:
+        return _transcode(Path(source), Path(out_dir), settings, on_progress, cancel)
+    except TranscodeError:
+        raise
+    except Exception as exc:  # an unforeseen failure (disk full, a codec error) is still a failed job
+        log.exception("transcode of %s failed", source)
+        raise TranscodeError(f"transcode failed: {type(exc).__name__}: {exc}") from exc
+
+
+def _transcode(source: Path, out_dir: Path, settings: TranscodeSettings,
+               on_progress: Callable[[TranscodeProgress], None] | None,
+               cancel: threading.Event | None) -> TranscodeResult:
     started = time.monotonic()
     stages: dict[str, float] = {}
 
@@ -147,59 +159,81 @@ def transcode(source: Path, out_dir: Path, settings: TranscodeSettings, *,
     video_segments: dict[str, list[SegmentInfo]] = {r.name: [] for r in rungs}
     audio_segments: list[SegmentInfo] = []
 
-    def on_segment(name: str, segment: SegmentInfo) -> None:
+    video_codecs: dict[str, str] = {}
+    live_master = False
+
+    def publish_live_master() -> None:
+        """Once every rendition has a segment, a master playlist lets players start while the
+        job runs. BANDWIDTH is the VBV cap there (x264 keeps segments under it); the final
+        master states measured peaks."""
+        nonlocal live_master
+        if live_master or not all(video_segments.values()) or (info.has_audio and not audio_segments):
+            return
+        live_master = True
+        audio_codecs = f",{audio.codecs}" if audio is not None else ""
+        extra = int(settings.audio_bitrate * 1.1) if audio is not None else 0
+        variants = [Variant(uri=f"{r.name}/{PLAYLIST}", bandwidth=int(r.maxrate * 1.1) + extra,
+                            average_bandwidth=r.maxrate + extra, codecs=video_codecs[r.name] + audio_codecs,
+                            width=r.width, height=r.height, frame_rate=float(info.fps)) for r in rungs]
+        media = AudioMedia(uri=f"{AUDIO_FOLDER}/{PLAYLIST}", language=audio.language,
+                           channels=audio.channels) if audio is not None else None
+        write_atomic(out_dir / MASTER, master_playlist(variants, media))
+
+    def on_segment(name: str, segment: SegmentInfo, codecs: str) -> None:
         video_segments[name].append(segment)
+        video_codecs[name] = codecs
         write_atomic(out_dir / name / PLAYLIST,
                      media_playlist(video_segments[name], timescale, target, complete=False))
+        publish_live_master()
 
     def on_audio_segment(segment: SegmentInfo) -> None:
         audio_segments.append(segment)
         write_atomic(out_dir / AUDIO_FOLDER / PLAYLIST,
                      media_playlist(audio_segments, audio_rate, target, complete=False))
+        publish_live_master()
 
     audio_rate = info.audio_rate  # replaced by the AAC track's rate once it exists
     start_s = START_DELAY_FRAMES * max(1, round(timescale / info.fps)) / timescale
     ring_width, ring_height = info.width - info.width % 2, info.height - info.height % 2
     encoders: list[EncoderHandle] = []
     audio: AudioTrack | None = None
-    try:
-        with FrameRing(ring_width, ring_height, settings.ring_slots) as ring:
-            try:
-                for rung in rungs:
-                    (out_dir / rung.name).mkdir(parents=True, exist_ok=True)
-                    encoders.append(EncoderHandle(_job(rung, out_dir, ring, info, timescale, settings)))
-                if info.has_audio:
-                    audio = AudioTrack(out_dir / AUDIO_FOLDER, source_rate=info.audio_rate,
-                                       source_channels=info.audio_channels, bitrate=settings.audio_bitrate,
-                                       language=info.audio_language, segment_s=settings.segment_duration,
-                                       video_start_s=info.video_start_s, on_segment=on_audio_segment,
-                                       start_s=start_s)
-                    audio_rate = audio.rate
-                loop = DecodeLoop(source=source, info=info, ring=ring, encoders=encoders, audio=audio,
-                                  timescale=timescale, segment_s=settings.segment_duration,
-                                  poster_path=out_dir / POSTER, stall_timeout_s=settings.stall_timeout_s,
-                                  cancel=cancel, on_progress=on_progress, on_segment=on_segment)
-                loop.wait_attached()
-                ring.unlink()  # every encoder has it mapped: from here on nothing can leak
-                decode_started = time.monotonic()
-                loop.run()
-                loop.wait_finished()
-                stages["decode"] = loop.decode_s
-                stages["ring_wait"] = loop.wait_s
-                if audio is not None:
-                    stages["audio"] = loop.audio_s
-                for name, done in loop.finished.items():
-                    stages[f"encode:{name}"] = done.encode_s
-                    stages[f"encode_cpu:{name}"] = done.cpu_s
-                stages["pipeline"] = time.monotonic() - decode_started
-            finally:
-                for encoder in encoders:
-                    if encoder.proc.poll() is None and not _finished(encoder, locals().get("loop")):
-                        encoder.kill()
-                for encoder in encoders:
-                    encoder.stop()
-    except (OSError, MemoryError) as exc:
-        raise TranscodeError(f"transcode failed: {type(exc).__name__}: {exc}") from exc
+    loop: DecodeLoop | None = None
+    with FrameRing(ring_width, ring_height, settings.ring_slots) as ring:
+        try:
+            for rung in rungs:
+                (out_dir / rung.name).mkdir(parents=True, exist_ok=True)
+                encoders.append(EncoderHandle(_job(rung, out_dir, ring, info, timescale, settings)))
+            if info.has_audio:
+                audio = AudioTrack(out_dir / AUDIO_FOLDER, source_rate=info.audio_rate,
+                                   source_channels=info.audio_channels, bitrate=settings.audio_bitrate,
+                                   language=info.audio_language, segment_s=settings.segment_duration,
+                                   video_start_s=info.video_start_s, on_segment=on_audio_segment,
+                                   start_s=start_s)
+                audio_rate = audio.rate
+            loop = DecodeLoop(source=source, info=info, ring=ring, encoders=encoders, audio=audio,
+                              timescale=timescale, segment_s=settings.segment_duration,
+                              poster_path=out_dir / POSTER, stall_timeout_s=settings.stall_timeout_s,
+                              cancel=cancel, on_progress=on_progress, on_segment=on_segment)
+            loop.wait_attached()
+            ring.unlink()  # every encoder has it mapped: from here on nothing can leak
+            decode_started = time.monotonic()
+            loop.run()
+            loop.wait_finished()
+            stages["decode"] = loop.decode_s
+            stages["ring_wait"] = loop.wait_s
+            if audio is not None:
+                stages["audio"] = loop.audio_s
+            for name, done in loop.finished.items():
+                stages[f"encode:{name}"] = done.encode_s
+                stages[f"encode_cpu:{name}"] = done.cpu_s
+            stages["pipeline"] = time.monotonic() - decode_started
+        finally:
+            for encoder in encoders:
+                if encoder.proc.poll() is None and not _finished(encoder, loop):
+                    encoder.kill()
+            for encoder in encoders:
+                encoder.stop()
+    assert loop is not None
     report("package", 0.96)
     packaged = time.monotonic()
     result = _package(out_dir, info, rungs, loop, video_segments, timescale, audio, audio_segments,

@@ -130,16 +130,21 @@ def test_playlists_grow_as_event_while_running(tmp_path: Path, video_factory: Ca
     source = video_factory("three.mp4", seconds=3.0, width=320, height=240)
     out = tmp_path / "out"
     seen: list[str] = []
+    masters: list[str] = []
 
     def peek(progress: TranscodeProgress) -> None:
         playlist = out / "180p" / "index.m3u8"
         if progress.stage == "encode" and playlist.exists():
             seen.append(playlist.read_text())
+            if (out / "master.m3u8").exists():
+                masters.append((out / "master.m3u8").read_text())
 
     transcode(source, out, TranscodeSettings(ladder=[180], segment_duration=1.0), on_progress=peek)
     growing = [text for text in seen if "#EXT-X-PLAYLIST-TYPE:EVENT" in text]
     assert growing, "no EVENT playlist was published while the job ran"
     assert all("#EXT-X-ENDLIST" not in text for text in growing)
+    # Players can start before the end: a master playlist is published with the first segments.
+    assert masters and "180p/index.m3u8" in masters[0] and 'URI="audio/index.m3u8"' in masters[0]
     assert (out / "180p" / "index.m3u8").read_text().rstrip().endswith("#EXT-X-ENDLIST")
 
 
