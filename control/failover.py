@@ -24,7 +24,7 @@ import asyncio
 import logging
 from typing import Any
 
-from ..common.config import Config
+from ..common.config import BrokerEndpoints, Config
 from ..common.service import ServiceContext
 from .consul_client import consul_client
 from .discovery import Discovery
@@ -75,7 +75,7 @@ async def serve(ctx: ServiceContext) -> None:
 
         metrics = farm_metrics()
     ctx.ready("broker standby")
-    holder = f"{registration.service_id} {config.broker_endpoints.frontend}"
+    holder = f"{registration.service_id} tcp://{registration.address}:{config.broker.frontend_port}"
     async with consul_client(config.registry) as client:
         lock = LeaderLock(client, lock_key(config), check_id=registration.check_id, holder=holder,
                           lock_delay_s=float(config.control.broker_lock_delay),
@@ -85,13 +85,18 @@ async def serve(ctx: ServiceContext) -> None:
             return
         journal = RedisJournal.from_url(config.cache.redis_url, journal_prefix(config))
         epoch = await journal.take_epoch()
-        broker = Broker(config, journal, metrics=metrics)
+        # Bind on broker.bind_host: broker.host is where clients look (it may be a Consul DNS name).
+        b = config.broker
+        endpoints = BrokerEndpoints(frontend=f"tcp://{b.bind_host}:{b.frontend_port}",
+                                    backend=f"tcp://{b.bind_host}:{b.backend_port}",
+                                    publisher=f"tcp://{b.bind_host}:{b.publisher_port}")
+        broker = Broker(config, journal, endpoints=endpoints, metrics=metrics)
         await broker.start()
         leadership.leading = True
         # Be discoverable now rather than at the registrar's next refresh.
         await client.agent.check.ttl_pass(registration.check_id, "leader")
-        ctx.status(f"broker leader (epoch {epoch}) on {broker.endpoints.frontend}")
-        log.info("broker leads (epoch %d) on %s", epoch, broker.endpoints.frontend)
+        ctx.status(f"broker leader (epoch {epoch}): {holder}")
+        log.info("broker leads (epoch %d) on %s", epoch, holder)
         running = asyncio.create_task(broker.run(ctx.stop), name="broker-run")
         watching = asyncio.create_task(lock.watch_lost(ctx.stop), name="broker-lock-watch")
         try:
