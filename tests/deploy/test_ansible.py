@@ -61,17 +61,19 @@ def test_restarts_only_through_handlers(role: str) -> None:
 
 
 def test_rolling_update_drains_gates_and_stops_on_failure() -> None:
-    (play,) = yaml.safe_load((ANSIBLE_DIR / "rolling-update.yml").read_text())
-    assert play["max_fail_percentage"] == 0
-    assert play["serial"][0] == 1, "a canary batch first"
-    order = [t["name"] for t in play["pre_tasks"] + play["tasks"] + play["post_tasks"]]
-    assert order[0].startswith("Drain") and order[-1].startswith("Undrain")
-    assert order.index("Gate this host on its health checks.") == len(order) - 2
+    brokers, others = yaml.safe_load((ANSIBLE_DIR / "rolling-update.yml").read_text())
+    assert brokers["hosts"] == "broker" and brokers["serial"] == 1, "brokers one at a time"
+    assert others["serial"][0] == 1, "a canary batch first"
+    for play in (brokers, others):
+        assert play["max_fail_percentage"] == 0
+        order = [t["name"] for t in play["pre_tasks"] + play["tasks"] + play["post_tasks"]]
+        assert order[0].startswith("Drain") and order[-1].startswith("Undrain")
+        assert order.index("Gate this host on its health checks.") == len(order) - 2
     gate = yaml.safe_load((ANSIBLE_DIR / "tasks/health-gate.yml").read_text())
     uris = [t for t in gate if "ansible.builtin.uri" in t]
     assert uris and all(t["retries"] and t["until"] for t in uris)
     drain = (ANSIBLE_DIR / "tasks/drain.yml").read_text()
-    assert "streamgate --config" in drain and "drain" in drain and "/v1/agent/maintenance" in drain
+    assert "/bin/streamgate" in drain and "- drain" in drain and "/v1/agent/maintenance" in drain
 
 
 # --- a real converge into a scratch root --------------------------------------------------------
