@@ -140,22 +140,26 @@ def run(in_fd: int, out_fd: int) -> int:
             if started is None:
                 started = time.monotonic()
             source = ring.slot(slot)
+            # Both ways read the slot in place: swscale writes a new frame, and x264 copies its
+            # input picture into its own frame pool inside x264_encoder_encode. So the slot is
+            # free once the scaled frame exists, or once the unscaled one has been submitted.
+            frame = av.VideoFrame.from_numpy_buffer(source, format="yuv420p")
             if scale:
-                view = av.VideoFrame.from_numpy_buffer(source, format="yuv420p")
-                frame = reformatter.reformat(view, job.width, job.height, "yuv420p",
+                frame = reformatter.reformat(frame, job.width, job.height, "yuv420p",
                                              interpolation=interpolation)
-                del view
-            else:
-                frame = av.VideoFrame.from_ndarray(source, format="yuv420p")  # a copy: x264 keeps frames
+                _send(out_fd, Released(slot))
             del source
-            _send(out_fd, Released(slot))
             frame.pts = pts
             frame.time_base = codec.time_base
             if flags & NOTICE_KEY:
                 frame.pict_type = av.video.frame.PictureType.I
                 boundaries.add(pts)
             last_duration = max(duration, 1)
-            mux(codec.encode(frame))
+            packets = codec.encode(frame)
+            del frame
+            if not scale:
+                _send(out_fd, Released(slot))
+            mux(packets)
             frames += 1
         mux(codec.encode(None))  # flush every frame x264 still holds
         info = segmenter.finish(last_duration)
