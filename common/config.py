@@ -219,6 +219,9 @@ class RegistryConfig(_Section):
     watch_wait: Seconds = Seconds(30)
     # KV prefix of StreamGate's keys: <prefix>/scaling/farm_workers, <prefix>/broker/leader.
     kv_prefix: str = "streamgate"
+    # Whether this process registers itself; copies of a process serving the same port (the
+    # edge's SO_REUSEPORT workers) set false and leave it to the first one.
+    register: bool = True
 
 
 class ControlConfig(_Section):

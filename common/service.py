@@ -92,7 +92,7 @@ def run_service(role: str, serve: Serve, config: Config, *, prefer_uvloop: bool 
         if notifier.watchdog_interval_s:
             ctx.spawn(_watchdog(notifier, notifier.watchdog_interval_s), "watchdog")
         registration = None
-        if config.registry.type == "consul":
+        if config.registry.type == "consul" and config.registry.register:
             registration = ctx.spawn(_register_when_ready(ctx), "registration")
         serving = asyncio.create_task(serve(ctx), name=f"{role}-serve")
         stopper = asyncio.create_task(ctx.stop.wait(), name="stop")

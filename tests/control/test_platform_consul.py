@@ -102,3 +102,39 @@ def test_run_registers_every_role_and_deregisters_on_sigterm(run_platform, consu
 
     assert platform.stop() == 0
     assert consul_agent.services() == {}, "every role deregisters on SIGTERM"
+
+
+def test_a_copy_with_register_false_stays_out_of_consul(consul_agent: Agent, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """registry.register: false (what the edge's SO_REUSEPORT copies should set) serves unregistered."""
+    import os
+    import signal
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("STREAMGATE", "REGISTRY", "CONSUL"))}
+    env.update({"REGISTRY_TYPE": "consul", "CONSUL_ADDRESS": consul_agent.address,
+                "STREAMGATE__REGISTRY__REGISTER": "false", "STREAMGATE_DATA_DIR": str(tmp_path),
+                "STREAMGATE__CONTROL__REFRESH_INTERVAL": "0.2s"})
+    with subprocess.Popen([sys.executable, "-m", "streamgate", "control", "--port", str(port)], env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) as proc:
+        try:
+            def healthy() -> bool:
+                assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as r:
+                        return r.status == 200
+                except OSError:
+                    return False
+
+            wait_until(healthy, timeout=30, what="control /health")
+            if consul_agent.standin is not None:
+                # Several fleet refreshes (Consul reads made after ready, like a registration
+                # would be) have happened, and no registration among the requests.
+                requests = consul_agent.standin.requests
+                wait_until(lambda: sum(1 for _, p in list(requests) if p == "/v1/catalog/services") >= 3,
+                           timeout=30, what="three fleet refreshes")
+                assert not [p for _, p in list(requests) if p.startswith("/v1/agent/service/register")]
+            assert consul_agent.services() == {}
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.communicate(timeout=30)
+    assert proc.returncode == 0
