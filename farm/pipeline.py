@@ -82,7 +82,10 @@ class TranscodeSettings(msgspec.Struct, frozen=True, kw_only=True):
         if hasattr(transcoder, "encoder_stall_timeout"):
             values["stall_timeout_s"] = float(transcoder.encoder_stall_timeout)
         values.update({k: v for k, v in overrides.items() if v is not None})
-        return msgspec.convert(values, cls)
+        try:
+            return msgspec.convert(values, cls)
+        except msgspec.ValidationError as exc:  # job settings come from the wire: a failed job, not a crash
+            raise TranscodeError(f"bad settings: {exc}") from exc
 
 
 def _timescale(info: SourceInfo) -> int:

@@ -294,6 +294,13 @@ def test_settings_from_config_and_overrides() -> None:
     assert settings.segment_duration == 4.0 and settings.ring_slots == 8
 
 
+def test_settings_of_the_wrong_type_fail_the_job() -> None:
+    from streamgate.common.config import TranscoderConfig
+
+    with pytest.raises(TranscodeError, match=r"bad settings: .*ladder"):
+        TranscodeSettings.from_config(TranscoderConfig(), ladder="tall")
+
+
 def test_bad_settings_fail_the_job(tmp_path: Path, video_factory: Callable[..., Path]) -> None:
     source = video_factory("small.mp4", seconds=2.0, width=320, height=240)
     with pytest.raises(TranscodeError, match="segment_duration"):
