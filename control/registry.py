@@ -158,7 +158,10 @@ class Registrar:
 
     async def refresh(self, client: ConsulClient) -> bool:
         """Report this loop's health in the TTL check; False when the agent does not know the check."""
-        status, note = self.probe() if self.probe else ("passing", "")
+        try:
+            status, note = self.probe() if self.probe else ("passing", "")
+        except Exception as exc:  # a failing probe is the role's health, not the registrar's end
+            status, note = "critical", f"health probe failed: {type(exc).__name__}: {exc}"
         update = {"passing": client.agent.check.ttl_pass, "warning": client.agent.check.ttl_warn,
                   "critical": client.agent.check.ttl_fail}[status]
         return bool(await asyncio.wait_for(update(self.registration.check_id, notes=note or None),

@@ -112,6 +112,43 @@ async def test_probe_reports_warning_and_reason(consul_agent: Agent) -> None:
         await asyncio.wait_for(task, 10)
 
 
+async def test_a_failing_probe_reports_critical_and_recovers(consul_agent: Agent) -> None:
+    config = consul_agent.config(ttl="0.6s")
+    broken = {"on": True}
+
+    def probe():  # type: ignore[no-untyped-def]
+        if broken["on"]:
+            raise RuntimeError("queue unreadable")
+        return ("passing", "")
+
+    registrar = Registrar(config, registration_for("broker", config), probe=probe)
+    stop = asyncio.Event()
+    task = asyncio.create_task(registrar.run(stop))
+    try:
+        check_id = registrar.registration.check_id
+
+        async def check() -> dict:  # type: ignore[type-arg]
+            return (await asyncio.to_thread(consul_agent.checks)).get(check_id, {})
+
+        found = await async_wait_until(lambda: _critical(check()), timeout=10, what="critical")
+        assert "health probe failed: RuntimeError: queue unreadable" in found["Output"]
+        broken["on"] = False
+        await async_wait_until(lambda: _eq(_status(check()), "passing"), timeout=10, what="passing")
+        assert not task.done()  # the registrar kept going
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+
+async def _critical(coro):  # type: ignore[no-untyped-def]
+    check = await coro
+    return check if check.get("Status") == "critical" else None
+
+
+async def _status(coro):  # type: ignore[no-untyped-def]
+    return (await coro).get("Status")
+
+
 async def _eq(coro, value) -> bool:  # type: ignore[no-untyped-def]
     return (await coro) == value
 
