@@ -116,8 +116,11 @@ def static_instances(config: Config) -> list[FleetInstance]:
     found = []
     for role in ("edge", "broker", "farm", "control"):
         reg = registration_for(role, config)
-        found.append(FleetInstance(role=role, service_id=reg.service_id, address="127.0.0.1",
-                                   port=reg.port, node=config.node_name, version=reg.meta["version"]))
+        address, port = "127.0.0.1", reg.port
+        if role == "broker" and config.deployment.mode == "single":
+            address, port = config.broker_endpoints.frontend, 0  # ipc:// on a single node
+        found.append(FleetInstance(role=role, service_id=reg.service_id, address=address,
+                                   port=port, node=config.node_name, version=reg.meta["version"]))
     for url in config.registry.static_origins:
         found.append(FleetInstance(role="origin", service_id=url, address=url, port=0))
     return found

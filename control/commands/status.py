@@ -90,8 +90,11 @@ def render(view: dict[str, Any], source: str) -> Any:
                       f"{e['requests_total']:.0f}", f"{e['bytes_sent_total']:.0f}")
 
     s = view["scaling"]
-    scaling = Text.assemble(("Scaling: ", "bold"), f"{s['farm_workers']} farm workers ({s['per_farm']} per farm, "
-                            f"{s['action'].replace('_', ' ')}; {s['reason']})")
+    if b["up"]:
+        scaling = Text.assemble(("Scaling: ", "bold"), f"{s['farm_workers']} farm workers ({s['per_farm']} per farm, "
+                                f"{s['action'].replace('_', ' ')}; {s['reason']})")
+    else:
+        scaling = Text.assemble(("Scaling: ", "bold"), ("no decision without the broker's figures", "yellow"))
     return Group(instances, broker, edges, scaling, Text(f"source: {source}", style="dim"))
 
 
