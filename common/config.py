@@ -76,6 +76,9 @@ class EdgeConfig(_Section):
     open_file_cache_valid: Seconds = Seconds(1)
     # The raw HTTP/1.1 fast path for plain playback GET/HEAD (edge/fastpath.py); false: aiohttp only.
     fast_path: bool = True
+    # Local files up to this size (and every playlist) are answered from memory; bigger ones by
+    # sendfile, which copies less than a write from memory does.
+    memory_serve_max_size: Bytes = Bytes(32 * 1024)
     # SO_SNDBUF for client sockets (0: kernel autotuning). Larger: fewer wakeups per big segment.
     socket_send_buffer: Bytes = Bytes(0)
     rate_limit: RateLimitConfig = msgspec.field(default_factory=RateLimitConfig)

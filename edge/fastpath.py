@@ -1,4 +1,4 @@
-"""The lean HTTP/1.1 path for playback GET/HEAD: prebuilt headers, bytes or sendfile, no task.
+"""The lean HTTP/1.1 path for playback GET/HEAD: prebuilt headers, then bytes or sendfile.
 
 Every connection starts here. A request this path fully understands (GET or HEAD of a valid
 playback name, no body, at most a single Range, If-None-Match) is answered directly from the
@@ -22,7 +22,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -42,7 +42,10 @@ _REASONS = {200: b"OK", 206: b"Partial Content", 304: b"Not Modified", 400: b"Ba
             401: b"Unauthorized", 403: b"Forbidden", 404: b"Not Found",
             416: b"Range Not Satisfiable", 429: b"Too Many Requests", 500: b"Internal Server Error",
             502: b"Bad Gateway", 503: b"Service Unavailable"}
-_BODYLESS_HEADERS = (b"content-length", b"transfer-encoding", b"upgrade", b"expect")
+_METHODS = {b"GET": "GET", b"HEAD": "HEAD"}
+# A body, an upgrade, or whitespace before a colon (RFC 9112 section 5.1 says reject): aiohttp.
+_HANDOFF_MARKERS = (b"\r\ncontent-length:", b"\r\ntransfer-encoding:", b"\r\nupgrade:",
+                    b"\r\nexpect:", b" :", b"\t:", b"\r\n ", b"\r\n\t")
 
 
 class FastPathUnsupported(AttributeError):
@@ -52,36 +55,88 @@ class FastPathUnsupported(AttributeError):
 class PlaybackRequest:
     """What an access check sees on the fast path; the rest of ``web.Request`` is not here."""
 
-    __slots__ = ("app", "method", "path", "headers", "match_info", "_state")
+    __slots__ = ("app", "method", "_target", "_head", "_headers", "match_info", "_state")
 
-    def __init__(self, app: web.Application, method: str, path: str,
-                 headers: CIMultiDictProxy[str], match_info: dict[str, str]) -> None:
+    def __init__(self, app: web.Application, method: str, target: bytes, head: bytes,
+                 match_info: dict[str, str]) -> None:
         self.app = app
         self.method = method
-        self.path = path
-        self.headers = headers
+        self._target = target
+        self._head = head
+        self._headers: CIMultiDictProxy[str] | None = None
         self.match_info = match_info
-        self._state: dict[str, Any] = {}
+        self._state: dict[str, Any] | None = None
+
+    @property
+    def path(self) -> str:
+        return self._target.decode("ascii")
+
+    @property
+    def headers(self) -> CIMultiDictProxy[str]:
+        # Built on first use: a public video's check never reads the headers.
+        if self._headers is None:
+            pairs = (line.partition(b":") for line in self._head.split(b"\r\n")[1:])
+            self._headers = CIMultiDictProxy(CIMultiDict(
+                (k.decode("latin-1"), v.strip().decode("latin-1")) for k, _, v in pairs))
+        return self._headers
 
     def __getattr__(self, name: str) -> Any:
         raise FastPathUnsupported(f"PlaybackRequest has no {name!r}: answered by aiohttp")
 
     def __getitem__(self, key: str) -> Any:
+        if self._state is None:
+            raise KeyError(key)
         return self._state[key]
 
     def __setitem__(self, key: str, value: Any) -> None:
+        if self._state is None:
+            self._state = {}
         self._state[key] = value
 
     def get(self, key: str, default: Any = None) -> Any:
-        return self._state.get(key, default)
+        return default if self._state is None else self._state.get(key, default)
 
 
 class Request:
-    __slots__ = ("method", "head", "target", "keep_alive", "headers", "video_id", "rel", "token",
-                 "started", "route")
+    __slots__ = ("method", "target", "keep_alive", "head", "lower", "connection", "video_id", "rel",
+                 "token", "started", "route")
 
-    def __init__(self) -> None:
-        self.token: str | None = None
+
+def header_value(request: Request, marker: bytes) -> bytes | None:
+    """The value of the header ``marker`` (``b"\\r\\nname:"``), first occurrence, stripped."""
+    i = request.lower.find(marker)
+    if i < 0:
+        return None
+    start = i + len(marker)
+    end = request.head.find(b"\r\n", start)
+    return (request.head[start:] if end < 0 else request.head[start:end]).strip()
+
+
+# Validated targets: (token, video id, rel, route class) by the raw request target.
+TARGET_CACHE_SIZE = 4096
+Target = tuple[str | None, str, str, str]
+
+
+def parse_target(target: bytes) -> Target | None:
+    """A playback target's parts, or None for anything aiohttp should answer."""
+    try:
+        path = target.decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    token = None
+    if path.startswith("/s/"):
+        token, sep, path = path[3:].partition("/")
+        if not sep or not token:
+            return None
+        path = "/" + path
+    if not path.startswith("/videos/"):
+        return None
+    video_id, _, rel = path[8:].partition("/")
+    try:
+        video_id, rel = parse_media_path(video_id, rel)
+    except BadMediaPath:
+        return None  # aiohttp answers it with the precise 400
+    return token, video_id, rel, metrics.route_class(rel)
 
 
 class FastPath:
@@ -96,7 +151,7 @@ class FastPath:
         self.client_timeout_s = client_timeout_s
         self.max_header_size = max_header_size
         self.connections: set[FastConnection] = set()
-        self.tasks: set[asyncio.Task[None]] = set()
+        self.targets: dict[bytes, Target] = {}
         self.metrics = delivery.metrics
         self._date_second = 0
         self._date_line = b""
@@ -113,17 +168,6 @@ class FastPath:
             self._date_line = b"Date: " + http_date(now).encode() + b"\r\n"
         return self._date_line
 
-    def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        task = asyncio.get_running_loop().create_task(coro)
-        self.tasks.add(task)
-        task.add_done_callback(self._reap)
-        return task
-
-    def _reap(self, task: asyncio.Task[None]) -> None:
-        self.tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("fast path task failed", exc_info=task.exception())
-
     async def sweep(self) -> None:
         """Close connections idle or stalled past ``edge.client_timeout`` (slow clients)."""
         loop = asyncio.get_running_loop()
@@ -134,11 +178,12 @@ class FastPath:
                 conn.expire()
 
     async def close(self) -> None:
+        tasks = [c.task for c in self.connections if c.task is not None]
         for conn in list(self.connections):
             conn.expire()
-        for task in list(self.tasks):
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class FastConnection(asyncio.Protocol):
@@ -220,67 +265,57 @@ class FastConnection(asyncio.Protocol):
             self.transport.close()
 
     def parse(self, head: bytes) -> Request | None:
-        lines = head.split(b"\r\n")
-        parts = lines[0].split(b" ")
+        eol = head.find(b"\r\n")
+        parts = (head if eol < 0 else head[:eol]).split(b" ")
         if len(parts) != 3:
             return None
         method, target, version = parts
-        if method not in (b"GET", b"HEAD") or version not in (b"HTTP/1.1", b"HTTP/1.0"):
+        if method not in _METHODS or version not in (b"HTTP/1.1", b"HTTP/1.0"):
             return None
         if b"%" in target or b"?" in target or b"\\" in target:
             return None
-        headers: dict[bytes, bytes] = {}
-        for line in lines[1:]:
-            name, sep, value = line.partition(b":")
-            lname = name.lower()
-            if not sep or not name or name != name.strip() or lname in headers:
+        # Header values are looked up by substring in the lowered head, only when needed;
+        # anything that could carry a body or bend the framing goes to aiohttp's parser.
+        lower = head.lower()
+        for marker in _HANDOFF_MARKERS:
+            if marker in lower:
                 return None
-            headers[lname] = value.strip()
-        for name in _BODYLESS_HEADERS:
-            if name in headers and not (name == b"content-length" and headers[name] == b"0"):
+        parsed = self.shared.targets.get(target)
+        if parsed is None:
+            parsed = parse_target(target)
+            if parsed is None:
                 return None
-        try:
-            path = target.decode("ascii")
-        except UnicodeDecodeError:
-            return None
+            targets = self.shared.targets
+            if len(targets) >= TARGET_CACHE_SIZE:
+                targets.clear()
+            targets[target] = parsed
         request = Request()
-        if path.startswith("/s/"):
-            token, sep, path = path[3:].partition("/")
-            if not sep or not token:
-                return None
-            request.token = token
-            path = "/" + path
-        if not path.startswith("/videos/"):
-            return None
-        video_id, sep, rel = path[8:].partition("/")
-        try:
-            request.video_id, request.rel = parse_media_path(video_id, rel)
-        except BadMediaPath:
-            return None  # aiohttp answers it with the precise 400
-        connection = headers.get(b"connection", b"").lower()
+        request.token, request.video_id, request.rel, request.route = parsed
+        request.head = head
+        request.lower = lower
+        connection = header_value(request, b"\r\nconnection:") if b"\r\nconnection:" in lower else b""
+        connection = connection.lower() if connection else b""
+        request.connection = connection
         request.keep_alive = (connection != b"close") if version == b"HTTP/1.1" else (connection == b"keep-alive")
         request.method = method
         request.target = target
-        request.headers = headers
         request.started = time.perf_counter()
-        request.route = metrics.route_class(request.rel)
         return request
 
     def handle(self, request: Request, raw: bytes) -> None:
         # The access check may await a store, and stores use asyncio.timeout, which needs a
         # task: so it runs in one (a task per request, still far cheaper than aiohttp's path).
+        # The task is the connection's (cancelled when it is lost); serve() answers every
+        # exception itself, so none can go unseen.
         self.busy = True
-        self.task = self.shared.spawn(self.serve(request, raw))
+        self.task = self.loop.create_task(self.serve(request, raw))
 
     async def serve(self, request: Request, raw: bytes) -> None:
         match_info = {"id": request.video_id, "path": request.rel}
         if request.token is not None:
             match_info["token"] = request.token
-        view = PlaybackRequest(self.shared.app, request.method.decode(), request.target.decode(),
-                               CIMultiDictProxy(CIMultiDict(
-                                   (k.decode("latin-1"), v.decode("latin-1"))
-                                   for k, v in request.headers.items())),
-                               match_info)
+        view = PlaybackRequest(self.shared.app, _METHODS[request.method], request.target,
+                               request.head, match_info)
         try:
             await access.authorize_playback(view, request.video_id)  # type: ignore[arg-type]
             found = self.shared.delivery.lookup_now(request.video_id, request.rel)
@@ -312,15 +347,17 @@ class FastConnection(asyncio.Protocol):
     def respond(self, request: Request, entry: Servable) -> None:
         status = 200
         start, end = 0, entry.size
-        headers = request.headers
-        inm = headers.get(b"if-none-match")
+        lower = request.lower
+        inm = header_value(request, b"\r\nif-none-match:") if b"\r\nif-none-match:" in lower else None
         tail = b""
         if inm is not None and _etag_matches(inm.decode("latin-1"), entry.etag):
             status, block, end = 304, entry.head_block, 0
-        elif b"range" in headers and (b"if-range" not in headers
-                                      or headers[b"if-range"].decode("latin-1") == entry.etag):
+        elif b"\r\nrange:" in lower and (
+                b"\r\nif-range:" not in lower
+                or header_value(request, b"\r\nif-range:") == entry.etag.encode("latin-1")):
             try:
-                start, end = parse_range(headers[b"range"].decode("latin-1"), entry.size)
+                start, end = parse_range((header_value(request, b"\r\nrange:") or b"").decode("latin-1"),
+                                         entry.size)
             except (RangeNotSatisfiable, UnicodeDecodeError) as exc:
                 self.error(request, HTTPError(416, "range not satisfiable", str(exc),
                                               {"Content-Range": f"bytes */{entry.size}"}))
@@ -333,7 +370,7 @@ class FastConnection(asyncio.Protocol):
         if not request.keep_alive:
             tail = b"Connection: close\r\n"
             self.closing = True
-        elif headers.get(b"connection", b"").lower() == b"keep-alive":
+        elif request.connection == b"keep-alive":
             tail = b"Connection: keep-alive\r\n"
         head = b"".join((_status_line(status), self.shared.date_line(), block, tail, b"\r\n"))
         body = request.method == b"GET" and status != 304

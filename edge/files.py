@@ -86,7 +86,7 @@ class OpenFileCache:
         self.config = config
         self.max_entries = max(1, config.open_file_cache_entries)
         self.valid_s = float(config.open_file_cache_valid)
-        self.hot_max = int(config.hot_object_max_size)
+        self.hot_max = int(config.memory_serve_max_size)
         self.memory_max = int(config.memory_cache_size if memory_bytes is None else memory_bytes)
         self.memory_used = 0
         self.cors = cors_headers(config)

@@ -100,7 +100,7 @@ def test_memory_lru_is_bounded_by_bytes_and_expires() -> None:
 def test_open_file_cache_reuses_fds_and_sees_renames(tmp_path: Path, make_config) -> None:
     from streamgate.edge.files import OpenFileCache
 
-    config = make_config(tmp_path, open_file_cache_valid=0, hot_object_max_size=10, open_file_cache_entries=2)
+    config = make_config(tmp_path, open_file_cache_valid=0, memory_serve_max_size=10, open_file_cache_entries=2)
     cache = OpenFileCache(config.edge)
     seg = tmp_path / "1.m4s"
     seg.write_bytes(b"a" * 100)
