@@ -83,6 +83,9 @@ def test_run_registers_every_role_and_deregisters_on_sigterm(run_platform, consu
     # The broker's figures come from the farm's BrokerClient over the node's ipc:// socket.
     assert view["broker"]["up"] is True, view["broker"]
     assert view["scaling"]["farm_workers"] >= 1 and view["scaling"]["action"] in ("hold", "scale_up", "scale_down")
+    with urllib.request.urlopen(f"http://127.0.0.1:{control_port}/api/v1/scaling", timeout=10) as r:
+        scaling = json.loads(r.read())
+    assert scaling["farm_workers"] == view["scaling"]["farm_workers"] and scaling["reason"]
     with urllib.request.urlopen(f"http://127.0.0.1:{control_port}/metrics", timeout=10) as r:
         metrics = r.read().decode()
     assert 'streamgate_fleet_instances{role="edge",status="passing"} 1.0' in metrics
