@@ -18,12 +18,12 @@ async def test_broker_down_is_a_prompt_named_error_then_recovers(farm, start_bro
         t0 = time.monotonic()
         with pytest.raises(BrokerUnavailable, match="did not answer within 0.3s"):
             await client.submit(farm.job("/src.mp4"))
-        assert time.monotonic() - t0 < 1.0
+        assert time.monotonic() - t0 < 2.0  # 0.3 s, with room for a busy machine
         # Many concurrent callers while down: each fails within the timeout, none hangs.
         t0 = time.monotonic()
         results = await asyncio.gather(*(client.stats() for _ in range(5)), return_exceptions=True)
         assert all(isinstance(r, BrokerUnavailable) for r in results)
-        assert time.monotonic() - t0 < 1.0
+        assert time.monotonic() - t0 < 2.0  # 0.3 s, with room for a busy machine
         with pytest.raises(BrokerUnavailable):
             async with client.events() as stream:
                 await stream.live(timeout_s=0.3)
