@@ -64,22 +64,25 @@ class LeaderLock:
     async def acquire(self, stop: asyncio.Event) -> bool:
         """Block until the lock is ours (True) or ``stop`` is set (False)."""
         index = None
+        entry: dict | None = None  # type: ignore[type-arg]
         while not stop.is_set():
             try:
                 if await self.try_acquire():
                     log.info("took the leader lock %s as %s", self.key, self.holder)
                     return True
-                # Held, or in its lock-delay: wait for the key to change, then try again.
+                if entry is not None and not entry.get("Session"):
+                    # Refused although free: the lock-delay after an invalidation. Retry after it.
+                    await self._pause(stop, self.lock_delay_s)
+                    index, entry = None, None
+                    continue
+                # Held: wait for the key to change (a blocking query), then try again.
                 index, entry = await asyncio.wait_for(
                     self.client.kv.get(self.key, index=index, wait=f"{self.wait_s:g}s"), self.wait_s + 10)
-                if entry is not None and not entry.get("Session"):
-                    # Free but refused: the lock-delay after an invalidation. Retry when it ends.
-                    await self._pause(stop, self.lock_delay_s)
             except CONSUL_ERRORS as exc:
                 if isinstance(exc, ConsulException) and "invalid session" in str(exc).lower():
                     raise LeadershipLost(f"our session is gone: {exc}") from None
                 log.warning("leader lock %s: %s: %s; retrying", self.key, type(exc).__name__, exc)
-                index = None
+                index, entry = None, None
                 await self._pause(stop, 1.0)
         return False
 
