@@ -157,6 +157,7 @@ class DecodeLoop:
             streams: list[av.stream.Stream] = [vstream]
             astream = container.streams.audio[0] if self.audio is not None else None
             if astream is not None:
+                astream.thread_type = "AUTO"
                 streams.append(astream)
             tb = vstream.time_base or Fraction(1, 90000)
             try:

@@ -34,9 +34,12 @@ class SegmentInfo(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class TrackSegmenter:
-    """Collects samples; ``cut()`` writes the pending ones as the next segment.
+    """Collects one track's samples and writes them as numbered segments.
 
-    Times are in the track's timescale: ``dts`` increases strictly, ``pts`` may differ (B-frames).
+    ``add`` queues a sample, ``boundary`` queues one that starts a new segment (writing the
+    previous segment), ``finish`` writes the last. A sample's duration is the next one's decode
+    time minus its own, so each sample waits for its successor. Times are in the track's
+    timescale: ``dts`` increases strictly, ``pts`` may differ (B-frames).
     """
 
     def __init__(self, folder: Path, timescale: int, *, with_cto: bool) -> None:
@@ -79,9 +82,8 @@ class TrackSegmenter:
         self._pts.append(pts)
 
     def cut(self, end_pts: int | None = None) -> SegmentInfo | None:
-        """Write every sample queued so far except the pending one (which begins the next
-        segment: call ``cut`` right before ``add``-ing a boundary sample's successor... see
-        ``boundary``)."""
+        """Write the samples whose durations are known as the next segment; ``end_pts`` is where
+        the next segment starts (default: the end of the last sample)."""
         if not self._samples:
             return None
         number = len(self.segments) + 1

@@ -29,6 +29,7 @@ def write_poster(path: Path, i420: np.ndarray, width: int, height: int) -> None:
     codec = av.CodecContext.create("mjpeg", "w")
     codec.width, codec.height, codec.pix_fmt = w, h, "yuvj420p"
     codec.time_base = Fraction(1, 25)
+    codec.thread_type = "AUTO"
     codec.options = {"qmin": "2", "qmax": "5"}
     packets = codec.encode(frame) + codec.encode(None)
     write_atomic(path, b"".join(bytes(p) for p in packets))

@@ -37,3 +37,26 @@ def test_transcode_command_fails_with_the_reason(tmp_path: Path) -> None:
 def test_transcode_command_rejects_bad_renditions(tmp_path: Path) -> None:
     done = streamgate("transcode", "x.mp4", "--out", str(tmp_path), "--renditions", "big,small")
     assert done.returncode == 2 and "renditions" in done.stderr
+
+
+def test_transcode_command_cancels_on_sigterm(tmp_path: Path, video_factory: Callable[..., Path]) -> None:
+    import signal
+
+    from support import wait_until
+
+    source = video_factory("six.mp4", seconds=6.0, width=320, height=240)
+    cli = subprocess.Popen([sys.executable, "-m", "streamgate", "transcode", str(source), "--out",
+                            str(tmp_path / "out"), "--renditions", "240,180", "--preset", "medium",
+                            "--segment-seconds", "1", "--no-progress"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: (tmp_path / "out" / "240p" / "init.mp4").exists() or cli.poll() is not None,
+                   timeout=30, what="the encoders to start")
+        cli.send_signal(signal.SIGTERM)
+        _, err = cli.communicate(timeout=30)
+        assert cli.returncode == 130, err
+        assert "transcode failed: cancelled" in err
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+            cli.wait()
