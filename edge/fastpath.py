@@ -175,6 +175,12 @@ class FastPath:
             await asyncio.sleep(min(1.0, self.client_timeout_s / 2))
             now = loop.time()
             for conn in [c for c in self.connections if c.deadline < now]:
+                write = conn.write
+                if write is not None and write.sent != conn.sent_mark:
+                    # A long download that still moves is not a slow client.
+                    conn.sent_mark = write.sent
+                    conn.deadline = now + self.client_timeout_s
+                    continue
                 conn.expire()
 
     async def close(self) -> None:
@@ -197,6 +203,7 @@ class FastConnection(asyncio.Protocol):
         self.sock_fd = -1
         self.wait_fd = -1
         self.sock: socket.socket | None = None
+        self.sent_mark = -1
         self.deadline = 0.0
         self.write: DirectWrite | None = None
         self.entry: Servable | None = None

@@ -248,3 +248,40 @@ def test_json_error_shape_is_the_edge_contract() -> None:
 
     response = HTTPError(404, "not found", "x").response()
     assert json.loads(response.body) == {"error": "not found", "detail": "x"}
+
+
+async def test_slow_readers_that_progress_are_kept_stalled_ones_cut(data_dir: Path, make_config, start_edge) -> None:
+    import socket
+    import time
+
+    size = (data_dir / "media" / VIDEO_ID / "240p" / "90.m4s").stat().st_size
+    config = make_config(data_dir, client_timeout=1, socket_send_buffer=65536)
+    request = f"GET {V}/240p/90.m4s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+
+    def download(port: int, pause_s: float, stall_after: int | None) -> int:
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+            s.connect(("127.0.0.1", port))
+            s.sendall(request)
+            got = 0
+            stalled = False
+            s.settimeout(10)
+            while True:
+                if stall_after is not None and got >= stall_after and not stalled:
+                    time.sleep(3)  # the client under test stops reading for 3x client_timeout
+                    stalled = True
+                try:
+                    chunk = s.recv(262144)
+                except ConnectionResetError:
+                    return got
+                if not chunk:
+                    return got
+                if pause_s and (got + len(chunk)) // 262144 != got // 262144:
+                    time.sleep(pause_s)  # a slow client: about 1.2 MiB/s, 2.4 s for the file
+                got += len(chunk)
+
+    async with start_edge(config) as server:
+        slow = await asyncio.to_thread(download, server.port, 0.2, None)
+        assert slow > size, "a slow but moving download runs past client_timeout to the end"
+        cut = await asyncio.to_thread(download, server.port, 0.0, 200_000)
+        assert cut < size, "a reader that stops is cut off after client_timeout"
