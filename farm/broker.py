@@ -47,6 +47,7 @@ from ..common.protocol import (
     JobCancelled,
     JobDone,
     JobFailed,
+    JobInfo,
     JobProgress,
     JobQueued,
     JobReply,
@@ -507,6 +508,7 @@ class Broker:
                 return JobReply(request_id=request.request_id, info=await self.job_info(request.job_id))
             case GetStats():
                 return StatsReply(request_id=request.request_id, stats=self.stats())
+        raise AssertionError(f"unhandled request {request!r}")  # the union is exhaustive
 
     async def submit(self, request_id: int, spec: JobSpec) -> SubmitReply:
         if not spec.job_id:
@@ -549,7 +551,7 @@ class Broker:
         self._observe_queue()
         return True, "cancelled"
 
-    async def job_info(self, job_id: str) -> Any:
+    async def job_info(self, job_id: str) -> JobInfo | None:
         record = self.jobs.get(job_id) or await self.journal.get(job_id)
         if record is None:
             return None
