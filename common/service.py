@@ -134,9 +134,13 @@ async def _register_when_ready(ctx: ServiceContext) -> None:
     finally:
         for waiter in waiters:
             waiter.cancel()
-    if not ctx.stop.is_set():
+    if ctx.stop.is_set():
+        return
+    try:
         await keep_registered(ctx.role, ctx.config, ctx.stop, port=ctx.service_port,
                               check=ctx.health_check, probe=ctx.health_probe)
+    except Exception:  # the registry is the control plane's concern: the role keeps serving
+        log.exception("%s: Consul registration stopped; serving unregistered", ctx.role)
 
 
 async def _watchdog(notifier: Notifier, interval_s: float) -> None:
