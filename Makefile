@@ -64,3 +64,6 @@ loadtest: system-deps $(TEST_STAMP) $(LOAD_STAMP)  ## bounded headless locust ru
 
 bench-transcode: system-deps $(STAMP)  ## streamgate transcode vs the ffmpeg command line (single decode, naive); BENCH_ARGS="--runs 5"
 	$(PY) bench/transcode.py $(BENCH_ARGS)
+
+bench-edge: system-deps $(STAMP)  ## edge vs nginx under wrk (needs nginx, wrk): bytes/s, req/s, CPU per request; BENCH_ARGS="--rounds 5"
+	$(PY) bench/edge.py $(BENCH_ARGS)
