@@ -2,8 +2,9 @@
 
 With ``registry.type: consul`` a :class:`Discovery` watches Consul's health endpoint for each
 service it is asked about, passing instances only, and keeps the answer fresh with blocking
-queries (``?index=<X-Consul-Index>&wait=``, Consul's "blocking queries" API docs). When Consul
-has no passing instance or cannot be reached, the static addresses in config are the fallback:
+queries (``?index=<X-Consul-Index>&wait=``, Consul's "blocking queries" API docs). While Consul
+cannot be reached the last answer stays in use; when it never answered or lists no passing
+instance, the static addresses in config are the fallback:
 ``broker.host`` and ports, ``edge.origin_url`` and ``registry.static_origins``. A single node
 (``registry.type: none``) never talks to Consul at all.
 
