@@ -221,3 +221,29 @@ def test_a_vanished_socket_does_not_crash_the_service(tmp_path: Path) -> None:
     notifier = Notifier(str(tmp_path / "gone"))
     assert notifier.send("STATUS=x") is False
     notifier.close()
+
+
+@pytest.mark.parametrize("role", ["broker", "farm", "control"])
+def test_every_role_sends_ready_then_stopping(role: str, notify_socket: NotifySocket) -> None:
+    """Their units are Type=notify too: a role that never sent READY=1 would fail its start."""
+    # ipc:// endpoints live under data/run and are limited to 107 bytes: a short data dir.
+    data = Path(tempfile.mkdtemp(prefix="sg-role-", dir="/tmp"))
+    env = role_env(data, notify_socket.path, TRANSCODER_WORKERS="1",
+                   STREAMGATE__TRANSCODER__SCALING_POLICY__MIN_WORKERS="1",
+                   STREAMGATE__SERVER__CONTROL_PORT=str(free_port()), STREAMGATE__METRICS__ENABLED="false")
+    proc = subprocess.Popen([sys.executable, "-m", "streamgate", role], env=env, cwd=data,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        ready_at = notify_socket.wait_for("READY=1", timeout=60)
+        status = next(f for _, f in notify_socket.messages if "READY=1" in f)
+        assert any(f.startswith("STATUS=") for f in status), status
+        proc.send_signal(signal.SIGTERM)
+        assert notify_socket.wait_for("STOPPING=1", timeout=30) > ready_at
+        assert proc.wait(60) == 0, proc.stderr.read() if proc.stderr else ""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stderr:
+            proc.stderr.close()
+        shutil.rmtree(data, ignore_errors=True)
