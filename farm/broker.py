@@ -603,19 +603,49 @@ def _prepare_ipc(endpoint: str) -> None:
         Path(endpoint.removeprefix("ipc://")).parent.mkdir(parents=True, exist_ok=True)
 
 
+class BrokerAlreadyRunning(Exception):
+    """Another broker holds this node's lock: binding its ipc:// endpoints would steal them."""
+
+
+def _node_lock(config: Config) -> int:
+    """An exclusive flock on ``data/run/broker.lock`` (the kernel drops it when we die, even by
+    kill -9): zmq binds ipc:// by unlinking whatever socket file is there, so a second broker
+    would silently take the endpoints of a live one."""
+    import fcntl
+    import os
+
+    path = config.storage.run_dir / "broker.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise BrokerAlreadyRunning(f"another broker is running on this node ({path} is locked)") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
 async def serve(ctx: Any) -> None:
     """The ``broker`` role (run by common.service.run_service)."""
+    import os
+
     from ..common.service import ServiceContext
     from .journal import SqliteJournal
     from .metrics import farm_metrics
 
     assert isinstance(ctx, ServiceContext)
     config = ctx.config
-    metrics = farm_metrics() if config.metrics.enabled else None
-    broker = Broker(config, SqliteJournal(config.journal_path), metrics=metrics)
-    await broker.start()
-    ctx.ready(f"broker on {broker.endpoints.frontend}")
+    lock = _node_lock(config)
     try:
-        await broker.run(ctx.stop)
+        metrics = farm_metrics() if config.metrics.enabled else None
+        broker = Broker(config, SqliteJournal(config.journal_path), metrics=metrics)
+        await broker.start()
+        ctx.ready(f"broker on {broker.endpoints.frontend}")
+        try:
+            await broker.run(ctx.stop)
+        finally:
+            await broker.close()
     finally:
-        await broker.close()
+        os.close(lock)

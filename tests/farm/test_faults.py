@@ -60,6 +60,9 @@ async def test_kill_9_broker_restart_job_survives_and_completes_once(farm, start
     await async_wait_until(lambda: _true(_marker(running_job, 1).exists()), timeout=20,
                            what="the job mid-encode")
     assert (await client.submit(queued_job)).accepted  # journaled: acknowledged means durable
+    # A second broker on the node is refused: it would steal the live one's ipc:// endpoints.
+    second = start_service("broker")
+    assert second.proc.wait(20) == 1 and "another broker is running" in second.log.read_text()
     broker.proc.send_signal(signal.SIGKILL)
     assert broker.proc.wait(10) == -signal.SIGKILL
     start_service("broker")  # the same journal

@@ -114,3 +114,22 @@ async def test_task_timeout_takes_the_lease_back_from_a_real_worker(farm, start_
     # unless the machine is very busy: then a further retry, still done once).
     assert done.attempts >= 2 and len(log.of(JobDone)) == 1
     assert (await client.stats()).total_workers == 1
+
+
+async def test_high_priority_job_overtakes_queued_low_ones(farm, start_broker, start_pool, client,
+                                                           events, clip) -> None:
+    await start_broker()
+    await start_pool("gated")  # one worker
+    log = await events()
+    blocker = farm.job(clip)  # holds the worker while the queue fills
+    await client.submit(blocker)
+    await async_wait_until(lambda: _async(Path(blocker.out_dir).parent.joinpath(
+        f"{blocker.job_id}.running-1").exists()), timeout=20, what="the first job running")
+    low = [farm.job(clip, test_gate_attempts=[]) for _ in range(2)]
+    high = farm.job(clip, priority=5, test_gate_attempts=[])
+    for job in [*low, high]:
+        assert (await client.submit(job)).accepted
+    (Path(blocker.out_dir).parent / f"{blocker.job_id}.release").touch()
+    await log.wait(JobDone, count=4, timeout=60)
+    order = [e.job_id for e in log.of(JobStarted)]
+    assert order == [blocker.job_id, high.job_id, *(j.job_id for j in low)]
