@@ -8,6 +8,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pytest
 from support import processes_titled, wait_until
 
 VIDEO_ID = "vid-1"
@@ -107,3 +108,22 @@ def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
             for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_the_pipelines_own_ladder_plays_through_the_edge(tmp_path: Path, small_video: Path, edge_process) -> None:
+    pipeline = pytest.importorskip("streamgate.farm.pipeline")
+    data = tmp_path / "data"
+    pipeline.transcode(small_video, data / "media" / "pipe-1",
+                       pipeline.TranscodeSettings(ladder=[240, 120], segment_duration=1.0, preset="ultrafast"))
+    edge = edge_process(data, workers=1)
+    for manifest in ("master.m3u8", "manifest.mpd"):
+        probe = ffprobe(f"{edge.url}/videos/pipe-1/{manifest}")
+        assert ("audio", "aac") in {(s["codec_type"], s["codec_name"]) for s in probe["streams"]}, manifest
+        assert 240 in {s.get("height") for s in probe["streams"]}, manifest
+    decoded = subprocess.run(["ffmpeg", "-v", "error", "-i", f"{edge.url}/videos/pipe-1/manifest.mpd",
+                              "-map", "0:v:0", "-f", "framemd5", "-"], capture_output=True, timeout=60)
+    assert decoded.returncode == 0, decoded.stderr.decode()[-2000:]
+    assert decoded.stdout.count(b"\n0,") >= 55
+    status, _, headers = get(f"{edge.url}/videos/pipe-1/audio/init.mp4")
+    assert status == 200 and headers["Content-Type"] == "audio/mp4"
+    assert edge.stop() == 0
