@@ -94,14 +94,17 @@ def run_service(role: str, serve: Serve, config: Config, *, prefer_uvloop: bool 
         registration = None
         if config.registry.type == "consul" and config.registry.register:
             registration = ctx.spawn(_register_when_ready(ctx), "registration")
+        # STATUS= is what `systemctl status` shows under the unit: say what the role is doing.
+        notifier.status(f"{role} starting")
         serving = asyncio.create_task(serve(ctx), name=f"{role}-serve")
         stopper = asyncio.create_task(ctx.stop.wait(), name="stop")
         done, _ = await asyncio.wait({serving, stopper}, return_when=asyncio.FIRST_COMPLETED)
         code = 0
         if serving in done:
             stopper.cancel()
-            if serving.exception() is not None:
-                log.error("%s failed", role, exc_info=serving.exception())
+            if (exc := serving.exception()) is not None:
+                log.error("%s failed", role, exc_info=exc)
+                notifier.status(f"{role} failed: {type(exc).__name__}: {exc}")
                 code = 1
         else:
             notifier.stopping(f"{role} stopping")

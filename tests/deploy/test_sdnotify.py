@@ -145,6 +145,9 @@ def test_ready_is_not_sent_when_the_port_is_taken(notify_socket: NotifySocket, t
     while notify_socket.receive(0.05) is not None:
         pass
     assert not any("READY=1" in fields for _, fields in notify_socket.messages), notify_socket.messages
+    statuses = [f for _, fields in notify_socket.messages for f in fields if f.startswith("STATUS=")]
+    assert statuses[0] == "STATUS=edge starting"
+    assert statuses[-1].startswith("STATUS=edge failed: OSError"), statuses  # what systemctl status shows
 
 
 BLOCKING_ROLE = textwrap.dedent("""
