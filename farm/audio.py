@@ -8,6 +8,7 @@ and video durations agree (the gate checks it).
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
@@ -19,6 +20,7 @@ from .cmaf import aac_codecs, audio_init
 from .packager import SegmentInfo, TrackSegmenter
 
 AAC_FRAME = 1024
+MAX_HOLD_S = 30.0
 AAC_RATES = {8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000}
 
 
@@ -49,7 +51,9 @@ class AudioTrack:
         self.start_ticks = max(0, round(start_s * self.rate) - AAC_FRAME)
         self._next_boundary = 1
         self._video_start_s = video_start_s
-        self._pending = np.zeros((self.channels, 0), dtype=np.float32)
+        # Samples not yet encoded: arrays, or ints counting samples of silence (made on demand).
+        self._pending: deque[np.ndarray | int] = deque()
+        self._buffered = 0
         self._sent = 0  # samples handed to the encoder
         self._skip = 0  # leading samples still to drop (audio that starts before the video)
         self._started = False
@@ -63,13 +67,17 @@ class AudioTrack:
             start = float(frame.time) if frame.time is not None else self._video_start_s
             offset = round((start - self._video_start_s) * self.rate)
             if offset > 0:  # audio starts late: lead with silence
-                self._pending = np.zeros((self.channels, min(offset, self.rate * 3600)), dtype=np.float32)
+                self._pending.append(offset)
+                self._buffered += offset
             else:
                 self._skip = -offset
         frame.pts = None  # the resampler follows sample counts, not the source's timestamps
         for out in self._resampler.resample(frame):
             self._append(out.to_ndarray())
-        self._encode_until(self._target(video_end_s))
+        # Held back so the end can be trimmed to the video, but never more than MAX_HOLD_S
+        # beyond it (a badly interleaved source must not buffer its whole soundtrack).
+        excess = self._sent + self._buffered - round(MAX_HOLD_S * self.rate)
+        self._encode_until(max(self._target(video_end_s), excess))
 
     def _append(self, samples: np.ndarray) -> None:
         if self._skip:
@@ -77,7 +85,25 @@ class AudioTrack:
             samples = samples[:, dropped:]
             self._skip -= dropped
         if samples.shape[1]:
-            self._pending = np.concatenate([self._pending, samples.astype(np.float32, copy=False)], axis=1)
+            self._pending.append(samples.astype(np.float32, copy=False))
+            self._buffered += samples.shape[1]
+
+    def _take(self, n: int) -> np.ndarray:
+        out = np.zeros((self.channels, n), dtype=np.float32)
+        filled = 0
+        while filled < n:
+            head = self._pending[0]
+            size = head if isinstance(head, int) else head.shape[1]
+            k = min(n - filled, size)
+            if not isinstance(head, int):
+                out[:, filled:filled + k] = head[:, :k]
+            if k == size:
+                self._pending.popleft()
+            else:
+                self._pending[0] = head - k if isinstance(head, int) else head[:, k:]
+            filled += k
+        self._buffered -= n
+        return out
 
     def _target(self, video_end_s: float) -> int:
         # The encoder adds one frame of priming before the first sample (it stays in the track:
@@ -87,12 +113,10 @@ class AudioTrack:
     def _encode_until(self, limit: int, final: bool = False) -> None:
         while True:
             room = limit - self._sent
-            n = min(AAC_FRAME, room, self._pending.shape[1])
+            n = min(AAC_FRAME, room, self._buffered)
             if n <= 0 or (n < AAC_FRAME and not final):
                 return
-            chunk = np.ascontiguousarray(self._pending[:, :n])
-            self._pending = self._pending[:, n:]
-            frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout=self._codec.layout.name)
+            frame = av.AudioFrame.from_ndarray(self._take(n), format="fltp", layout=self._codec.layout.name)
             frame.sample_rate = self.rate
             frame.pts = self._sent
             frame.time_base = self._codec.time_base
@@ -119,10 +143,10 @@ class AudioTrack:
         for out in self._resampler.resample(None):
             self._append(out.to_ndarray())
         target = self._target(video_end_s)
-        missing = target - self._sent - self._pending.shape[1]
-        if missing > 0:
-            self._pending = np.concatenate(
-                [self._pending, np.zeros((self.channels, missing), dtype=np.float32)], axis=1)
+        missing = target - self._sent - self._buffered
+        if missing > 0:  # the audio ends early: fill with silence
+            self._pending.append(missing)
+            self._buffered += missing
         self._encode_until(target, final=True)
         self._mux(self._codec.encode(None))
         info = self.segmenter.finish(AAC_FRAME)

@@ -152,7 +152,7 @@ class DecodeLoop:
         except av.FFmpegError as exc:
             raise BadInputError(f"not a readable media file: {exc}") from exc
         with container:
-            vstream = container.streams.video[0]
+            vstream = container.streams[self.info.video_index]
             vstream.thread_type = "AUTO"  # frame + slice threads (issue 3: SLICE alone is ~1.6x slower)
             streams: list[av.stream.Stream] = [vstream]
             astream = container.streams.audio[0] if self.audio is not None else None

@@ -16,6 +16,7 @@ MAX_DIMENSION = 8192
 
 
 class SourceInfo(msgspec.Struct, frozen=True, kw_only=True):
+    video_index: int  # the stream the pipeline decodes (container.streams[video_index])
     width: int  # as displayed (after the display-matrix rotation)
     height: int
     coded_width: int
@@ -42,6 +43,14 @@ class SourceInfo(msgspec.Struct, frozen=True, kw_only=True):
         return Fraction(self.fps_num, self.fps_den)
 
 
+def video_stream(container: av.container.InputContainer) -> av.VideoStream | None:
+    """The first moving-picture stream: cover art (an attached picture) is not a video."""
+    for stream in container.streams.video:
+        if not stream.disposition & (av.stream.Disposition.attached_pic | av.stream.Disposition.timed_thumbnails):
+            return stream
+    return None
+
+
 def _quarter_turns(rotation: float) -> int:
     return round(rotation / 90) % 4
 
@@ -60,10 +69,10 @@ def probe(source: Path) -> SourceInfo:
     except (av.FFmpegError, UnicodeDecodeError, ValueError) as exc:
         raise BadInputError(f"not a readable media file (corrupt, truncated or not audio/video): {exc}") from exc
     with container:
-        if not container.streams.video:
+        vstream = video_stream(container)
+        if vstream is None:
             kind = "audio only" if container.streams.audio else "no streams"
             raise BadInputError(f"no video stream in source ({kind})")
-        vstream = container.streams.video[0]
         vstream.thread_type = "AUTO"
         astream = container.streams.audio[0] if container.streams.audio else None
         first = _first_frame(container, vstream)
@@ -97,7 +106,7 @@ def probe(source: Path) -> SourceInfo:
                 if astream.start_time is not None and astream.time_base else video_start,
             )
         return SourceInfo(
-            width=width, height=height, coded_width=first.width, coded_height=first.height,
+            video_index=vstream.index, width=width, height=height, coded_width=first.width, coded_height=first.height,
             rotation=rotation if turns else 0, pix_fmt=first.format.name, codec=vstream.codec_context.name,
             fps_num=rate.numerator, fps_den=rate.denominator,
             time_base_num=tb.numerator, time_base_den=tb.denominator,

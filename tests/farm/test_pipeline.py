@@ -198,6 +198,13 @@ def _write_bad(tmp_path: Path, video_factory: Callable[..., Path], kind: str) ->
     elif kind == "truncated-mp4":  # the moov box is at the end: cut it off
         data = video_factory("small.mp4", seconds=2.0, width=320, height=240).read_bytes()
         path.write_bytes(data[: len(data) // 2])
+    elif kind == "audio-with-cover-art":  # a music file: its one "video" stream is a still picture
+        audio = video_factory("audio-only.mp4", video=False, seconds=1.0)
+        cover = tmp_path / "cover.jpg"
+        subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "color=red:s=64x64", "-frames:v", "1",
+                        str(cover)], check=True, timeout=30)
+        subprocess.run(["ffmpeg", "-v", "error", "-i", str(audio), "-i", str(cover), "-map", "0", "-map", "1",
+                        "-c", "copy", "-disposition:v", "attached_pic", str(path)], check=True, timeout=30)
     elif kind == "garbage-after-header":
         data = video_factory("small.mp4", seconds=2.0, width=320, height=240).read_bytes()
         path.write_bytes(data[:64] + bytes(range(256)) * 64)
@@ -208,6 +215,7 @@ def _write_bad(tmp_path: Path, video_factory: Callable[..., Path], kind: str) ->
     ("zero-bytes", "empty"),
     ("not-a-video", "not a readable media file"),
     ("audio-only", "no video stream"),
+    ("audio-with-cover-art", "no video stream in source (audio only)"),
     ("truncated-mp4", "not a readable media file"),
     ("garbage-after-header", "not a readable media file"),
 ])
