@@ -74,6 +74,8 @@ async def serve_file(request: web.Request) -> web.StreamResponse:
         return response
     except HTTPError as exc:
         status = exc.status
+        # Players on other origins must be able to read the error too.
+        exc.headers.setdefault("Access-Control-Allow-Origin", request.app[CONFIG].edge.cors_allow_origin)
         raise
     finally:
         request.app[DELIVERY].metrics.observe(route, status, sent, time.perf_counter() - started)
@@ -130,6 +132,7 @@ def _cors(headers: dict[str, str]) -> dict[str, str]:
 
 
 async def preflight(request: web.Request) -> web.Response:
+    request.app[DELIVERY].metrics.observe("preflight", 204, 0, 0.0)
     return web.Response(status=204, headers=preflight_headers(request.app[CONFIG]))
 
 

@@ -194,6 +194,7 @@ async def test_unknown_ids_and_files_are_json_404s(fast_path, data_dir: Path, ma
                 assert r.status == 404
                 body = await r.json()
                 assert body["error"] == "not found" and body["detail"]
+                assert r.headers["Access-Control-Allow-Origin"] == "*"
         async with client.get(url(server, V + "/master.exe")) as r:
             assert r.status == 400
             assert (await r.json())["error"] == "bad path"
