@@ -217,10 +217,9 @@ def _transcode(source: Path, out_dir: Path, settings: TranscodeSettings,
                               timescale=timescale, segment_s=settings.segment_duration,
                               poster_path=out_dir / POSTER, stall_timeout_s=settings.stall_timeout_s,
                               cancel=cancel, on_progress=on_progress, on_segment=on_segment)
-            loop.wait_attached()
-            ring.unlink()  # every encoder has it mapped: from here on nothing can leak
             decode_started = time.monotonic()
-            loop.run()
+            loop.run()  # starts at once: frame notices wait in the pipes while encoders start
+            loop.wait_attached()
             loop.wait_finished()
             stages["decode"] = loop.decode_s
             stages["ring_wait"] = loop.wait_s
