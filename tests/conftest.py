@@ -104,7 +104,9 @@ def streamgate_env(data_dir: Path, port: int, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMGATE")}
     env.update({"STREAMGATE_DATA_DIR": str(data_dir), "SERVER_PORT": str(port),
                 "STREAMGATE_CONFIG": str(REPO / "config.yaml"), "AUTH_REQUIRED": "false",
-                "STREAMGATE__SERVER__WORKERS": "1"})
+                "STREAMGATE__SERVER__WORKERS": "1",
+                # Platforms started side by side must not fight over the control port.
+                "STREAMGATE__SERVER__CONTROL_PORT": str(free_port())})
     env.update(extra)
     return env
 
