@@ -315,7 +315,7 @@ class FastConnection(asyncio.Protocol):
         # The task is the connection's (cancelled when it is lost); serve() answers every
         # exception itself, so none can go unseen.
         self.busy = True
-        self.task = self.loop.create_task(self.serve(request, raw))
+        self.task = self.loop.create_task(self.serve(request, raw), name="fast-path request")
 
     async def serve(self, request: Request, raw: bytes) -> None:
         match_info = {"id": request.video_id, "path": request.rel}

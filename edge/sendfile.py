@@ -21,7 +21,7 @@ class DirectWrite:
     """Header bytes then an optional file range, written to the socket without copies."""
 
     __slots__ = ("loop", "sock_fd", "chunks", "fd", "offset", "count", "done", "wait_fd", "own_wait",
-                 "sent", "sock")
+                 "sent", "sock", "waiting")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sock_fd: int, chunks: list[bytes],
                  fd: int | None, offset: int, count: int,
@@ -41,6 +41,7 @@ class DirectWrite:
         # With a socket object the header goes out with MSG_MORE, so the kernel sends it in the
         # same segment as the file's first bytes (what nginx gets from TCP_NOPUSH), not alone.
         self.sock = sock
+        self.waiting = False
 
     def start(self) -> bool:
         """Write what the socket takes now; True when finished, False when ``done`` will be called.
@@ -81,9 +82,11 @@ class DirectWrite:
         if self.wait_fd < 0:
             self.wait_fd = os.dup(self.sock_fd)
         self.loop.add_writer(self.wait_fd, self._on_writable)
+        self.waiting = True
 
     def _on_writable(self) -> None:
         self.loop.remove_writer(self.wait_fd)
+        self.waiting = False
         try:
             finished = self._step()
         except (OSError, EOFError) as exc:
@@ -99,7 +102,9 @@ class DirectWrite:
 
     def _close_wait(self) -> None:
         if self.wait_fd >= 0:
-            self.loop.remove_writer(self.wait_fd)
+            if self.waiting:
+                self.loop.remove_writer(self.wait_fd)
+                self.waiting = False
             if self.own_wait:
                 os.close(self.wait_fd)
                 self.wait_fd = -1
