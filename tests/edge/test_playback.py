@@ -286,3 +286,32 @@ async def test_slow_readers_that_progress_are_kept_stalled_ones_cut(data_dir: Pa
         assert slow > size, "a slow but moving download runs past client_timeout to the end"
         cut = await asyncio.to_thread(download, server.port, 0.0, 200_000)
         assert cut < size, "a reader that stops is cut off after client_timeout"
+
+
+@FAST
+async def test_clients_leaving_mid_download_leave_the_edge_healthy(fast_path, data_dir: Path, make_config,
+                                                                   start_edge, client, caplog) -> None:
+    import logging
+
+    caplog.set_level(logging.WARNING)
+    request = f"GET {V}/240p/90.m4s HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+    async with start_edge(make_config(data_dir, fast_path=fast_path)) as server:
+        for _ in range(10):
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(request)
+            assert (await reader.readexactly(12)) == b"HTTP/1.1 200"
+            writer.transport.abort()  # reset with most of the 3 MiB unsent
+        async with client.get(url(server, V + "/240p/90.m4s")) as r:
+            assert r.status == 200
+            assert len(await r.read()) == (data_dir / "media" / VIDEO_ID / "240p" / "90.m4s").stat().st_size
+        from support import async_wait_until
+
+        from streamgate.edge.playback import DELIVERY
+
+        files = server.app[DELIVERY].files
+
+        async def released() -> bool:
+            return all(entry.users == 0 for entry in files.entries.values())
+
+        await async_wait_until(released, what="every open file released after the resets")
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
