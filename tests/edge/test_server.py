@@ -72,6 +72,7 @@ def test_workers_share_the_port_and_players_read_hls_and_dash(data_dir: Path, ed
     samples = wait_until(all_flushed, timeout=10, what="20 segment requests in /metrics")
     assert samples[("streamgate_edge_response_bytes_total", (("route", "segment"),))] >= 20 * len(big)
     assert not any(name.endswith("_created") for name, _ in samples)
+    assert lint_exposition(get(f"{edge.url}/metrics")[1].decode()) == []
 
     assert edge.stop() == 0
     wait_until(lambda: not [p for p in processes_titled("streamgate edge")
@@ -127,3 +128,33 @@ def test_the_pipelines_own_ladder_plays_through_the_edge(tmp_path: Path, small_v
     status, _, headers = get(f"{edge.url}/videos/pipe-1/audio/init.mp4")
     assert status == 200 and headers["Content-Type"] == "audio/mp4"
     assert edge.stop() == 0
+
+
+def lint_exposition(text: str) -> list[str]:
+    """The rules ``promtool check metrics`` applies that matter here (promtool itself is a
+    96 MB Debian package): HELP and TYPE per family, counters named ``_total``, no duplicate
+    series, histograms with a ``+Inf`` bucket, no ``_created`` series."""
+    import re
+
+    problems = []
+    helps = set(re.findall(r"^# HELP (\S+) ", text, re.M))
+    types = dict(re.findall(r"^# TYPE (\S+) (\S+)$", text, re.M))
+    seen = set()
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        series = line.rsplit(" ", 1)[0]
+        if series in seen:
+            problems.append(f"duplicate series {series}")
+        seen.add(series)
+        if re.match(r"\w+_created[{ ]", line):
+            problems.append(f"created series {series}")
+    for family, kind in types.items():
+        if family not in helps:
+            problems.append(f"{family}: no HELP")
+        sample = family if family.endswith("_total") else f"{family}_total"
+        if kind == "counter" and not re.search(rf"^{sample}[{{ ]", text, re.M):
+            problems.append(f"{family}: a counter without _total samples")
+        if kind == "histogram" and not re.search(rf'^{family}_bucket{{[^}}]*le="\+Inf"', text, re.M):
+            problems.append(f"{family}: a histogram without a +Inf bucket")
+    return problems
