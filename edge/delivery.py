@@ -136,6 +136,8 @@ class Delivery:
         return min(self.hot_ttl_s, media.max_age_of(cache_control) or self.hot_ttl_s)
 
     async def close(self) -> None:
+        if self.redis is not None:
+            await self.redis.close()
         await self.puller.close()
         self.files.close()
         await asyncio.sleep(0)

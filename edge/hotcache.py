@@ -10,6 +10,7 @@ LRU policy bounds the total.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import OrderedDict
@@ -36,6 +37,24 @@ class HotRecord(msgspec.Struct, array_like=True, frozen=True):
 
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder(HotRecord).decode
+
+
+def _record(raw: bytes | None) -> HotRecord | None:
+    if raw is None:
+        return None
+    try:
+        return _decode(raw)
+    except msgspec.DecodeError:
+        return None
+
+
+def _answer(batch: dict[str, list[asyncio.Future[HotRecord | None]]], keys: list[str],
+            values: list[bytes | None]) -> None:
+    for key, raw in zip(keys, values, strict=True):
+        record = _record(raw)
+        for waiter in batch[key]:
+            if not waiter.done():
+                waiter.set_result(record)
 
 
 def servable(key: str, record: HotRecord, ttl_s: float, cors: dict[str, str]) -> Servable:
@@ -79,27 +98,56 @@ class MemoryLRU:
 
 
 class RedisTier:
-    """The fleet-shared tier; a Redis failure is a miss (logged once per outage), never an error."""
+    """The fleet-shared tier; a Redis failure is a miss (logged once per outage), never an error.
+
+    Lookups made in the same loop turn go out as one MGET: one round trip and one pass through
+    the client for a burst of requests, and concurrent lookups of one key share a reply.
+    """
 
     def __init__(self, client: Any, max_object_size: int, max_ttl_s: float) -> None:
         self.client = client
         self.max_object_size = max_object_size
         self.max_ttl_s = max_ttl_s
         self._failing = False
+        self._batch: dict[str, list[asyncio.Future[HotRecord | None]]] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.round_trips = 0
 
     async def get(self, key: str) -> HotRecord | None:
+        loop = asyncio.get_running_loop()
+        if self._batch is None:
+            self._batch = {}
+            loop.call_soon(self._send_batch)
+        waiter: asyncio.Future[HotRecord | None] = loop.create_future()
+        self._batch.setdefault(key, []).append(waiter)
+        return await waiter
+
+    def _send_batch(self) -> None:
+        batch, self._batch = self._batch or {}, None
+        task = asyncio.get_running_loop().create_task(self._mget(batch), name="redis-hot-mget")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _mget(self, batch: dict[str, list[asyncio.Future[HotRecord | None]]]) -> None:
+        keys = list(batch)
+        self.round_trips += 1
         try:
-            raw = await self.client.get(REDIS_PREFIX + key)
-        except Exception as exc:  # redis down: serve from the next tier
-            self._failed(exc)
-            return None
-        self._failing = False
-        if raw is None:
-            return None
-        try:
-            return _decode(raw)
-        except msgspec.DecodeError:
-            return None
+            values = await self.client.mget([REDIS_PREFIX + key for key in keys])
+        except BaseException as exc:  # redis down: serve from the next tier
+            if isinstance(exc, Exception):
+                self._failed(exc)
+            values = [None] * len(keys)
+            if not isinstance(exc, Exception):  # cancelled at shutdown: wake the waiters, then go
+                _answer(batch, keys, values)
+                raise
+        else:
+            self._failing = False
+        _answer(batch, keys, values)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def put(self, key: str, record: HotRecord, ttl_s: float) -> bool:
         ttl_ms = int(min(ttl_s, self.max_ttl_s) * 1000)

@@ -123,3 +123,25 @@ def test_open_file_cache_reuses_fds_and_sees_renames(tmp_path: Path, make_config
     replaced.release()
     assert replaced.fd is None
     assert cache.get(str(tmp_path / "missing.m4s"), "v/missing.m4s", None) is None
+
+
+async def test_redis_lookups_of_one_loop_turn_share_one_round_trip(redis_url: str) -> None:
+    import asyncio
+
+    import redis.asyncio as redis
+
+    from streamgate.edge.hotcache import HotRecord, RedisTier
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        tier = RedisTier(client, max_object_size=1024, max_ttl_s=60)
+        records = {f"v/{i}.m3u8": HotRecord(f"#EXTM3U {i}".encode(), f'"{i}"', "x", "y", "z") for i in range(3)}
+        for key, record in records.items():
+            assert await tier.put(key, record, 30)
+        before = tier.round_trips
+        keys = [f"v/{i % 4}.m3u8" for i in range(30)]  # v/3 is absent
+        answers = await asyncio.gather(*(tier.get(key) for key in keys))
+        assert tier.round_trips - before == 1
+        assert answers == [records.get(key) for key in keys]
+    finally:
+        await client.aclose()
