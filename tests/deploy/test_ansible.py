@@ -13,7 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 from deploy_support import ANSIBLE_DIR, REPO, SYSTEMD_DIR, UNITS, systemd_root, tool, tool_env
+from support import wait_until
 
+# Elsewhere the roles' own default (ansible_facts.service_mgr) must turn service management off.
+PID1_IS_SYSTEMD = Path("/proc/1/comm").read_text().strip() == "systemd"
 ROLES = sorted(p.name for p in (ANSIBLE_DIR / "roles").iterdir() if p.is_dir())
 GROUPS = ("edge", "farm", "broker", "control", "redis", "consul")
 
@@ -89,10 +92,12 @@ def _converge_vars(root: Path, wheel: Path, consul_binary: Path) -> dict[str, ob
     return {
         "streamgate_common_root_prefix": str(root), "redis_root_prefix": str(root),
         "consul_root_prefix": str(root),
-        # Not PID 1 systemd here, and not ours to change: no users, no apt, no service management.
-        "streamgate_common_create_user": False, "consul_create_user": False,
-        "streamgate_common_manage_services": False, "redis_manage_service": False,
-        "consul_manage_service": False, "redis_install_package": False,
+        # Not ours to change: no users, no apt.
+        "streamgate_common_create_user": False, "consul_create_user": False, "redis_install_package": False,
+        **({} if not PID1_IS_SYSTEMD else {
+            # Where systemd is PID 1 the roles would manage services: not this host's, in a test.
+            "streamgate_common_manage_services": False, "redis_manage_service": False,
+            "consul_manage_service": False}),
         "consul_binary_src": str(consul_binary),
         "streamgate_common_pip_spec": str(wheel),
         # The wheel's dependencies come from the test venv (see the .pth below): nothing downloaded.
@@ -209,6 +214,42 @@ def test_converged_environment_and_service_files(converged: Converged) -> None:
 
 
 @pytest.mark.slow
+def test_service_management_was_skipped(converged: Converged) -> None:
+    out = converged.first.stdout
+    for task in ("Ensure every edge instance is enabled and running.", "Ensure Redis is enabled and running.",
+                 "Ensure consul is enabled and running.", "Check that every edge instance answers its health check."):
+        section = out.split(task, 1)[1].split("TASK [", 1)[0]
+        assert "skipping: [localhost]" in section and "ok: [localhost]" not in section, task
+
+
+def test_rendered_redis_conf_runs_a_real_redis(converged: Converged, tmp_path: Path) -> None:
+    import shutil
+    import socket
+
+    conf = converged.root / "etc/redis/redis.conf"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # Command-line options override the file's paths and port; every other line is the file's.
+    proc = subprocess.Popen([shutil.which("redis-server") or "redis-server", str(conf), "--port", str(port),
+                             "--dir", str(tmp_path), "--logfile", "", "--pidfile", str(tmp_path / "redis.pid"),
+                             "--daemonize", "no", "--bind", "127.0.0.1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    def policy() -> str:
+        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+        reply = subprocess.run(["redis-cli", "-p", str(port), "config", "get", "maxmemory-policy"],
+                               capture_output=True, text=True, timeout=10).stdout
+        return reply if "volatile-lru" in reply else ""
+
+    try:
+        wait_until(policy, timeout=10, interval=0.05, what="redis-server with the rendered redis.conf")
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        if proc.stdout:
+            proc.stdout.close()
+
+
 def test_second_converge_changes_nothing(converged: Converged) -> None:
     """Idempotence: nothing changes, so no handler restarts anything (slow: a second converge)."""
     second = _playbook(converged.inventory, converged.extra)
