@@ -111,12 +111,15 @@ def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
             for family in text_string_to_metric_families(text) for s in family.samples}
 
 
-def test_the_pipelines_own_ladder_plays_through_the_edge(tmp_path: Path, small_video: Path, edge_process) -> None:
+@pytest.mark.parametrize("fast_path", ["true", "false"], ids=["fast", "aiohttp"])
+def test_the_pipelines_own_ladder_plays_through_the_edge(fast_path: str, tmp_path: Path, small_video: Path,
+                                                         edge_process) -> None:
+    """Both paths under uvloop, the aiohttp one writing with edge/sendfile.py (not FileResponse)."""
     pipeline = pytest.importorskip("streamgate.farm.pipeline")
     data = tmp_path / "data"
     pipeline.transcode(small_video, data / "media" / "pipe-1",
                        pipeline.TranscodeSettings(ladder=[240, 120], segment_duration=1.0, preset="ultrafast"))
-    edge = edge_process(data, workers=1)
+    edge = edge_process(data, workers=1, STREAMGATE__EDGE__FAST_PATH=fast_path)
     for manifest in ("master.m3u8", "manifest.mpd"):
         probe = ffprobe(f"{edge.url}/videos/pipe-1/{manifest}")
         assert ("audio", "aac") in {(s["codec_type"], s["codec_name"]) for s in probe["streams"]}, manifest
