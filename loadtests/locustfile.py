@@ -13,15 +13,18 @@ half-way with a DELETE. Settings come from the environment (locust owns the comm
     LOADTEST_UPLOAD_FILE  clip the uploaders send (default: a 1 s 320x240 clip made at start)
     LOADTEST_TOKEN        bearer token for uploads where auth.required is true
     LOADTEST_SEED         random seed (default 1): the same choices run to run
+    LOADTEST_BEHAVIOUR    file to write what the users did (sessions, switches, seeks) as JSON
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -35,6 +38,17 @@ TOKEN = os.environ.get("LOADTEST_TOKEN", "")
 RNG = random.Random(int(os.environ.get("LOADTEST_SEED", "1")))
 CATALOG_TTL_S = 10.0
 UPLOAD_CHUNK = 64 * 1024
+
+
+# What the virtual users did, beside the requests locust counts: evidence the behaviour happened.
+BEHAVIOUR: Counter[str] = Counter()
+
+
+@events.test_stop.add_listener
+def _write_behaviour(environment: Any, **_: Any) -> None:
+    path = os.environ.get("LOADTEST_BEHAVIOUR")
+    if path:
+        Path(path).write_text(json.dumps(dict(sorted(BEHAVIOUR.items())), indent=1) + "\n")
 
 
 class Clip:
@@ -106,12 +120,15 @@ class Viewer(FastHttpUser):
                 request_type="PARSE", name="/videos/[id]/master.m3u8", response_time=0, response_length=0,
                 exception=exc, context={})
             return
+        BEHAVIOUR["playback sessions"] += 1
         # Log-uniform between 300 kb/s and 8 Mb/s: phones on 3G to desks on fibre.
         bandwidth = math.exp(RNG.uniform(math.log(300e3), math.log(8e6)))
         playlists: dict[str, Media] = {}
         audio_url = next(iter(master.audio.values()), None)
         audio = self.media(audio_url, "[audio]/index.m3u8", playlists) if audio_url else None
         if audio_url and audio is None:
+            return
+        if audio and audio.init_uri and not self.fetch_bytes(audio.init_uri, "[audio]/init.mp4"):
             return
         position, watched, current = 0, 0, None
         while watched < max_segments:
@@ -123,9 +140,12 @@ class Viewer(FastHttpUser):
                 # A rung switch (or the start): a player fetches the new rung's init segment.
                 if media.init_uri and not self.fetch_bytes(media.init_uri, "[rung]/init.mp4"):
                     return
+                if current is not None:
+                    BEHAVIOUR["rung switches"] += 1
                 current = variant.uri
             if position >= len(media.segments):
                 if media.ended or not media.segments:
+                    BEHAVIOUR["sessions watched to the end"] += 1
                     return
                 time.sleep(media.target_duration / SPEEDUP)  # EVENT playlist: wait for it to grow
                 playlists.pop(variant.uri)
@@ -136,14 +156,14 @@ class Viewer(FastHttpUser):
             if not self.fetch_bytes(segment.uri, "[rung]/[n].m4s" + (" (Range)" if ranged else ""), ranged):
                 return
             if audio and position < len(audio.segments):
-                if audio.init_uri and position == 0:
-                    self.fetch_bytes(audio.init_uri, "[audio]/init.mp4")
                 if not self.fetch_bytes(audio.segments[position].uri, "[audio]/[n].m4s"):
                     return
             watched += 1
+            BEHAVIOUR["segments played"] += 1
             time.sleep(segment.duration / SPEEDUP)
             bandwidth *= math.exp(RNG.gauss(0, 0.35))
             if RNG.random() < seek_probability:
+                BEHAVIOUR["seeks"] += 1
                 position = RNG.randrange(len(media.segments))
             else:
                 position += 1
@@ -213,6 +233,7 @@ class Uploader(FastHttpUser):
         while offset < len(data):
             if abandon_at is not None and offset >= abandon_at:
                 tus.terminate(self.client, url, headers)
+                BEHAVIOUR["uploads abandoned (DELETE)"] += 1
                 return
             new = tus.patch(self.client, url, offset, data[offset:offset + UPLOAD_CHUNK], headers)
             if new is None:
@@ -222,3 +243,4 @@ class Uploader(FastHttpUser):
                 if new is None:
                     return
             offset = new
+        BEHAVIOUR["uploads completed"] += 1

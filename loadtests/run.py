@@ -140,7 +140,8 @@ def run_locust(host: str, args: argparse.Namespace, prefix: Path) -> int:
     locust = shutil.which("locust", path=str(Path(sys.executable).parent)) or shutil.which("locust")
     if locust is None:
         raise LoadTestError("locust is not installed: pip install -e '.[load]' (make loadtest does)")
-    env = {**os.environ, "LOADTEST_SPEEDUP": str(args.speedup), "LOADTEST_SEED": str(args.seed)}
+    env = {**os.environ, "LOADTEST_SPEEDUP": str(args.speedup), "LOADTEST_SEED": str(args.seed),
+           "LOADTEST_BEHAVIOUR": str(prefix.with_name(prefix.name + "_behaviour.json"))}
     argv = [locust, "-f", str(HERE / "locustfile.py"), "--headless", "--host", host,
             "-u", str(args.users), "-r", str(args.spawn_rate), "-t", args.run_time,
             "--stop-timeout", "10", "--csv", str(prefix), "--only-summary", "--loglevel", "WARNING"]
@@ -205,6 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     summary = (f"locust -u {args.users} -r {args.spawn_rate} -t {args.run_time} against streamgate run "
                f"({args.videos} seed videos, {args.seconds:g}s {args.width}x{args.height}, "
                f"ladder {args.ladder}, speedup {args.speedup:g})\n{table}\n")
+    behaviour = prefix.with_name(prefix.name + "_behaviour.json")
+    if behaviour.exists():
+        summary += "users: " + ", ".join(f"{v} {k}" for k, v in json.loads(behaviour.read_text()).items()) + "\n"
     prefix.with_name(prefix.name + "_summary.txt").write_text(summary)
     print(summary)
     print(f"CSV: {prefix}_stats.csv, {prefix}_failures.csv; summary: {prefix}_summary.txt")
