@@ -23,6 +23,9 @@ from .diskcache import CacheMeta, DiskCache
 
 log = logging.getLogger("streamgate.edge.origin")
 
+MISSING_TTL_S = 2.0
+MISSING_MAX = 10_000
+
 
 class OriginResolver(Protocol):
     async def origins(self) -> list[str]:
@@ -70,9 +73,17 @@ class OriginPuller:
         self.tasks: set[asyncio.Task[None]] = set()
         self.upstream_fetches = 0
         self.coalesced = 0
+        # Files every origin said do not exist, until when (monotonic): a player polling a
+        # missing name costs the origins one request per MISSING_TTL_S, not one per poll.
+        self.missing: dict[str, float] = {}
 
     async def pull(self, key: str) -> Pulled:
         """The file ``<id>/<rel>`` fetched into the disk cache (coalesced with concurrent pulls)."""
+        gone_until = self.missing.get(key)
+        if gone_until is not None:
+            if gone_until > time.monotonic():
+                raise NotAtOrigin(f"{key} is not at any origin (cached answer)")
+            del self.missing[key]
         future = self.inflight.get(key)
         if future is None:
             future = asyncio.get_running_loop().create_future()
@@ -127,6 +138,9 @@ class OriginPuller:
                 last_error = f"{base}: {type(exc).__name__}: {exc}"
                 log.warning("origin pull of %s failed at %s: %s", key, base, exc)
         if not_found == len(origins):
+            if len(self.missing) >= MISSING_MAX:
+                self.missing.clear()
+            self.missing[key] = time.monotonic() + MISSING_TTL_S
             raise NotAtOrigin(f"{key} is not at any origin")
         raise OriginUnavailable(last_error)
 

@@ -56,9 +56,11 @@ async def test_origin_answers_map_to_edge_statuses(tmp_path: Path, origin, make_
     config = make_config(tmp_path / "data", origin_url=origin.url)
     async with start_edge(config) as server, aiohttp.ClientSession() as client:
         base = f"http://127.0.0.1:{server.port}/videos"
-        async with client.get(f"{base}/{VIDEO_ID}/240p/777.m4s") as r:
-            assert r.status == 404
-            assert (await r.json())["error"] == "not found"
+        for _ in range(3):
+            async with client.get(f"{base}/{VIDEO_ID}/240p/777.m4s") as r:
+                assert r.status == 404
+                assert (await r.json())["error"] == "not found"
+        assert origin.fetches[f"{VIDEO_ID}/240p/777.m4s"] == 1, "a missing file is remembered briefly"
         origin.fail_with = 500
         async with client.get(f"{base}/{VIDEO_ID}/240p/1.m4s") as r:
             assert r.status == 502
