@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -192,7 +193,11 @@ def test_converged_units_are_the_repository_units(converged: Converged) -> None:
 def test_converged_root_passes_systemd_analyze_verify(converged: Converged) -> None:
     # ExecStart points at the venv the converge really installed into this root.
     root = systemd_root(converged.root)
-    for unit in [*UNITS.values(), "streamgate-edge@8081.service"]:
+    # consul.service reloads with the host's /bin/kill: give the scratch root one.
+    (root / "bin").mkdir(exist_ok=True)
+    if not (root / "bin/kill").exists():
+        shutil.copy2("/bin/kill", root / "bin/kill")
+    for unit in [*UNITS.values(), "streamgate-edge@8081.service", "consul.service"]:
         result = subprocess.run([tool("systemd-analyze"), "verify", f"--root={root}", unit],
                                 capture_output=True, text=True, timeout=60)
         assert result.returncode == 0 and result.stderr == "", f"{unit}: {result.stderr}"
@@ -223,7 +228,6 @@ def test_service_management_was_skipped(converged: Converged) -> None:
 
 
 def test_rendered_redis_conf_runs_a_real_redis(converged: Converged, tmp_path: Path) -> None:
-    import shutil
     import socket
 
     conf = converged.root / "etc/redis/redis.conf"
