@@ -306,6 +306,7 @@ class Broker:
                 # Re-adopted after a broker restart or a reconnect: the run continues, once.
                 lease.worker = worker
                 lease.deadline = lease.started + self.task_timeout_s
+                lease.frames_at = time.monotonic()  # alive, by its own word: the stall clock restarts
                 worker.lease = lease
                 self.jobs[lease.job_id].worker = worker.worker_id
                 log.info("broker: %s re-adopted job %s attempt %d", worker.worker_id, ready.job_id,
