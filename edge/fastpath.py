@@ -26,7 +26,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from . import access
+from . import access, inline
 from .delivery import REMOTE, Delivery
 from .errors import HTTPError
 from .fastrequest import (
@@ -118,6 +118,7 @@ class FastConnection(asyncio.Protocol):
         self.write: DirectWrite | None = None
         self.entry: Servable | None = None
         self.task: asyncio.Task[None] | None = None
+        self.inline = False
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -185,12 +186,17 @@ class FastConnection(asyncio.Protocol):
         return parse_head(head, self.shared.targets)
 
     def handle(self, request: Request, raw: bytes) -> None:
-        # The access check may await a store, and stores use asyncio.timeout, which needs a
-        # task: so it runs in one (a task per request, still far cheaper than aiohttp's path).
-        # The task is the connection's (cancelled when it is lost); serve() answers every
-        # exception itself, so none can go unseen.
+        # The access check is a coroutine that may await a store; its first step runs now and
+        # a task is made only if it suspends (edge/inline.py). A task is the connection's
+        # (cancelled when it is lost); serve() answers every exception itself.
         self.busy = True
-        self.task = self.loop.create_task(self.serve(request, raw), name="fast-path request")
+        self.inline = True
+        try:
+            task = inline.start(self.loop, self.serve(request, raw), "fast-path request")
+        finally:
+            self.inline = False
+        if task is not None:
+            self.task = task
 
     async def serve(self, request: Request, raw: bytes) -> None:
         match_info = {"id": request.video_id, "path": request.rel}
@@ -223,8 +229,9 @@ class FastConnection(asyncio.Protocol):
             self.task = None
             self.busy = False
             self.respond(request, found)  # type: ignore[arg-type]
-        if not self.busy:
-            self.process()
+        if not self.busy and not self.inline:
+            # Finished in a task: the next request starts from a loop callback, not this task.
+            self.loop.call_soon(self.process)
 
     def respond(self, request: Request, entry: Servable) -> None:
         status = 200
