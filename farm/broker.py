@@ -334,9 +334,15 @@ class Broker:
 
     def _lease_of(self, worker: WorkerState | None, job_id: str, attempt: int) -> Lease | None:
         lease = self.leases.get(job_id)
-        if lease is None or worker is None or lease.worker is not worker or lease.attempt != attempt:
+        if lease is None or worker is None or lease.attempt != attempt:
             return None
-        return lease
+        if lease.worker is None:
+            # Journaled as running before a restart, and this worker reports on exactly that run
+            # (a result it finished while we were down): it is the run's worker.
+            lease.worker = worker
+            self.jobs[job_id].worker = worker.worker_id
+            return lease
+        return lease if lease.worker is worker else None
 
     def on_progress(self, worker: WorkerState | None, message: Progress) -> None:
         lease = self._lease_of(worker, message.job_id, message.attempt)

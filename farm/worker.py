@@ -203,6 +203,8 @@ class Worker:
         self._last_heard = time.monotonic()
         try:
             await self._hello()
+            if self._outbox:
+                self._wake.set()  # results that waited for a broker go out now
             receiver = asyncio.create_task(self._receive(sock), name="worker-receive")
             sender = asyncio.create_task(self._send_loop(), name="worker-send")
             beater = asyncio.create_task(self._heartbeat(), name="worker-heartbeat")
@@ -230,6 +232,10 @@ class Worker:
             await self._send(msgspec.structs.replace(hello, job_id=unsure.job_id, attempt=unsure.attempt))
             await self._send(unsure)
             self._unsure = None
+        elif self._outbox and isinstance(final := self._outbox[0], Done | Failed | HandBack):
+            # The run ended while no broker was reachable: claim it, the result follows at once
+            # (a plain READY would leave a restarted broker waiting for the run's worker).
+            await self._send(msgspec.structs.replace(hello, job_id=final.job_id, attempt=final.attempt))
         else:
             await self._send(hello)
         if self.draining.is_set():

@@ -133,3 +133,40 @@ async def test_high_priority_job_overtakes_queued_low_ones(farm, start_broker, s
     await log.wait(JobDone, count=4, timeout=60)
     order = [e.job_id for e in log.of(JobStarted)]
     assert order == [blocker.job_id, high.job_id, *(j.job_id for j in low)]
+
+
+async def test_a_result_finished_while_the_broker_was_down_counts_once(farm, start_broker, client, events,
+                                                                        clip, runner) -> None:
+    from streamgate.farm.worker import Worker, load_runner
+
+    broker = await start_broker()
+    worker = Worker(farm.config, runner=load_runner(runner("gated")), worker_id="w-away")
+    task = asyncio.create_task(worker.run())
+    try:
+        job = farm.job(clip)
+        await client.submit(job)
+        marker = Path(job.out_dir).parent / f"{job.job_id}.running-1"
+        await async_wait_until(lambda: _async(marker.exists()), timeout=20, what="the job running")
+        await broker.stop()  # the journal says "running" on worker w-away
+        sessions = worker.sessions
+        await async_wait_until(lambda: _async(worker.sessions > sessions), timeout=10,
+                               what="the worker to notice the broker is gone")
+        (Path(job.out_dir).parent / f"{job.job_id}.release").touch()
+        await async_wait_until(lambda: _async(worker.current is None), timeout=30,
+                               what="the run to finish with no broker")
+        await start_broker()
+        log = await events()
+        await async_wait_until(lambda: _done(client, job.job_id), timeout=20, what="the job done")
+        info = await client.job(job.job_id)
+        assert info.attempts == 1 and info.worker == "w-away"  # its result counted, no second run
+        assert not (Path(job.out_dir).parent / f"{job.job_id}.running-2").exists()
+        assert (await client.stats()).total_tasks_processed == 1
+        assert not log.of(JobFailed)
+    finally:
+        worker.drain()
+        await task
+
+
+async def _done(client, job_id: str) -> bool:
+    info = await client.job(job_id)
+    return info is not None and info.state == "done"
