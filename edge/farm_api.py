@@ -7,10 +7,12 @@ answer gives 503 with a reason, never a hang.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from ..common.config import Config
 from ..farm.client import BrokerClient, BrokerError, BrokerUnavailable
 from .errors import HTTPError
 from .keys import CONFIG, READINESS_CHECKS
@@ -46,14 +48,31 @@ async def broker_check(app: web.Application) -> tuple[bool, str]:
     return True, f"{stats.total_workers} workers, {stats.queue_length} queued"
 
 
+async def _follow_leader(config: Config, client: BrokerClient) -> None:
+    """In a fleet with Consul, the broker is whichever holds the leader lock (control/failover.py):
+    follow discovery and retarget the client when the leader changes."""
+    from ..control.discovery import Discovery
+
+    async with Discovery(config) as discovery:
+        async for endpoints in discovery.follow_broker():
+            await client.retarget(endpoints)
+
+
 async def _client_ctx(app: web.Application) -> AsyncIterator[None]:
-    broker = app[CONFIG].broker
+    config = app[CONFIG]
+    broker = config.broker
     # Silent for two heartbeat expiries is down (capped: a probe must answer fast).
     timeout_s = min(TIMEOUT_S, max(0.5, 2 * float(broker.heartbeat_interval) * broker.heartbeat_liveness))
-    client = BrokerClient(app[CONFIG].broker_endpoints, timeout_s=timeout_s)
+    client = BrokerClient(config.broker_endpoints, timeout_s=timeout_s)
     app[FARM_CLIENT] = client
     app[READINESS_CHECKS]["broker"] = broker_check
+    follower: asyncio.Task[None] | None = None
+    if config.deployment.mode == "fleet" and config.registry.type == "consul":
+        follower = asyncio.create_task(_follow_leader(config, client), name="farm-broker-discovery")
     yield
+    if follower is not None:
+        follower.cancel()
+        await asyncio.gather(follower, return_exceptions=True)
     await client.close()
 
 

@@ -125,6 +125,17 @@ class BrokerClient:
             raise BrokerError(f"expected {kind.__name__}, got {type(reply).__name__}")
         return reply
 
+    async def retarget(self, endpoints: BrokerEndpoints) -> None:
+        """Talk to another broker from the next request on (a new leader after a failover).
+
+        Event streams opened before keep their publisher; they fall silent and raise
+        :class:`BrokerUnavailable`, and the subscriber's next :meth:`events` uses the new one."""
+        async with self._lock:  # not under a request in flight
+            if endpoints != self.endpoints:
+                log.info("farm broker moved: %s -> %s", self.endpoints.frontend, endpoints.frontend)
+                self.endpoints = endpoints
+                self._reset()
+
     def _socket(self) -> zmq.asyncio.Socket:
         if self._sock is None:
             sock = self._ctx.socket(zmq.DEALER)

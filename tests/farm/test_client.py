@@ -60,3 +60,34 @@ async def test_event_stream_notices_a_silent_broker(farm, start_broker, client) 
         with pytest.raises(BrokerUnavailable, match="no events"):
             await anext(stream)
         assert time.monotonic() - t0 < 2.0
+
+
+async def test_retarget_follows_a_new_broker(farm, start_broker, client, tmp_path) -> None:
+    """After a failover the client talks to the new leader from its next request on."""
+    import msgspec
+
+    from streamgate.common.config import BrokerEndpoints
+
+    await start_broker()
+    assert (await client.submit(farm.job("/src.mp4", job_id="old"))).accepted
+    run = farm.data_dir / "run"
+    other = BrokerEndpoints(frontend=f"ipc://{run}/b2-frontend.sock", backend=f"ipc://{run}/b2-backend.sock",
+                            publisher=f"ipc://{run}/b2-events.sock")
+    from streamgate.farm.broker import Broker
+    from streamgate.farm.journal import SqliteJournal
+
+    second = Broker(farm.config, SqliteJournal(farm.data_dir / "second.sqlite3"), endpoints=other)
+    await second.start()
+    stop = asyncio.Event()
+    task = asyncio.create_task(second.run(stop))
+    try:
+        await client.retarget(other)
+        assert await client.job("old") is None  # the second broker's journal
+        assert (await client.submit(farm.job("/src.mp4", job_id="new"))).accepted
+        assert (await client.stats()).queue_length == 1
+        await client.retarget(msgspec.structs.replace(other))  # same endpoints: nothing changes
+        assert (await client.job("new")).state == "queued"
+    finally:
+        stop.set()
+        await task
+        await second.close()
