@@ -143,3 +143,37 @@ async def test_sigterm_drain_hands_back_the_running_job_which_finishes_elsewhere
     info = await client.job(job.job_id)
     assert info.state == "done" and info.reason == ""
     assert "1 workers drained, 0 killed" in draining.log.read_text()
+
+
+@pytest.mark.slow
+async def test_chaos_every_job_done_exactly_once(farm, start_broker, start_pool, client, events,
+                                                 video_factory) -> None:
+    """Twelve real jobs on two autoscaled workers while workers are killed at every third start."""
+    farm.configure(transcoder={"worker_pool_size": 2, "scaling_policy": {"min_workers": 1, "max_workers": 3}})
+    clip = video_factory("chaos.mp4", seconds=3.0, width=320, height=240, fps=15)
+    await start_broker()
+    running = await start_pool("real")
+    log = await events()
+    jobs = [farm.job(clip, priority=i % 3) for i in range(12)]
+    for job in jobs:
+        assert (await client.submit(job)).accepted
+    killed: set[int] = set()
+    while len(log.of(JobDone)) < len(jobs):
+        started = log.of(JobStarted)
+        for event in started[2::3]:
+            pid = int(event.worker.rsplit("/", 1)[1])
+            if pid not in killed and len(killed) < 4:
+                killed.add(pid)
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass  # already finished and retired
+        seen = len(started)
+        await async_wait_until(lambda seen=seen: _true(len(log.of(JobStarted)) > seen
+                                                       or len(log.of(JobDone)) == len(jobs)),
+                               timeout=60, what="progress of the chaos run")
+    done = log.of(JobDone)
+    assert sorted(e.job_id for e in done) == sorted(j.job_id for j in jobs)  # each once
+    stats = await client.stats()
+    assert stats.total_tasks_processed == len(jobs) and stats.total_tasks_failed == 0
+    assert killed and running.pool.replaced >= 1
