@@ -149,7 +149,8 @@ async def test_sigterm_drain_hands_back_the_running_job_which_finishes_elsewhere
 async def test_chaos_every_job_done_exactly_once(farm, start_broker, start_pool, client, events,
                                                  video_factory) -> None:
     """Twelve real jobs on two autoscaled workers while workers are killed at every third start."""
-    farm.configure(transcoder={"worker_pool_size": 2, "scaling_policy": {"min_workers": 1, "max_workers": 3}})
+    farm.configure(transcoder={"worker_pool_size": 2, "scaling_policy": {"min_workers": 1, "max_workers": 3}},
+                   broker={"max_retries": 5})  # 4 kills at most: never a dead letter
     clip = video_factory("chaos.mp4", seconds=3.0, width=320, height=240, fps=15)
     await start_broker()
     running = await start_pool("real")
