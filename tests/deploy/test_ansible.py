@@ -95,6 +95,7 @@ def _converge_vars(root: Path, wheel: Path, consul_binary: Path) -> dict[str, ob
         "consul_root_prefix": str(root),
         # Not ours to change: no users, no apt.
         "streamgate_common_create_user": False, "consul_create_user": False, "redis_install_package": False,
+        "streamgate_common_install_system_packages": False,
         **({} if not PID1_IS_SYSTEMD else {
             # Where systemd is PID 1 the roles would manage services: not this host's, in a test.
             "streamgate_common_manage_services": False, "redis_manage_service": False,

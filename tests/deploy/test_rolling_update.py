@@ -81,6 +81,7 @@ def roll(tmp_path: Path, consul: ConsulStandin, ports: list[int], hosts: list[st
     (tmp_path / "vars.yml").write_text(yaml.safe_dump({
         # This venv stands for the installed release; every path the roles write is under tmp_path.
         "streamgate_common_install": False, "streamgate_common_venv_dir": sys.prefix,
+        "streamgate_common_install_system_packages": False,
         "streamgate_common_install_dir": str(tmp_path / "opt"),
         "streamgate_common_config_dir": str(etc / "streamgate"),
         "streamgate_common_unit_dir": str(etc / "systemd/system"),
