@@ -45,7 +45,8 @@ class ServerConfig(_Section):
     # The address clients use to reach this node (signed URLs, upload Locations); empty: derived
     # from the request's Host.
     public_url: str = ""
-    shutdown_timeout: Seconds = Seconds(10)
+    # Whole-node budget for an ordered stop; covers the farm drain (drain_timeout + abort_grace).
+    shutdown_timeout: Seconds = Seconds(30)
     control_port: int = 8090
 
 
