@@ -128,6 +128,10 @@ class DecodeLoop:
         while len(self.attached) < len(self.encoders):
             self.pump()
 
+    def close(self) -> None:
+        """Release the event selector (a worker runs many jobs: no fd may leak per job)."""
+        self._selector.close()
+
     def wait_finished(self) -> None:
         while len(self.finished) < len(self.encoders):
             self.pump()

@@ -230,6 +230,8 @@ def _transcode(source: Path, out_dir: Path, settings: TranscodeSettings,
                 stages[f"encode_cpu:{name}"] = done.cpu_s
             stages["pipeline"] = time.monotonic() - decode_started
         finally:
+            if loop is not None:
+                loop.close()
             for encoder in encoders:
                 if encoder.proc.poll() is None and not _finished(encoder, loop):
                     encoder.kill()
@@ -244,8 +246,9 @@ def _transcode(source: Path, out_dir: Path, settings: TranscodeSettings,
     if settings.gate:
         report("gate", 0.98)
         gated = time.monotonic()
-        check_ladder(out_dir, schema=settings.mpd_schema or None)
+        gate = check_ladder(out_dir, schema=settings.mpd_schema or None)
         stages["gate"] = time.monotonic() - gated
+        loop.warnings.extend(gate.warnings)
     stages["total"] = time.monotonic() - started
     report("done", 1.0)
     return msgspec.structs.replace(result, stage_seconds=stages, warnings=loop.warnings)

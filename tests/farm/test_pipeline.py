@@ -148,6 +148,16 @@ def test_playlists_grow_as_event_while_running(tmp_path: Path, video_factory: Ca
     assert (out / "180p" / "index.m3u8").read_text().rstrip().endswith("#EXT-X-ENDLIST")
 
 
+def test_a_worker_running_many_jobs_leaks_no_descriptor(tmp_path: Path, video_factory: Callable[..., Path]) -> None:
+    source = video_factory("small.mp4", seconds=2.0, width=320, height=240)
+    settings = TranscodeSettings(ladder=[180], segment_duration=1.0)
+    transcode(source, tmp_path / "first", settings)
+    fds = set(os.listdir("/proc/self/fd"))
+    for run in range(2):
+        transcode(source, tmp_path / f"again{run}", settings)
+    assert set(os.listdir("/proc/self/fd")) == fds
+
+
 def test_never_upscales(tmp_path: Path, video_factory: Callable[..., Path]) -> None:
     source = video_factory("small.mp4", seconds=2.0, width=320, height=240)
     result = transcode(source, tmp_path, TranscodeSettings(ladder=[1080, 720, 240], segment_duration=1.0))
