@@ -90,7 +90,20 @@ def test_playlists_are_vod_relative_and_complete(ladder: tuple[Path, TranscodeRe
     assert 'URI="audio/index.m3u8"' in master and "240p/index.m3u8" in master
     assert "http" not in master and "\n/" not in master
     assert f"BANDWIDTH={result.renditions[0].bandwidth}," in master
+    import m3u8
+
+    parsed = m3u8.loads(master)
+    assert [(p.uri, p.stream_info.resolution) for p in parsed.playlists] == [
+        ("240p/index.m3u8", (320, 240)), ("180p/index.m3u8", (240, 180))]
+    for playlist, rendition in zip(parsed.playlists, result.renditions, strict=True):
+        assert playlist.stream_info.bandwidth == rendition.bandwidth
+        assert playlist.stream_info.average_bandwidth == rendition.average_bandwidth
+        assert playlist.stream_info.codecs == rendition.codecs and playlist.stream_info.frame_rate == 30.0
+    assert [(m.type, m.group_id, m.uri) for m in parsed.media] == [("AUDIO", "audio", "audio/index.m3u8")]
     media = (out / "240p" / "index.m3u8").read_text()
+    vod = m3u8.loads(media)
+    assert vod.is_endlist and vod.playlist_type == "vod" and vod.target_duration == 1
+    assert [s.uri for s in vod.segments] == ["seg-00001.m4s", "seg-00002.m4s"]
     assert "#EXT-X-PLAYLIST-TYPE:VOD" in media and media.rstrip().endswith("#EXT-X-ENDLIST")
     assert '#EXT-X-MAP:URI="init.mp4"' in media
     mpd = (out / "manifest.mpd").read_text()
