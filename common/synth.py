@@ -33,8 +33,8 @@ def make_video(
 ) -> Path:
     """Write a small clip to ``path`` (the container follows the suffix) and return the path.
 
-    ``vfr`` varies frame durations (every third frame lasts twice as long); ``rotate`` sets
-    the display-matrix rotation a phone would write.
+    ``vfr`` varies frame durations (1/2, 1 and 3/2 frame periods in turn, ``fps`` on average);
+    ``rotate`` sets the display-matrix rotation a phone would write (clockwise degrees).
     """
     path = Path(path)
     if (width % 2 or height % 2) and pix_fmt == "yuv420p":
@@ -46,6 +46,8 @@ def make_video(
             vstream = out.add_stream(codec, rate=fps)
             vstream.width, vstream.height, vstream.pix_fmt = width, height, pix_fmt
             vstream.time_base = Fraction(1, fps * 2 if vfr else fps)
+            # The encoder must count in the same clock, or VFR timestamps are read at half speed.
+            vstream.codec_context.time_base = vstream.time_base
             options = {"preset": preset} if codec == "libx264" else {}
             if gop:
                 options["g"] = str(gop)
@@ -68,7 +70,8 @@ def make_video(
                 rgb[:box, x0 : x0 + box] = 255
                 frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format=pix_fmt)
                 frame.pts = pts
-                pts += 4 if vfr and index % 3 == 2 else (2 if vfr else 1)
+                # VFR: frames last 1, 2 and 3 half-periods in turn, so ``seconds`` still holds.
+                pts += (1 + index % 3) if vfr else 1
                 for packet in vstream.encode(frame):
                     out.mux(packet)
             for packet in vstream.encode(None):
