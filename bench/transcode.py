@@ -202,15 +202,17 @@ def main(argv: list[str] | None = None) -> int:
                     (out / rung.name).mkdir(exist_ok=True)
                 for i in range(len(rungs) + 1):
                     (out / f"v{i}").mkdir(exist_ok=True)
+                load = os.getloadavg()[0]
                 result = measure(build(source, out, settings, rungs), Path(tmp))
                 status = "ok" if result.ok else f"FAILED {result.detail}"
                 print(f"run {run + 1}/{args.runs} {name:28s} wall {result.wall:6.2f} s  cpu {result.cpu:6.2f} s  "
-                      f"peak {result.peak_mib:7.1f} MiB  {status}", flush=True)
+                      f"peak {result.peak_mib:7.1f} MiB  load {load:5.2f}  {status}", flush=True)
                 results[name].append(result)
                 shutil.rmtree(out, ignore_errors=True)
     print()
     print(f"source: {SECONDS} s {WIDTH}x{HEIGHT}@{FPS} H.264 + AAC; ladder {args.renditions} at {args.preset}; "
-          f"{os.cpu_count()} CPUs; medians of {args.runs} alternating runs")
+          f"{os.cpu_count()} CPUs; medians of {args.runs} alternating runs; "
+          f"1-min load average before the runs (others' work shares the CPUs) shown per run")
     print("| way | wall s | CPU s | fps | peak MiB (PSS) |")
     print("|---|---:|---:|---:|---:|")
     medians = {}
@@ -224,6 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"streamgate / ffmpeg single decode (wall): {ours / medians['ffmpeg single decode']:.2f}x  (goal <= 1.00x)")
     print(f"streamgate / naive (wall):                {ours / medians['ffmpeg naive (1 per rung)']:.2f}x")
+    cpu = {name: statistics.median(r.cpu for r in runs) for name, runs in results.items()}
+    print(f"streamgate / ffmpeg single decode (CPU):  {cpu['streamgate transcode'] / cpu['ffmpeg single decode']:.2f}x")
+    print(f"streamgate / naive (CPU):                 {cpu['streamgate transcode'] / cpu['ffmpeg naive (1 per rung)']:.2f}x")
     return 0 if all(r.ok for runs in results.values() for r in runs) else 1
 
 
