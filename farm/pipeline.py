@@ -142,9 +142,10 @@ def _transcode(source: Path, out_dir: Path, settings: TranscodeSettings,
     started = time.monotonic()
     stages: dict[str, float] = {}
 
-    def report(stage: str, fraction: float) -> None:
+    def report(stage: str, fraction: float, frames: int = 0) -> None:
         if on_progress is not None:
-            on_progress(TranscodeProgress(stage=stage, fraction=fraction))
+            on_progress(TranscodeProgress(stage=stage, fraction=fraction, frames_done=frames,
+                                          frames_total=frames))
 
     report("probe", 0.0)
     info = probe(source)
@@ -238,19 +239,19 @@ def _transcode(source: Path, out_dir: Path, settings: TranscodeSettings,
             for encoder in encoders:
                 encoder.stop()
     assert loop is not None
-    report("package", 0.96)
+    report("package", 0.96, loop.frames)
     packaged = time.monotonic()
     result = _package(out_dir, info, rungs, loop, video_segments, timescale, audio, audio_segments,
                       settings, target)
     stages["package"] = time.monotonic() - packaged
     if settings.gate:
-        report("gate", 0.98)
+        report("gate", 0.98, loop.frames)
         gated = time.monotonic()
         gate = check_ladder(out_dir, schema=settings.mpd_schema or None)
         stages["gate"] = time.monotonic() - gated
         loop.warnings.extend(gate.warnings)
     stages["total"] = time.monotonic() - started
-    report("done", 1.0)
+    report("done", 1.0, loop.frames)
     return msgspec.structs.replace(result, stage_seconds=stages, warnings=loop.warnings)
 
 
