@@ -219,7 +219,6 @@ def test_converged_environment_and_service_files(converged: Converged) -> None:
         etc / "systemd/system/consul.service").read_text()
 
 
-@pytest.mark.slow
 def test_service_management_was_skipped(converged: Converged) -> None:
     out = converged.first.stdout
     for task in ("Ensure every edge instance is enabled and running.", "Ensure Redis is enabled and running.",
