@@ -186,8 +186,10 @@ def run_wrk(base: str, urls_file: Path, lua: Path, seconds: float, threads: int,
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes per server")
-    parser.add_argument("--seconds", type=float, default=5.0, help="wrk duration per run")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (medians reported)")
+    # Short runs, many rounds: on a shared machine the load swings within seconds, and
+    # alternating often puts both servers under the same swings.
+    parser.add_argument("--seconds", type=float, default=3.0, help="wrk duration per run")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds (medians reported)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--only", action="append", metavar="LOAD",
