@@ -180,7 +180,7 @@ def run_wrk(base: str, urls_file: Path, lua: Path, seconds: float, threads: int,
     seconds_run = duration_us / 1e6
     return {"rps": requests / seconds_run, "bps": nbytes / seconds_run, "requests": requests,
             "cpu_us": (after - before) / CLK_TCK * 1e6 / max(1, requests),
-            "bad": bad_status, "errors": socket_errors}
+            "bad": bad_status, "errors": socket_errors, "load": os.getloadavg()[0]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -296,6 +296,8 @@ def bench(args: argparse.Namespace, ports: dict[str, int], pids: dict[str, list[
             row[label] = statistics.median(r[value_key] for r in runs[server])
             row[f"{label}_cpu"] = statistics.median(r["cpu_us"] for r in runs[server])
             row[f"{label}_bad"] = sum(r["bad"] + r["errors"] for r in runs[server])
+        loads = [r["load"] for server in servers for r in runs[server]]
+        row["load"] = f"{min(loads):.1f}-{max(loads):.1f}"
         row["ratio"] = row["edge"] / row["nginx"]  # type: ignore[operator]
         results.append(row)
         print(f"{name}: nginx {fmt(row['nginx'], metric)}  edge {fmt(row['edge'], metric)}  "
@@ -311,14 +313,14 @@ def fmt(value: object, metric: str) -> str:
 def report(args: argparse.Namespace, results: list[dict[str, object]]) -> None:
     print(f"\nedge vs nginx, {args.workers} processes each, wrk -t{args.threads} -c{args.connections}, "
           f"{args.rounds} alternating rounds x {args.seconds:g}s (medians), loopback, wrk on the same cores\n")
-    print("| load | nginx | edge | edge/nginx | goal | nginx CPU/req | edge CPU/req | errors |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| load | nginx | edge | edge/nginx | goal | nginx CPU/req | edge CPU/req | errors | machine load avg |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for row in results:
         metric = str(row["metric"])
         goal = f">= {row['goal']}x" if row["goal"] else "-"
         print(f"| {row['name']} | {fmt(row['nginx'], metric)} | {fmt(row['edge'], metric)} | "
               f"{row['ratio']:.2f}x | {goal} | {row['nginx_cpu']:.0f} us | {row['edge_cpu']:.0f} us | "
-              f"{row['nginx_bad']}/{row['edge_bad']} |")
+              f"{row['nginx_bad']}/{row['edge_bad']} | {row['load']} |")
     print("\nThe Redis-hit row compares the edge answering every request from Redis (no local media,"
           " memory tier off) with nginx serving the same playlists from disk.")
 
