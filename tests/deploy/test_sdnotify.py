@@ -27,6 +27,8 @@ from streamgate.common.config import systemd_environment
 from streamgate.common.sdnotify import Notifier
 
 WATCHDOG_USEC = 400_000  # pings expected every 0.2 s
+# The edge test measures the pace: a wider period keeps a loaded 2-core machine from blurring it.
+EDGE_WATCHDOG_USEC = 1_000_000  # pings expected every 0.5 s
 
 
 class NotifySocket:
@@ -80,12 +82,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def role_env(data_dir: Path, notify_path: str, **extra: str) -> dict[str, str]:
+def role_env(data_dir: Path, notify_path: str, watchdog_usec: int = WATCHDOG_USEC, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("STREAMGATE", "WATCHDOG_", "NOTIFY_SOCKET", "REDIS_URL", "REGISTRY_TYPE"))}
     env.update(STREAMGATE_CONFIG=str(REPO / "config.yaml"), STREAMGATE_DATA_DIR=str(data_dir),
                AUTH_REQUIRED="false", STREAMGATE__SERVER__WORKERS="1", NOTIFY_SOCKET=notify_path,
-               WATCHDOG_USEC=str(WATCHDOG_USEC))
+               WATCHDOG_USEC=str(watchdog_usec))
     env.update(extra)
     return env
 
@@ -98,8 +100,8 @@ def health(port: int) -> int:
 def test_edge_ready_watchdog_stopping(notify_socket: NotifySocket, tmp_path: Path) -> None:
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "streamgate", "edge", "--port", str(port)],
-                            env=role_env(tmp_path / "data", notify_socket.path), cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            env=role_env(tmp_path / "data", notify_socket.path, EDGE_WATCHDOG_USEC),
+                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         # Nothing answers before READY=1 is sent... and the port answers the moment it arrives.
         ready_at = notify_socket.wait_for("READY=1", timeout=60)
@@ -108,14 +110,14 @@ def test_edge_ready_watchdog_stopping(notify_socket: NotifySocket, tmp_path: Pat
         assert any(f.startswith("STATUS=edge on") for f in ready_fields), ready_fields
 
         # WATCHDOG=1 from the event loop at half of WATCHDOG_USEC.
-        deadline = ready_at + 1.5
+        deadline = ready_at + 2.6
         while time.monotonic() < deadline:
             notify_socket.receive(max(0.01, deadline - time.monotonic()))
         pings = [when for when, fields in notify_socket.messages if "WATCHDOG=1" in fields]
-        assert len(pings) >= 6, notify_socket.messages
+        assert len(pings) >= 5, notify_socket.messages
         gaps = [b - a for a, b in zip(pings, pings[1:], strict=False)]
-        assert 0.15 <= statistics.median(gaps) <= 0.3, gaps
-        assert max(gaps) < WATCHDOG_USEC / 1e6, "a ping came later than the watchdog would allow"
+        assert 0.4 <= statistics.median(gaps) <= 0.65, gaps
+        assert max(gaps) < EDGE_WATCHDOG_USEC / 1e6, "a ping came later than the watchdog would allow"
 
         proc.send_signal(signal.SIGTERM)
         stopping_at = notify_socket.wait_for("STOPPING=1", timeout=15)
@@ -173,16 +175,16 @@ def test_a_blocked_loop_stops_the_watchdog_pings(notify_socket: NotifySocket, tm
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         notify_socket.wait_for("STATUS=unblocked", timeout=30)
-        blocked_at = notify_socket.wait_for("STATUS=about to block", timeout=1)
-        unblocked_at = notify_socket.wait_for("STATUS=unblocked", timeout=1)
-        pings = [when for when, fields in notify_socket.messages if "WATCHDOG=1" in fields]
-        assert not [p for p in pings if blocked_at < p < unblocked_at], "pinged while the loop was blocked"
-        assert unblocked_at - blocked_at >= 0.9
+        # Datagrams queue in send order: judge by order, not by when this process read them.
+        kinds = [fields[0] for _, fields in notify_socket.messages]
+        blocked, unblocked = kinds.index("STATUS=about to block"), kinds.index("STATUS=unblocked")
+        assert "WATCHDOG=1" not in kinds[blocked:unblocked], "pinged while the loop was blocked"
+        assert "WATCHDOG=1" in kinds[:blocked], "no pings before the block"
         # ...and the pings resume once the loop runs again.
         deadline = time.monotonic() + 1
         while time.monotonic() < deadline:
             notify_socket.receive(0.1)
-        assert any(p > unblocked_at for p, fields in notify_socket.messages if "WATCHDOG=1" in fields)
+        assert "WATCHDOG=1" in [fields[0] for _, fields in notify_socket.messages][unblocked + 1:]
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
     finally:
