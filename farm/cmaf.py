@@ -189,10 +189,14 @@ def media_segment(sequence: int, base_decode_time: int, samples: list[Sample], d
 # --- reading (the conformance gate) --------------------------------------------------------------
 
 def iter_boxes(data: bytes, start: int = 0, end: int | None = None) -> Iterator[tuple[bytes, int, int]]:
-    """(type, payload start, box end) of the boxes in ``data[start:end]``."""
+    """(type, payload start, box end) of the boxes in ``data[start:end]``.
+
+    ``end`` may lie beyond ``data`` when ``data`` is the head of a file ``end`` bytes long: the
+    boxes whose headers are in the head are still listed (the gate reads no ``mdat`` payload).
+    """
     end = len(data) if end is None else end
     pos = start
-    while pos + 8 <= end:
+    while pos + 8 <= min(end, len(data)):
         size, kind = struct.unpack_from(">I4s", data, pos)
         header = 8
         if size == 1:
@@ -213,11 +217,15 @@ class FragmentInfo(msgspec.Struct):
     first_sync: bool
     earliest_presentation: int
     mdat_bytes: int
+    sample_bytes: int  # sum of the trun sample sizes: must equal mdat_bytes
 
 
-def read_fragment(data: bytes) -> FragmentInfo:
-    """Parse one media segment's first ``moof``/``traf``/``trun`` (what the gate needs)."""
-    boxes = {kind: (start, end) for kind, start, end in iter_boxes(data)}
+def read_fragment(data: bytes, file_size: int | None = None) -> FragmentInfo:
+    """Parse one media segment's first ``moof``/``traf``/``trun`` (what the gate needs).
+
+    ``data`` may be the head of a ``file_size``-byte file, as long as it holds the ``moof``.
+    """
+    boxes = {kind: (start, end) for kind, start, end in iter_boxes(data, 0, file_size)}
     if b"moof" not in boxes or b"mdat" not in boxes:
         raise ValueError("segment has no moof/mdat")
     mstart, mend = boxes[b"moof"]
@@ -241,7 +249,7 @@ def read_fragment(data: bytes) -> FragmentInfo:
     if flags & 0x4:
         first_flags = struct.unpack_from(">I", data, pos)[0]
         pos += 4
-    total = 0
+    total = sizes = 0
     earliest = None
     dts = tfdt
     for index in range(count):
@@ -250,6 +258,7 @@ def read_fragment(data: bytes) -> FragmentInfo:
             duration = struct.unpack_from(">I", data, pos)[0]
             pos += 4
         if flags & 0x200:
+            sizes += struct.unpack_from(">I", data, pos)[0]
             pos += 4
         if flags & 0x400:
             sample_flags = struct.unpack_from(">I", data, pos)[0]
@@ -267,4 +276,4 @@ def read_fragment(data: bytes) -> FragmentInfo:
     ds, de = boxes[b"mdat"]
     return FragmentInfo(base_decode_time=tfdt, samples=count, duration=total, first_sync=first_sync,
                         earliest_presentation=earliest if earliest is not None else tfdt,
-                        mdat_bytes=de - ds)
+                        mdat_bytes=de - ds, sample_bytes=sizes)

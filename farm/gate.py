@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import re
 import struct
 from pathlib import Path
@@ -26,6 +27,7 @@ from .errors import GateError
 log = logging.getLogger(__name__)
 
 MIN_HLS_VERSION = 6
+_SEGMENT_HEAD = 256 * 1024  # a moof of ~16 000 samples
 _ATTR = re.compile(r'([A-Z0-9-]+)=("[^"]*"|[^,]*)')
 _DEFAULT_SCHEMA = Path(__file__).resolve().parent.parent.parent / "shared" / "conformance" / "dash" / "DASH-MPD.xsd"
 _MPD_NS = "{urn:mpeg:dash:schema:mpd:2011}"
@@ -157,15 +159,20 @@ def _check_media(folder: Path, uri: str, report: GateReport) -> _Checked:
         seg_path = base / seg_uri
         if not seg_path.is_file():
             _fail("media.missing-segment", f"{where}: {seg_uri} does not exist")
-        data = seg_path.read_bytes()
-        if not data:
+        with open(seg_path, "rb") as segment_file:
+            size = os.fstat(segment_file.fileno()).st_size
+            head = segment_file.read(_SEGMENT_HEAD)  # the moof: no need to read the media data
+        if not size:
             _fail("media.empty-segment", f"{where}: {seg_uri} is empty")
         try:
-            fragment = read_fragment(data)
+            fragment = read_fragment(head, size)
         except (ValueError, struct.error) as exc:
             _fail("cmaf.segment", f"{where}: {seg_uri}: {exc}")
         if fragment.samples == 0 or fragment.mdat_bytes == 0:
             _fail("media.empty-segment", f"{where}: {seg_uri} holds no samples")
+        if fragment.sample_bytes != fragment.mdat_bytes:
+            _fail("cmaf.segment", f"{where}: {seg_uri}: samples add up to {fragment.sample_bytes} bytes, "
+                  f"mdat holds {fragment.mdat_bytes} (truncated?)")
         if handler == b"vide" and not fragment.first_sync:
             _fail("media.segment-starts-with-keyframe", f"{where}: {seg_uri} does not start with a sync sample")
         measured = fragment.duration / timescale
@@ -173,7 +180,7 @@ def _check_media(folder: Path, uri: str, report: GateReport) -> _Checked:
             _fail("hls.extinf-mismatch", f"{where}: {seg_uri} EXTINF {extinf:.3f} but its samples last {measured:.3f} s")
         starts.append(fragment.earliest_presentation / timescale)
         if extinf > 0:
-            peak = max(peak, len(data) * 8 / extinf)
+            peak = max(peak, size * 8 / extinf)
         total += extinf
     report.rules.append(f"media:{uri}")
     return _Checked(playlist=playlist, timescale=timescale, handler=handler, starts=starts, peak_bps=peak,

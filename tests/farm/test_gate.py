@@ -87,6 +87,11 @@ def _break_empty_segment(ladder: Path) -> None:
     (ladder / "240p" / "seg-00002.m4s").write_bytes(b"")
 
 
+def _break_truncated_segment(ladder: Path) -> None:
+    segment = ladder / "180p" / "seg-00001.m4s"
+    segment.write_bytes(segment.read_bytes()[:-100])
+
+
 def _break_missing_segment(ladder: Path) -> None:
     (ladder / "audio" / "seg-00001.m4s").unlink()
 
@@ -164,6 +169,7 @@ def _break_not_a_keyframe_start(ladder: Path) -> None:
     (_break_misaligned_keyframes, "video.keyframes-misaligned"),
     (_break_empty_segment, "media.empty-segment"),
     (_break_missing_segment, "media.missing-segment"),
+    (_break_truncated_segment, "cmaf.segment"),
     (_break_bandwidth, "hls.bandwidth"),
     (_break_absolute_uri, "uri.relative"),
     (_break_missing_codecs, "hls.stream-inf-attributes"),
