@@ -204,7 +204,8 @@ class BingeViewer(Viewer):
 
     @task
     def binge(self) -> None:
-        for video in RNG.sample(self.ready_videos(), k=min(3, len(self.catalog))):
+        videos = self.ready_videos()
+        for video in RNG.sample(videos, k=min(3, len(videos))):
             self.fetch_text(f"/api/v1/videos/{video['id']}", "/api/v1/videos/[id]")
             if video.get("poster_url"):
                 self.fetch_bytes(video["poster_url"], "/videos/[id]/poster.jpg")
