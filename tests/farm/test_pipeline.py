@@ -336,3 +336,20 @@ def test_bad_settings_fail_the_job(tmp_path: Path, video_factory: Callable[..., 
     source = video_factory("small.mp4", seconds=2.0, width=320, height=240)
     with pytest.raises(TranscodeError, match="segment_duration"):
         transcode(source, tmp_path, TranscodeSettings(ladder=[240], segment_duration=0))
+
+
+@pytest.mark.slow
+def test_default_ladder_on_a_720p_clip(tmp_path: Path, video_factory: Callable[..., Path]) -> None:
+    """The configured default ladder (1080/720/480/360): 1080p is skipped, the rest align."""
+    from streamgate.common.config import TranscoderConfig
+
+    source = video_factory("hd.mp4", seconds=9.0, width=1280, height=720)
+    result = transcode(source, tmp_path, TranscodeSettings.from_config(TranscoderConfig()))
+    assert [(r.name, r.width, r.height) for r in result.renditions] == [
+        ("720p", 1280, 720), ("480p", 854, 480), ("360p", 640, 360)]
+    assert all(r.segments == 3 for r in result.renditions)  # 4 s segments: 4 + 4 + 1
+    starts = []
+    for rendition in result.renditions:
+        packets = ffprobe(tmp_path / rendition.name / "index.m3u8", "-show_entries", "packet=pts_time,flags")
+        starts.append([p["pts_time"] for p in packets["packets"] if "K" in p["flags"]])
+    assert starts[0] == starts[1] == starts[2] and len(starts[0]) == 3
