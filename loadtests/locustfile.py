@@ -60,12 +60,13 @@ class Clip:
 @events.test_start.add_listener
 def _prepare_upload(environment: Any, **_: Any) -> None:
     path = os.environ.get("LOADTEST_UPLOAD_FILE")
-    if not path:
-        from streamgate.common.synth import make_video
+    if path:
+        Clip.data = Path(path).read_bytes()
+        return
+    from streamgate.common.synth import make_video
 
-        path = str(make_video(Path(tempfile.mkdtemp(prefix="sg-load-")) / "upload.mp4",
-                              seconds=1.0, width=320, height=240))
-    Clip.data = Path(path).read_bytes()
+    with tempfile.TemporaryDirectory(prefix="sg-load-") as scratch:
+        Clip.data = make_video(Path(scratch) / "upload.mp4", seconds=1.0, width=320, height=240).read_bytes()
 
 
 def _path(url: str) -> str:

@@ -133,15 +133,18 @@ def seed(node: Node, args: argparse.Namespace) -> list[str]:
     started = time.monotonic()
     wait_for("the seed videos to be ready", all_ready, timeout=args.seed_timeout, interval=0.5)
     print(f"seed videos ready after {time.monotonic() - started:.1f}s")
+    # What the locust uploaders send: a 1 s clip, made here so locust's process does no encoding.
+    make_video(node.workdir / "upload.mp4", seconds=1.0, width=320, height=240)
     return ids
 
 
-def run_locust(host: str, args: argparse.Namespace, prefix: Path) -> int:
+def run_locust(host: str, args: argparse.Namespace, prefix: Path, upload_file: Path) -> int:
     locust = shutil.which("locust", path=str(Path(sys.executable).parent)) or shutil.which("locust")
     if locust is None:
         raise LoadTestError("locust is not installed: pip install -e '.[load]' (make loadtest does)")
     env = {**os.environ, "LOADTEST_SPEEDUP": str(args.speedup), "LOADTEST_SEED": str(args.seed),
-           "LOADTEST_BEHAVIOUR": str(prefix.with_name(prefix.name + "_behaviour.json"))}
+           "LOADTEST_BEHAVIOUR": str(prefix.with_name(prefix.name + "_behaviour.json")),
+           "LOADTEST_UPLOAD_FILE": str(upload_file)}
     argv = [locust, "-f", str(HERE / "locustfile.py"), "--headless", "--host", host,
             "-u", str(args.users), "-r", str(args.spawn_rate), "-t", args.run_time,
             "--stop-timeout", "10", "--csv", str(prefix), "--only-summary", "--loglevel", "WARNING"]
@@ -192,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         wait_for("streamgate run /health", node.healthy, timeout=60)
         print(f"streamgate run on {node.url} (data in {node.workdir})")
         seed(node, args)
-        code = run_locust(node.url, args, prefix)
+        code = run_locust(node.url, args, prefix, node.workdir / "upload.mp4")
     except LoadTestError as exc:
         print(f"loadtest: {exc}", file=sys.stderr)
         return 2
