@@ -88,8 +88,11 @@ def run(in_fd: int, out_fd: int) -> int:
     from .packager import TrackSegmenter
     from .ring import RingView
 
-    size = int.from_bytes(_read_exact(in_fd, 4), "little")
-    job = JOB_DECODER.decode(_read_exact(in_fd, size))
+    try:
+        size = int.from_bytes(_read_exact(in_fd, 4), "little")
+        job = JOB_DECODER.decode(_read_exact(in_fd, size))
+    except _ParentGone:  # the job was cancelled before this process started
+        return 1
     set_title(f"encoder {job.name}")
     die_with_parent(signal.SIGKILL, expected_parent=job.parent_pid or None)
     ring = RingView(job.ring_name, job.ring_width, job.ring_height, job.ring_slots)
