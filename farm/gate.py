@@ -253,6 +253,11 @@ def check_ladder(out_dir: Path, *, schema: str | Path | None = None) -> GateRepo
             _fail("av.duration-mismatch",
                   f"audio lasts {audio.duration_s:.3f} s, video {first.duration_s:.3f} s (more than one frame apart)")
         report.rules.append("av.durations")
+        # Audio ahead of (or behind) the video: the first media times must agree too.
+        if abs(audio.starts[0] - first.starts[0]) > tolerance:
+            _fail("av.start-mismatch",
+                  f"audio starts at {audio.starts[0]:.3f} s, video at {first.starts[0]:.3f} s (more than one frame apart)")
+        report.rules.append("av.starts")
     _check_mpd(out_dir, schema, report, {uri.split("/")[0]: c for uri, c in videos}, audio)
     poster = out_dir / "poster.jpg"
     if not poster.is_file() or not poster.read_bytes()[:2] == b"\xff\xd8":

@@ -47,6 +47,7 @@ def test_good_ladder_passes_every_rule(ladder: Path) -> None:
     report = check_ladder(ladder, schema=SCHEMA)
     assert "dash.schema" in report.rules and "dash.iop" in report.rules
     assert "video.keyframes-aligned" in report.rules and "av.durations" in report.rules
+    assert "av.starts" in report.rules
     assert {"media:240p/index.m3u8", "media:180p/index.m3u8", "media:audio/index.m3u8"} <= set(report.rules)
     assert not report.warnings
 
@@ -142,6 +143,16 @@ def _break_av_durations(ladder: Path) -> None:
     playlist.write_text("\n".join(lines[: cut - 1] + lines[cut + 1:]) + "\n")
 
 
+def _break_audio_ahead(ladder: Path) -> None:
+    # Every audio segment half a second later: the audio no longer starts with the video.
+    for segment in sorted((ladder / "audio").glob("seg-*.m4s")):
+        data = bytearray(segment.read_bytes())
+        at = data.find(b"tfdt") + 8
+        (tfdt,) = struct.unpack_from(">Q", data, at)
+        struct.pack_into(">Q", data, at, tfdt + 24000)
+        segment.write_bytes(bytes(data))
+
+
 def _break_event_playlist(ladder: Path) -> None:
     edit(ladder / "240p" / "index.m3u8", "#EXT-X-PLAYLIST-TYPE:VOD", "#EXT-X-PLAYLIST-TYPE:EVENT")
     edit(ladder / "240p" / "index.m3u8", "#EXT-X-ENDLIST\n", "")
@@ -178,6 +189,7 @@ def _break_not_a_keyframe_start(ladder: Path) -> None:
     (_break_sar, "dash.video-attributes"),
     (_break_timescales, "dash.timescale"),
     (_break_av_durations, "av.duration-mismatch"),
+    (_break_audio_ahead, "av.start-mismatch"),
     (_break_event_playlist, "hls.vod"),
     (_break_not_a_keyframe_start, "media.segment-starts-with-keyframe"),
 ], ids=lambda value: getattr(value, "__name__", value).removeprefix("_break_"))
