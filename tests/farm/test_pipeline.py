@@ -171,6 +171,26 @@ def test_a_worker_running_many_jobs_leaks_no_descriptor(tmp_path: Path, video_fa
     assert set(os.listdir("/proc/self/fd")) == fds
 
 
+def test_runs_off_the_main_thread_and_inside_a_daemonic_process(tmp_path: Path,
+                                                                 video_factory: Callable[..., Path]) -> None:
+    """How the farm worker calls it: from a thread, inside a (possibly daemonic) spawned process."""
+    import multiprocessing
+
+    source = video_factory("small.mp4", seconds=2.0, width=320, height=240)
+    settings = TranscodeSettings(ladder=[180], segment_duration=1.0)
+    results: list[TranscodeResult] = []
+    thread = threading.Thread(target=lambda: results.append(transcode(source, tmp_path / "thread", settings)))
+    thread.start()
+    thread.join(60)
+    assert results and results[0].frames == 60
+    worker = multiprocessing.get_context("spawn").Process(
+        target=transcode, args=(source, tmp_path / "daemon", settings), daemon=True)
+    worker.start()
+    worker.join(60)
+    assert worker.exitcode == 0
+    check_ladder(tmp_path / "daemon")
+
+
 def test_never_upscales(tmp_path: Path, video_factory: Callable[..., Path]) -> None:
     source = video_factory("small.mp4", seconds=2.0, width=320, height=240)
     result = transcode(source, tmp_path, TranscodeSettings(ladder=[1080, 720, 240], segment_duration=1.0))
