@@ -7,6 +7,7 @@ Segment URLs come from a relative SegmentTemplate (``$RepresentationID$/seg-$Num
 
 from __future__ import annotations
 
+import time
 from fractions import Fraction
 from xml.etree import ElementTree as ET
 
@@ -76,7 +77,10 @@ def _template(parent: ET.Element, timescale: int, segments: list[SegmentInfo], s
 def build_mpd(*, duration_s: float, segment_s: float, fps: Fraction, video: list[VideoRepresentation],
               video_timescale: int, video_segments: list[SegmentInfo],
               audio: AudioRepresentation | None = None, audio_segments: list[SegmentInfo] | None = None,
-              complete: bool = True, start_s: float = 0.0) -> str:
+              complete: bool = True, start_s: float = 0.0, available_since: str = "") -> str:
+    """The MPD text. ``complete=False`` gives a dynamic MPD of the segments so far (a growing
+    presentation, DASH-IF IOP 4.4 "live"): ``available_since`` (ISO 8601 UTC) is when the job
+    started, every segment listed stays available, clients re-read it every segment."""
     mpd = ET.Element("MPD", {
         "xmlns": MPD_NS,
         "profiles": PROFILE,
@@ -86,8 +90,8 @@ def build_mpd(*, duration_s: float, segment_s: float, fps: Fraction, video: list
     if complete:
         mpd.set("mediaPresentationDuration", iso_duration(duration_s))
     else:
-        # A dynamic MPD of a growing VOD: availability from the epoch, clients poll it.
-        mpd.set("availabilityStartTime", "1970-01-01T00:00:00Z")
+        mpd.set("availabilityStartTime", available_since or "1970-01-01T00:00:00Z")
+        mpd.set("publishTime", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
         mpd.set("minimumUpdatePeriod", iso_duration(segment_s))
     period = ET.SubElement(mpd, "Period", {"id": "0", "start": "PT0S"})
     top = video[0]

@@ -164,6 +164,7 @@ def _transcode(source: Path, out_dir: Path, settings: TranscodeSettings,
     audio_segments: list[SegmentInfo] = []
 
     video_codecs: dict[str, str] = {}
+    available_since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     live_master = False
 
     def publish_live_master() -> None:
@@ -171,7 +172,10 @@ def _transcode(source: Path, out_dir: Path, settings: TranscodeSettings,
         job runs. BANDWIDTH is the VBV cap there (x264 keeps segments under it); the final
         master states measured peaks."""
         nonlocal live_master
-        if live_master or not all(video_segments.values()) or (info.has_audio and not audio_segments):
+        if not all(video_segments.values()) or (info.has_audio and not audio_segments):
+            return
+        publish_live_mpd()
+        if live_master:
             return
         live_master = True
         audio_codecs = f",{audio.codecs}" if audio is not None else ""
@@ -182,6 +186,19 @@ def _transcode(source: Path, out_dir: Path, settings: TranscodeSettings,
         media = AudioMedia(uri=f"{AUDIO_FOLDER}/{PLAYLIST}", language=audio.language,
                            channels=audio.channels) if audio is not None else None
         write_atomic(out_dir / MASTER, master_playlist(variants, media))
+
+    def publish_live_mpd() -> None:
+        """A dynamic MPD of the segments every rung has so far (the static one replaces it)."""
+        count = min(len(s) for s in video_segments.values())
+        reps = [VideoRepresentation(id=r.name, bandwidth=r.maxrate, width=r.width, height=r.height,
+                                    codecs=video_codecs[r.name]) for r in rungs]
+        audio_rep = AudioRepresentation(
+            id=AUDIO_FOLDER, bandwidth=settings.audio_bitrate, codecs=audio.codecs, sample_rate=audio.rate,
+            channels=audio.channels, language=audio.language) if audio is not None else None
+        write_atomic(out_dir / MANIFEST, build_mpd(
+            duration_s=0, segment_s=settings.segment_duration, fps=info.fps, video=reps, video_timescale=timescale,
+            video_segments=video_segments[rungs[0].name][:count], audio=audio_rep, audio_segments=audio_segments,
+            complete=False, start_s=start_s, available_since=available_since))
 
     def on_segment(name: str, segment: SegmentInfo, codecs: str) -> None:
         video_segments[name].append(segment)

@@ -18,7 +18,7 @@ from support import shm_segments, wait_until
 
 from streamgate.common.media import TranscodeProgress, TranscodeResult
 from streamgate.farm.errors import BadInputError, EncoderFailedError, TranscodeCancelled, TranscodeError
-from streamgate.farm.gate import check_ladder
+from streamgate.farm.gate import check_ladder, default_schema
 from streamgate.farm.pipeline import TranscodeSettings, transcode
 from streamgate.farm.ring import RING_PREFIX
 
@@ -144,6 +144,7 @@ def test_playlists_grow_as_event_while_running(tmp_path: Path, video_factory: Ca
     out = tmp_path / "out"
     seen: list[str] = []
     masters: list[str] = []
+    mpds: list[bytes] = []
 
     def peek(progress: TranscodeProgress) -> None:
         playlist = out / "180p" / "index.m3u8"
@@ -151,6 +152,8 @@ def test_playlists_grow_as_event_while_running(tmp_path: Path, video_factory: Ca
             seen.append(playlist.read_text())
             if (out / "master.m3u8").exists():
                 masters.append((out / "master.m3u8").read_text())
+            if (out / "manifest.mpd").exists():
+                mpds.append((out / "manifest.mpd").read_bytes())
 
     transcode(source, out, TranscodeSettings(ladder=[180], segment_duration=1.0), on_progress=peek)
     growing = [text for text in seen if "#EXT-X-PLAYLIST-TYPE:EVENT" in text]
@@ -158,6 +161,15 @@ def test_playlists_grow_as_event_while_running(tmp_path: Path, video_factory: Ca
     assert all("#EXT-X-ENDLIST" not in text for text in growing)
     # Players can start before the end: a master playlist is published with the first segments.
     assert masters and "180p/index.m3u8" in masters[0] and 'URI="audio/index.m3u8"' in masters[0]
+    # ... and a dynamic MPD over the same segments, valid against the schema.
+    from lxml import etree
+
+    schema = etree.XMLSchema(etree.parse(str(default_schema()), etree.XMLParser(no_network=True)))
+    assert mpds
+    for mpd in mpds:
+        doc = etree.fromstring(mpd, etree.XMLParser(no_network=True))
+        assert doc.get("type") == "dynamic" and schema.validate(doc), schema.error_log
+    assert 'type="static"' in (out / "manifest.mpd").read_text()
     assert (out / "180p" / "index.m3u8").read_text().rstrip().endswith("#EXT-X-ENDLIST")
 
 
