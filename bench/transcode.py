@@ -39,6 +39,7 @@ def standard_source() -> Path:
     from streamgate.common.synth import make_video
 
     CACHE.mkdir(parents=True, exist_ok=True)
+    (CACHE / ".gitignore").write_text("*\n")  # generated media never lands in git
     path = CACHE / f"source-{HEIGHT}p{FPS}-{SECONDS}s.mp4"
     if not path.exists():
         print(f"making the standard source {path} (once) ...", flush=True)
