@@ -41,9 +41,11 @@ def make_video(
         pix_fmt = "yuv444p"  # x264 cannot subsample chroma of odd sizes; 4:4:4 keeps every pixel
     frames = max(1, round(seconds * fps)) if video else 0
     with av.open(str(path), "w") as out:
-        vstream = astream = None
+        vstream: av.VideoStream | None = None
+        astream: av.AudioStream | None = None
         if video:
-            vstream = out.add_stream(codec, rate=fps)
+            vstream = out.add_stream(codec, rate=fps)  # type: ignore[assignment]
+            assert vstream is not None
             vstream.width, vstream.height, vstream.pix_fmt = width, height, pix_fmt
             vstream.time_base = Fraction(1, fps * 2 if vfr else fps)
             # The encoder must count in the same clock, or VFR timestamps are read at half speed.
@@ -55,7 +57,7 @@ def make_video(
             if rotate:
                 vstream.metadata["rotate"] = str(rotate)
         if audio:
-            astream = out.add_stream("aac", rate=sample_rate, layout="stereo")
+            astream = out.add_stream("aac", rate=sample_rate, layout="stereo")  # type: ignore[assignment]
         pts = 0
         if vstream is not None:
             ys = np.arange(height, dtype=np.int32)[:, None]
@@ -84,10 +86,10 @@ def make_video(
                 t = (np.arange(start, start + n) / sample_rate).astype(np.float32)
                 tone = (0.2 * np.sin(2 * math.pi * 440.0 * t)).astype(np.float32)
                 samples = np.stack([tone, tone])
-                frame = av.AudioFrame.from_ndarray(samples, format="fltp", layout="stereo")
-                frame.sample_rate = sample_rate
-                frame.pts = start
-                for packet in astream.encode(frame):
+                aframe = av.AudioFrame.from_ndarray(samples, format="fltp", layout="stereo")
+                aframe.sample_rate = sample_rate
+                aframe.pts = start
+                for packet in astream.encode(aframe):
                     out.mux(packet)
             for packet in astream.encode(None):
                 out.mux(packet)

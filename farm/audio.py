@@ -99,8 +99,10 @@ class AudioTrack:
                 out[:, filled:filled + k] = head[:, :k]
             if k == size:
                 self._pending.popleft()
+            elif isinstance(head, int):
+                self._pending[0] = head - k
             else:
-                self._pending[0] = head - k if isinstance(head, int) else head[:, k:]
+                self._pending[0] = head[:, k:]
             filled += k
         self._buffered -= n
         return out
@@ -125,9 +127,10 @@ class AudioTrack:
 
     def _mux(self, packets: list[av.Packet]) -> None:
         for packet in packets:
+            pts = packet.pts if packet.pts is not None else self._sent
             if self._first_pts is None:
-                self._first_pts = packet.pts
-            t = packet.pts - self._first_pts
+                self._first_pts = pts
+            t = pts - self._first_pts
             if t >= self._next_boundary * self._segment_samples:
                 while t >= self._next_boundary * self._segment_samples:
                     self._next_boundary += 1

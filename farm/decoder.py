@@ -160,11 +160,12 @@ class DecodeLoop:
             raise BadInputError(f"not a readable media file: {exc}") from exc
         with container:
             vstream = container.streams[self.info.video_index]
+            assert isinstance(vstream, av.VideoStream)
             vstream.thread_type = "AUTO"  # frame + slice threads (issue 3: SLICE alone is ~1.6x slower)
             streams: list[av.stream.Stream] = [vstream]
             astream = container.streams.audio[0] if self.audio is not None else None
             if astream is not None:
-                astream.thread_type = "AUTO"
+                astream.codec_context.thread_type = "AUTO"
                 streams.append(astream)
             tb = vstream.time_base or Fraction(1, 90000)
             try:
@@ -180,10 +181,12 @@ class DecodeLoop:
                     if packet.stream is vstream:
                         self.decode_s += time.monotonic() - started
                         for frame in frames:
-                            self._put_video(frame, tb)
+                            if isinstance(frame, av.VideoFrame):
+                                self._put_video(frame, tb)
                     elif self.audio is not None:
                         for aframe in frames:
-                            self.audio.push(aframe, self.video_end_ticks / self.timescale)
+                            if isinstance(aframe, av.AudioFrame):
+                                self.audio.push(aframe, self.video_end_ticks / self.timescale)
                         self.audio_s += time.monotonic() - started
                 # demux() ends each stream with an empty packet, whose decode() flushed the decoder.
             except av.FFmpegError as exc:
@@ -247,5 +250,5 @@ class DecodeLoop:
         for index, dst in enumerate((y, u, v)):
             plane = frame.planes[index]
             rows, cols = (height, width) if index == 0 else (height // 2, width // 2)
-            src = np.frombuffer(plane, dtype=np.uint8).reshape(-1, plane.line_size)[:rows, :cols]
+            src = np.frombuffer(memoryview(plane), dtype=np.uint8).reshape(-1, plane.line_size)[:rows, :cols]
             np.copyto(dst, np.rot90(src, turns) if turns else src)

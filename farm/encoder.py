@@ -120,6 +120,8 @@ def run(in_fd: int, out_fd: int) -> int:
 
         def mux(packets: list[av.Packet]) -> None:
             for packet in packets:
+                if packet.pts is None:
+                    raise RuntimeError("x264 returned a packet without a timestamp")
                 pts = packet.pts
                 # The decoder starts presentation at a delay that covers x264's B-frame reorder
                 # delay, so decode times are >= 0 and composition offsets positive (no edit list).

@@ -114,11 +114,11 @@ def build_mpd(*, duration_s: float, segment_s: float, fps: Fraction, video: list
             "startWithSAP": "1", "lang": audio.language,
         })
         _template(aset, audio.sample_rate, audio_segments, start_s)
-        rep = ET.SubElement(aset, "Representation", {
+        arep = ET.SubElement(aset, "Representation", {
             "id": audio.id, "bandwidth": str(max(audio.bandwidth, 1)), "codecs": audio.codecs,
             "audioSamplingRate": str(audio.sample_rate),
         })
-        ET.SubElement(rep, "AudioChannelConfiguration", {
+        ET.SubElement(arep, "AudioChannelConfiguration", {
             "schemeIdUri": "urn:mpeg:dash:23003:3:audio_channel_configuration:2011",
             "value": str(audio.channels),
         })
