@@ -10,7 +10,7 @@ DEB_PACKAGES := redis-server ffmpeg
 # Debian packages the tests run for real: the binaries they provide.
 DEB_BINARIES := redis-server ffmpeg ffprobe
 
-.PHONY: install run test test-slow lint bench bench-transcode bench-edge loadtest system-deps clean
+.PHONY: install run test test-slow lint bench bench-transcode bench-edge loadtest system-deps bench-deps clean
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python >= 3.11) on PATH"; exit 1; }
@@ -30,16 +30,24 @@ install: $(STAMP)  ## create .venv with the streamgate command in .venv/bin
 run: $(STAMP)  ## single node: edge on :8080, data under ./data
 	$(VENV)/bin/streamgate --config config.yaml run
 
-system-deps:  ## Debian packages the tests use (installed with apt when root)
-	@missing=""; for b in $(DEB_BINARIES); do command -v $$b >/dev/null || missing="$$missing $$b"; done; \
+# $(call ensure-debs,BINARIES,PACKAGES): install PACKAGES with apt (as root) when a binary is missing.
+define ensure-debs
+	@missing=""; for b in $(1); do command -v $$b >/dev/null || missing="$$missing $$b"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    echo "installing $(DEB_PACKAGES) (missing:$$missing)"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEB_PACKAGES) >/dev/null; \
+	    echo "installing $(2) (missing:$$missing)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(2) >/dev/null; \
 	  else \
-	    echo "missing:$$missing -- install them with: sudo apt-get install $(DEB_PACKAGES)"; exit 1; \
+	    echo "missing:$$missing -- install them with: sudo apt-get install $(2)"; exit 1; \
 	  fi; \
 	fi
+endef
+
+system-deps:  ## Debian packages the tests use (installed with apt when root)
+	$(call ensure-debs,$(DEB_BINARIES),$(DEB_PACKAGES))
+
+bench-deps: system-deps  ## the references the benchmarks compare against
+	$(call ensure-debs,nginx wrk,nginx wrk)
 
 test: system-deps $(TEST_STAMP)  ## the whole suite (slow fault and load runs excluded: make test-slow)
 	$(PY) -m pytest -m "not slow and not consul" $(PYTEST_ARGS)
@@ -62,8 +70,10 @@ $(LOAD_STAMP): pyproject.toml $(STAMP)
 loadtest: system-deps $(TEST_STAMP) $(LOAD_STAMP)  ## bounded headless locust run against a local node it seeds (LOADTEST_ARGS="--users 50 --run-time 60s")
 	$(PY) loadtests/run.py $(LOADTEST_ARGS)
 
-bench-transcode: system-deps $(STAMP)  ## streamgate transcode vs the ffmpeg command line (single decode, naive); BENCH_ARGS="--runs 5"
+bench-transcode: bench-deps $(STAMP)  ## streamgate transcode vs the ffmpeg command line (single decode, naive); BENCH_ARGS="--runs 5"
 	$(PY) bench/transcode.py $(BENCH_ARGS)
 
-bench-edge: system-deps $(STAMP)  ## edge vs nginx under wrk (needs nginx, wrk): bytes/s, req/s, CPU per request; BENCH_ARGS="--rounds 5"
+bench-edge: bench-deps $(STAMP)  ## edge vs nginx under wrk (needs nginx, wrk): bytes/s, req/s, CPU per request; BENCH_ARGS="--rounds 5"
 	$(PY) bench/edge.py $(BENCH_ARGS)
+
+bench: bench-transcode bench-edge  ## every benchmark, each printing its ratios against its reference
