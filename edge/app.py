@@ -9,7 +9,7 @@ from aiohttp import web
 from ..common.config import Config
 from . import auth, farm_api, health, playback, uploads, videos
 from .errors import error_middleware
-from .keys import CONFIG, READINESS_CHECKS, REDIS, STARTED_AT
+from .keys import CONFIG, DISCOVERY, READINESS_CHECKS, REDIS, STARTED_AT
 
 
 async def _redis_ctx(app: web.Application):  # type: ignore[no-untyped-def]
@@ -32,6 +32,21 @@ async def _redis_ctx(app: web.Application):  # type: ignore[no-untyped-def]
     await client.aclose()
 
 
+async def _discovery_ctx(app: web.Application):  # type: ignore[no-untyped-def]
+    """One Discovery per edge process (docs/control-plane.md), set before the parts that use it
+    start and closed after they stopped (cleanup contexts unwind in reverse order)."""
+    config = app[CONFIG]
+    if config.registry.type != "consul":
+        app[DISCOVERY] = None
+        yield
+        return
+    from ..control.discovery import Discovery
+
+    async with Discovery(config) as discovery:
+        app[DISCOVERY] = discovery
+        yield
+
+
 def build_app(config: Config) -> web.Application:
     app = web.Application(
         middlewares=[error_middleware],
@@ -43,6 +58,7 @@ def build_app(config: Config) -> web.Application:
     app[STARTED_AT] = time.monotonic()
     app[READINESS_CHECKS] = {}
     app.cleanup_ctx.append(_redis_ctx)
+    app.cleanup_ctx.append(_discovery_ctx)
     health.setup(app)
     # Each part registers its own routes, cleanup contexts and readiness checks.
     for part in (playback, uploads, videos, auth, farm_api):

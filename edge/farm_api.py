@@ -1,7 +1,8 @@
 """The transcoder's figures on the edge: ``GET /api/v1/farm/metrics`` and a "broker" readiness check.
 
 Both ask the farm broker over one :class:`~streamgate.farm.client.BrokerClient` per edge process
-(kept under ``FARM_CLIENT``; other parts of the edge may use it too). A broker that does not
+(kept under ``FARM_CLIENT``; job submission and the events follower use it too, see
+edge/submission.py). In a fleet with Consul it follows the broker leader. A broker that does not
 answer gives 503 with a reason, never a hang.
 """
 
@@ -9,15 +10,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 from aiohttp import web
 
 from ..common.config import Config
 from ..farm.client import BrokerClient, BrokerError, BrokerUnavailable
 from .errors import HTTPError
-from .keys import CONFIG, READINESS_CHECKS
+from .keys import CONFIG, DISCOVERY, READINESS_CHECKS
 
 FARM_CLIENT = web.AppKey("farm_client", BrokerClient)
+_CLIENT_REGISTERED = web.AppKey("farm_client_registered", bool)
 # The figures answer quickly or not at all: a health probe must not wait out a long timeout.
 TIMEOUT_S = 2.0
 
@@ -48,14 +51,15 @@ async def broker_check(app: web.Application) -> tuple[bool, str]:
     return True, f"{stats.total_workers} workers, {stats.queue_length} queued"
 
 
-async def _follow_leader(config: Config, client: BrokerClient) -> None:
+async def _follow_leader(discovery: Any, client: BrokerClient) -> None:
     """In a fleet with Consul, the broker is whichever holds the leader lock (control/failover.py):
     follow discovery and retarget the client when the leader changes."""
-    from ..control.discovery import Discovery
+    async for endpoints in discovery.follow_broker():
+        await client.retarget(endpoints)
 
-    async with Discovery(config) as discovery:
-        async for endpoints in discovery.follow_broker():
-            await client.retarget(endpoints)
+
+def follows_leader(config: Config) -> bool:
+    return config.deployment.mode == "fleet" and config.registry.type == "consul"
 
 
 async def _client_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -63,12 +67,16 @@ async def _client_ctx(app: web.Application) -> AsyncIterator[None]:
     broker = config.broker
     # Silent for two heartbeat expiries is down (capped: a probe must answer fast).
     timeout_s = min(TIMEOUT_S, max(0.5, 2 * float(broker.heartbeat_interval) * broker.heartbeat_liveness))
-    client = BrokerClient(config.broker_endpoints, timeout_s=timeout_s)
+    discovery = app.get(DISCOVERY) if follows_leader(config) else None
+    # Start on the current leader, so the first submit does not go to the static address
+    # (discovery answers at once, or within its first-answer timeout when Consul hangs).
+    endpoints = await discovery.broker_endpoints() if discovery is not None else config.broker_endpoints
+    client = BrokerClient(endpoints, timeout_s=timeout_s)
     app[FARM_CLIENT] = client
     app[READINESS_CHECKS]["broker"] = broker_check
     follower: asyncio.Task[None] | None = None
-    if config.deployment.mode == "fleet" and config.registry.type == "consul":
-        follower = asyncio.create_task(_follow_leader(config, client), name="farm-broker-discovery")
+    if discovery is not None:
+        follower = asyncio.create_task(_follow_leader(discovery, client), name="farm-broker-discovery")
     yield
     if follower is not None:
         follower.cancel()
@@ -76,6 +84,15 @@ async def _client_ctx(app: web.Application) -> AsyncIterator[None]:
     await client.close()
 
 
-def setup(app: web.Application) -> None:
+def setup_client(app: web.Application) -> None:
+    """Register the shared client's context once; parts that use the client at startup
+    (edge/intake.py) call this before adding their own context, so the client exists first."""
+    if app.get(_CLIENT_REGISTERED):
+        return
+    app[_CLIENT_REGISTERED] = True
     app.cleanup_ctx.append(_client_ctx)
+
+
+def setup(app: web.Application) -> None:
+    setup_client(app)
     app.router.add_get("/api/v1/farm/metrics", farm_metrics)

@@ -25,7 +25,7 @@ import msgspec
 from aiohttp import web
 
 from ..common.config import Config
-from . import access, stores
+from . import access, farm_api, stores
 from .keys import CONFIG
 from .submission import SUBMITTER, JobSubmitter
 from .upload_state import Upload, UploadLocked
@@ -172,7 +172,8 @@ async def _intake_ctx(app: web.Application):  # type: ignore[no-untyped-def]
     from .progress import follow_events
 
     config: Config = app[CONFIG]
-    app[SUBMITTER] = submitter = JobSubmitter(config)
+    # The process's one broker client (it follows the leader in a fleet); its context runs first.
+    app[SUBMITTER] = submitter = JobSubmitter(config, app[farm_api.FARM_CLIENT])
     tasks: set[asyncio.Task[Any]] = set()
     app[_TASKS] = tasks
     loops = [
@@ -209,4 +210,5 @@ def setup(app: web.Application) -> None:
     if app.get(_REGISTERED):
         return
     app[_REGISTERED] = True
+    farm_api.setup_client(app)  # before _intake_ctx: the submitter uses its client at startup
     app.cleanup_ctx.append(_intake_ctx)

@@ -17,3 +17,7 @@ READINESS_CHECKS = web.AppKey(
 )
 # The shared Redis client, or None on a single node without Redis.
 REDIS = web.AppKey("redis", Any)
+# The process's control/discovery.py ``Discovery`` with registry.type consul, else None: the one
+# Consul watch the edge's parts share (broker leader, origins). Typed Any so this module does
+# not import the control plane.
+DISCOVERY = web.AppKey("discovery", Any)

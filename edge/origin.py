@@ -4,9 +4,10 @@ Many concurrent misses for one file share a single upstream request (request coa
 first miss starts a fetch task and every later miss awaits the same future. The fetch runs in its
 own task so a client that disconnects does not cancel the download others wait for.
 
-Where the origins are is behind :class:`OriginResolver`, a seam: today ``edge.origin_url`` (or
-``registry.static_origins``); the control plane swaps in a Consul-backed resolver by setting
-``app[ORIGIN_RESOLVER]``.
+Where the origins are is behind :class:`OriginResolver`, a seam: ``edge.origin_url`` (or
+``registry.static_origins``), or with ``registry.type: consul`` the passing edges tagged
+``origin`` (:class:`DiscoveredOrigins`, static config as the fallback), set as
+``app[ORIGIN_RESOLVER]`` by edge/playback.py.
 """
 
 from __future__ import annotations
@@ -39,6 +40,17 @@ class StaticOrigins:
 
     async def origins(self) -> list[str]:
         return self.urls
+
+
+class DiscoveredOrigins:
+    """Origins from control/discovery.py ``Discovery.origins()`` (a live Consul watch); the
+    Discovery is owned and closed by whoever made it."""
+
+    def __init__(self, discovery: OriginResolver) -> None:
+        self.discovery = discovery
+
+    async def origins(self) -> list[str]:
+        return [u.rstrip("/") for u in await self.discovery.origins() if u]
 
 
 class NotAtOrigin(Exception):

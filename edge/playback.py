@@ -20,13 +20,14 @@ from . import access, metrics, sendfile
 from .delivery import Delivery
 from .errors import HTTPError
 from .files import Servable
-from .keys import CONFIG, REDIS
+from .keys import CONFIG, DISCOVERY, REDIS
 from .media import BadMediaPath, parse_media_path
-from .origin import OriginResolver, StaticOrigins
+from .origin import DiscoveredOrigins, OriginResolver, StaticOrigins
 from .ranges import RangeNotSatisfiable, parse_range
 
 DELIVERY = web.AppKey("delivery", Delivery)
-# The control plane replaces this before startup to discover origins in Consul.
+# Set before startup to override; otherwise Consul's origin-tagged edges with registry.type
+# consul (static config as their fallback), else the static config.
 ORIGIN_RESOLVER = web.AppKey("origin_resolver", OriginResolver)
 
 ALLOW_METHODS = "GET, HEAD, OPTIONS"
@@ -139,7 +140,10 @@ async def preflight(request: web.Request) -> web.Response:
 async def _delivery_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     if ORIGIN_RESOLVER not in app:
-        app[ORIGIN_RESOLVER] = default_resolver(config)
+        # The Discovery belongs to its own context (edge/app.py), which closes it after this one.
+        discovery = app.get(DISCOVERY)
+        app[ORIGIN_RESOLVER] = (DiscoveredOrigins(discovery) if discovery is not None
+                                else default_resolver(config))
     delivery = Delivery(config, app.get(REDIS), app[ORIGIN_RESOLVER])
     app[DELIVERY] = delivery
     flusher = asyncio.create_task(metrics.flush_forever(), name="edge-metrics-flush")

@@ -128,7 +128,10 @@ class WorkerPool:
         self.stopping = False
         env = {k: v for k, v in os.environ.items() if k not in _UNIT_ENV}
         env.update({SUPERVISOR_PID_ENV: str(os.getpid()), "STREAMGATE__SERVER__WORKERS": "1",
-                    "SERVER_PORT": str(ctx.config.server.port)})
+                    "SERVER_PORT": str(ctx.config.server.port),
+                    # One registration per port: the first process's (docs/control-plane.md). A
+                    # copy that registered the shared id would deregister it when it stops.
+                    "STREAMGATE__REGISTRY__REGISTER": "false"})
         self.env = env
         self.argv = [sys.executable, "-m", "streamgate", *_global_args(), "edge"]
 

@@ -1,8 +1,10 @@
 """The edge's link to the farm broker: submit a queued video's job, cancel it, follow its events.
 
-The broker client (farm/client.py) is created lazily; a failure to reach the broker is a
-reason, never an exception that loses a video: the caller leaves the video queued and the
-resubmitter (edge/intake.py) tries again.
+In the edge app the submitter uses the process's one broker client (``FARM_CLIENT``, edge/farm_api.py),
+which follows the broker leader in a fleet with Consul; on its own it creates a client lazily from
+``config.broker_endpoints``. A failure to reach the broker is a reason, never an exception that
+loses a video: the caller leaves the video queued and the resubmitter (edge/intake.py) tries again
+(submits are idempotent by job id, so a retry against a new leader is safe).
 """
 
 from __future__ import annotations
@@ -26,9 +28,11 @@ SUBMITTER = web.AppKey("job_submitter", Any)
 
 
 class JobSubmitter:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, client: Any = None) -> None:
         self._config = config
-        self._client: Any = None
+        # A client handed in belongs to its giver (closed there); one made here is closed here.
+        self._client: Any = client
+        self._owns_client = client is None
 
     def _connect(self) -> Any:
         if self._client is None:
@@ -76,5 +80,5 @@ class JobSubmitter:
             yield stream
 
     async def close(self) -> None:
-        if self._client is not None:
+        if self._client is not None and self._owns_client:
             await self._client.close()
