@@ -28,7 +28,7 @@ from .encoder import EncoderHandle
 from .encoder_protocol import EncoderJob
 from .errors import BadInputError, EncoderFailedError, GateError, TranscodeCancelled, TranscodeError
 from .gate import check_ladder
-from .ladder import Rung, plan_ladder
+from .ladder import Rung, encoder_threads, plan_ladder
 from .manifest import AudioRepresentation, VideoRepresentation, build_mpd, presentation_seconds
 from .packager import SegmentInfo, write_atomic
 from .playlist import AudioMedia, Variant, master_playlist, media_playlist, target_duration
@@ -219,11 +219,14 @@ def _transcode(source: Path, out_dir: Path, settings: TranscodeSettings,
     encoders: list[EncoderHandle] = []
     audio: AudioTrack | None = None
     loop: DecodeLoop | None = None
+    cores = len(os.sched_getaffinity(0))
+    threads = encoder_threads(rungs, cores) if settings.x264_threads <= 0 else {}
     with FrameRing(ring_width, ring_height, settings.ring_slots) as ring:
         try:
             for rung in rungs:
                 (out_dir / rung.name).mkdir(parents=True, exist_ok=True)
-                encoders.append(EncoderHandle(_job(rung, out_dir, ring, info, timescale, settings)))
+                encoders.append(EncoderHandle(_job(rung, out_dir, ring, info, timescale, settings,
+                                                   threads.get(rung.name, 0))))
             if info.has_audio:
                 audio = AudioTrack(out_dir / AUDIO_FOLDER, source_rate=info.audio_rate,
                                    source_channels=info.audio_channels, bitrate=settings.audio_bitrate,
@@ -234,7 +237,8 @@ def _transcode(source: Path, out_dir: Path, settings: TranscodeSettings,
             loop = DecodeLoop(source=source, info=info, ring=ring, encoders=encoders, audio=audio,
                               timescale=timescale, segment_s=settings.segment_duration,
                               poster_path=out_dir / POSTER, stall_timeout_s=settings.stall_timeout_s,
-                              cancel=cancel, on_progress=on_progress, on_segment=on_segment)
+                              cancel=cancel, on_progress=on_progress, on_segment=on_segment,
+                              decoder_threads=1 if cores <= len(rungs) + 1 else 0)
             decode_started = time.monotonic()
             loop.run()  # starts at once: frame notices wait in the pipes while encoders start
             loop.wait_attached()
@@ -277,14 +281,15 @@ def _finished(encoder: EncoderHandle, loop: DecodeLoop | None) -> bool:
 
 
 def _job(rung: Rung, out_dir: Path, ring: FrameRing, info: SourceInfo, timescale: int,
-         settings: TranscodeSettings) -> EncoderJob:
+         settings: TranscodeSettings, threads: int) -> EncoderJob:
     fps = info.fps
     return EncoderJob(
         name=rung.name, folder=str(out_dir / rung.name), ring_name=ring.name, ring_width=ring.width,
         ring_height=ring.height, ring_slots=ring.slots, width=rung.width, height=rung.height,
         timescale=timescale, fps_num=fps.numerator, fps_den=fps.denominator,
         gop=max(1, round(settings.segment_duration * float(fps))), preset=settings.preset,
-        crf=settings.crf, maxrate=rung.maxrate, bufsize=rung.bufsize, threads=settings.x264_threads,
+        crf=settings.crf, maxrate=rung.maxrate, bufsize=rung.bufsize,
+        threads=settings.x264_threads if settings.x264_threads > 0 else threads,
         x264_params=settings.x264_params, parent_pid=os.getpid(),
     )
 
