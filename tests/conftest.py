@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from support import wait_until
+from support import terminate, wait_healthy, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
@@ -114,7 +114,6 @@ def streamgate_env(data_dir: Path, port: int, **extra: str) -> dict[str, str]:
 @pytest.fixture
 def run_platform(tmp_path: Path) -> Iterator[Callable[..., Platform]]:
     """Factory: start ``streamgate run``; every platform started is stopped at teardown."""
-    import urllib.request
 
     started: list[Platform] = []
 
@@ -129,24 +128,9 @@ def run_platform(tmp_path: Path) -> Iterator[Callable[..., Platform]]:
         platform = Platform(proc, f"http://127.0.0.1:{port}", data_dir, log)
         started.append(platform)
 
-        def healthy() -> bool:
-            if proc.poll() is not None:
-                raise AssertionError(f"streamgate run exited {proc.returncode}:\n{log.read_text()}")
-            try:
-                with urllib.request.urlopen(platform.url + "/health", timeout=1) as r:
-                    return r.status == 200
-            except OSError:
-                return False
-
-        wait_until(healthy, timeout=30, what="streamgate run /health")
+        wait_healthy(proc, platform.url + "/health", log, what="streamgate run /health")
         return platform
 
     yield start
     for platform in started:
-        if platform.proc.poll() is None:
-            platform.proc.send_signal(signal.SIGTERM)
-            try:
-                platform.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                platform.proc.kill()
-                platform.proc.wait()
+        terminate(platform.proc, 30)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import subprocess
 import time
+import urllib.request
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
@@ -95,3 +98,30 @@ def title_of(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
     except OSError:
         return ""
+
+
+def terminate(proc: subprocess.Popen[bytes] | subprocess.Popen[str], timeout: float = 20.0) -> int:
+    """SIGTERM a child and reap it; SIGKILL it if it outlives ``timeout``. Returns its exit code."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            return proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return proc.wait()
+
+
+def wait_healthy(proc: subprocess.Popen[bytes], url: str, log: Path, *, timeout: float = 30.0,
+                 what: str = "/health") -> None:
+    """Poll ``url`` until it answers 200; fail at once with the log if the process exits first."""
+
+    def healthy() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"{what}: the process exited {proc.returncode}:\n{log.read_text()}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    wait_until(healthy, timeout=timeout, what=what)

@@ -22,7 +22,7 @@ import aiohttp
 import pytest
 from agent_api import Agent
 from conftest import free_port, streamgate_env
-from support import async_wait_until, children_of, title_of, wait_until
+from support import async_wait_until, children_of, terminate, title_of, wait_until
 from test_failover import brokers, fleet_tree, leader_of  # noqa: F401 - the brokers fixture
 
 from streamgate.common.config import BrokerEndpoints, config_from_tree
@@ -165,13 +165,7 @@ def consul_edge(tmp_path: Path) -> Iterator[Callable[..., EdgeProc]]:
 
     yield start
     for edge in started:
-        if edge.proc.poll() is None:
-            edge.proc.send_signal(signal.SIGTERM)
-            try:
-                edge.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                edge.proc.kill()
-                edge.proc.wait()
+        terminate(edge.proc)
 
 
 async def test_edge_pulls_a_missing_file_from_an_origin_discovered_in_consul(

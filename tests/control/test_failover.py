@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -21,7 +20,7 @@ import aiohttp
 import pytest
 import yaml
 from agent_api import Agent, free_port
-from support import async_wait_until, shm_segments
+from support import async_wait_until, shm_segments, terminate
 
 from streamgate.common.config import Config, config_from_tree
 from streamgate.common.media import TranscodeResult
@@ -78,13 +77,7 @@ def brokers(consul_agent: Agent, redis_url: str, tmp_path: Path) -> Iterator[Cal
 
     yield start
     for broker in started:
-        if broker.proc.poll() is None:
-            broker.proc.send_signal(signal.SIGTERM)
-            try:
-                broker.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                broker.proc.kill()
-                broker.proc.wait()
+        terminate(broker.proc)
 
 
 class GatedRuns:

@@ -7,7 +7,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from conftest import free_port, streamgate_env
-from support import wait_until
+from support import terminate, wait_healthy
 
 VIDEO_ID = "vid-1"
 
@@ -133,27 +132,12 @@ def edge_process(tmp_path: Path) -> Iterator[Callable[..., EdgeProcess]]:
         edge = EdgeProcess(proc, f"http://127.0.0.1:{port}", log)
         started.append(edge)
 
-        def healthy() -> bool:
-            if proc.poll() is not None:
-                raise AssertionError(f"streamgate edge exited {proc.returncode}:\n{log.read_text()}")
-            try:
-                with urllib.request.urlopen(edge.url + "/health", timeout=1) as r:
-                    return r.status == 200
-            except OSError:
-                return False
-
-        wait_until(healthy, timeout=30, what="streamgate edge /health")
+        wait_healthy(proc, edge.url + "/health", log, what="streamgate edge /health")
         return edge
 
     yield start
     for edge in started:
-        if edge.proc.poll() is None:
-            edge.proc.send_signal(signal.SIGTERM)
-            try:
-                edge.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                edge.proc.kill()
-                edge.proc.wait()
+        terminate(edge.proc)
 
 
 class Origin:

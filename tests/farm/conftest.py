@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 import yaml
-from support import processes_titled, shm_segments, wait_until
+from support import processes_titled, shm_segments, terminate, wait_until
 
 from streamgate.common.config import Config, config_from_tree
 from streamgate.common.protocol import JobSpec
@@ -253,13 +253,7 @@ def start_service(farm: Farm) -> Iterator[Callable[..., Service]]:
     for service in started:
         if os.environ.get("SGFARM_KEEP_LOGS"):
             shutil.copy(service.log, os.environ["SGFARM_KEEP_LOGS"])
-        if service.proc.poll() is None:
-            service.proc.send_signal(signal.SIGTERM)
-            try:
-                service.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                service.proc.kill()
-                service.proc.wait()
+        terminate(service.proc)
 
 
 def pids_titled(fragment: str) -> list[int]:
