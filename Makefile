@@ -56,7 +56,7 @@ test-slow: system-deps $(TEST_STAMP)  ## long fault and load runs
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)
 
 lint: $(TEST_STAMP)
-	$(VENV)/bin/ruff check edge farm control common streamgate tests bench
+	$(VENV)/bin/ruff check edge farm control common streamgate tests bench loadtests
 
 clean:
 	rm -rf $(VENV) build *.egg-info
