@@ -190,9 +190,11 @@ def run(in_fd: int, out_fd: int) -> int:
 class EncoderHandle:
     """The parent's side of one encoder process."""
 
-    def __init__(self, job: EncoderJob) -> None:
-        self.job = job
-        self.name = job.name
+    def __init__(self, job: EncoderJob | None = None) -> None:
+        """Start the process; with no ``job`` it imports PyAV and numpy and waits for
+        :meth:`assign` (so its start-up overlaps the parent's probing)."""
+        self.job: EncoderJob | None = None
+        self.name = "(unassigned)"
         self._to_child_r, self._to_child_w = os.pipe()
         self._from_child_r, self._from_child_w = os.pipe()
         self._stderr = tempfile.TemporaryFile()
@@ -208,6 +210,12 @@ class EncoderHandle:
         self._buffer = bytearray()
         self.eof = False
         self.closed_input = False
+        if job is not None:
+            self.assign(job)
+
+    def assign(self, job: EncoderJob) -> None:
+        self.job = job
+        self.name = job.name
         self.write(frame_message(job))
 
     def write(self, data: bytes) -> None:

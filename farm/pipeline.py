@@ -47,6 +47,7 @@ MASTER = "master.m3u8"
 MANIFEST = "manifest.mpd"
 POSTER = "poster.jpg"
 PLAYLIST = "index.m3u8"
+_MAX_SPARES = 8  # encoder processes started before the ladder is known
 
 
 class TranscodeSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -127,18 +128,25 @@ def transcode(source: Path, out_dir: Path, settings: TranscodeSettings, *,
     shared-memory ring is unlinked, whatever happens. Safe to call from any thread of any
     process (encoders are plain subprocesses, not multiprocessing children).
     """
+    # Encoder processes start now, before probing: their interpreter start and imports (~0.2 s
+    # CPU each) overlap the probe on the other core; each gets its job once the ladder is planned.
+    spares = [EncoderHandle() for _ in range(min(max(1, len(set(settings.ladder))), _MAX_SPARES))]
     try:
-        return _transcode(Path(source), Path(out_dir), settings, on_progress, cancel)
+        return _transcode(Path(source), Path(out_dir), settings, on_progress, cancel, spares)
     except TranscodeError:
         raise
     except Exception as exc:  # an unforeseen failure (disk full, a codec error) is still a failed job
         log.exception("transcode of %s failed", source)
         raise TranscodeError(f"transcode failed: {type(exc).__name__}: {exc}") from exc
+    finally:
+        for spare in spares:  # never given a job (fewer rungs, or the job failed first)
+            spare.kill()
+            spare.stop()
 
 
 def _transcode(source: Path, out_dir: Path, settings: TranscodeSettings,
                on_progress: Callable[[TranscodeProgress], None] | None,
-               cancel: threading.Event | None) -> TranscodeResult:
+               cancel: threading.Event | None, spares: list[EncoderHandle]) -> TranscodeResult:
     started = time.monotonic()
     stages: dict[str, float] = {}
 
@@ -225,8 +233,9 @@ def _transcode(source: Path, out_dir: Path, settings: TranscodeSettings,
         try:
             for rung in rungs:
                 (out_dir / rung.name).mkdir(parents=True, exist_ok=True)
-                encoders.append(EncoderHandle(_job(rung, out_dir, ring, info, timescale, settings,
-                                                   threads.get(rung.name, 0))))
+                encoder = spares.pop() if spares else EncoderHandle()
+                encoders.append(encoder)
+                encoder.assign(_job(rung, out_dir, ring, info, timescale, settings, threads.get(rung.name, 0)))
             if info.has_audio:
                 audio = AudioTrack(out_dir / AUDIO_FOLDER, source_rate=info.audio_rate,
                                    source_channels=info.audio_channels, bitrate=settings.audio_bitrate,
