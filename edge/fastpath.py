@@ -26,7 +26,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from . import access, inline
+from . import access, inline, stores
 from .delivery import REMOTE, Delivery
 from .errors import HTTPError
 from .fastrequest import (
@@ -45,6 +45,12 @@ from .sendfile import DirectWrite, socket_fd
 
 log = logging.getLogger("streamgate.edge.fastpath")
 
+# Plain heads (see fastrequest.Request) by their bytes: a client sends the same head for the same
+# URL, so the parse is done once. Bounded; only short heads are kept.
+PLAN_CACHE_SIZE = 4096
+PLAN_MAX_HEAD = 1024
+_OK_LINE = b"HTTP/1.1 200 OK\r\n"
+
 _REASONS = {200: b"OK", 206: b"Partial Content", 304: b"Not Modified", 400: b"Bad Request",
             401: b"Unauthorized", 403: b"Forbidden", 404: b"Not Found",
             416: b"Range Not Satisfiable", 429: b"Too Many Requests", 500: b"Internal Server Error",
@@ -62,7 +68,16 @@ class FastPath:
         self.max_header_size = max_header_size
         self.connections: set[FastConnection] = set()
         self.targets: dict[bytes, Target] = {}
+        self.plans: dict[bytes, Request] = {}
+        self.files = delivery.files
+        self.media_root = delivery.media_root
         self.metrics = delivery.metrics
+        # The access check's own in-process verdicts (edge/access.py, stores.ACCESS_CACHE): a
+        # plain request for a video it currently knows as not private is answered without
+        # running the check's coroutine, which would return at once for it. Everything else
+        # (tokens, private or unknown-to-the-cache videos, an expired entry) runs the check.
+        self.open_access = stores.CATALOG not in app  # delivery-only app: access.py lets all pass
+        self.access_cache = app.get(stores.ACCESS_CACHE)
         self._date_second = 0
         self._date_line = b""
         self.handoffs = 0
@@ -171,34 +186,115 @@ class FastConnection(asyncio.Protocol):
                 if len(buf) > self.shared.max_header_size:
                     self.handoff()
                 return
-            # Long heads go to aiohttp, whose parser enforces the per-field limits (400/431).
-            request = self.parse(buf[:end]) if end <= self.shared.max_header_size else None
+            head = buf[:end]
+            shared = self.shared
+            request = shared.plans.get(head)
             if request is None:
-                self.handoff()
-                return
+                # Long heads go to aiohttp, whose parser enforces the per-field limits (400/431).
+                request = self.parse(head) if end <= shared.max_header_size else None
+                if request is None:
+                    self.handoff()
+                    return
+                if request.plain and end <= PLAN_MAX_HEAD:
+                    plans = shared.plans
+                    if len(plans) >= PLAN_CACHE_SIZE:
+                        plans.clear()
+                    plans[head] = request
             self.buf = buf[end + 4:]
-            self.deadline = self.loop.time() + self.shared.client_timeout_s
-            self.handle(request, buf[:end + 4])
+            self.deadline = self.loop.time() + shared.client_timeout_s
+            started = time.perf_counter()
+            if request.plain and self.answer_now(request, started):
+                continue
+            self.handle(request, buf[:end + 4], started)
         if self.closing and not self.busy and self.transport is not None:
             self.transport.close()
 
     def parse(self, head: bytes) -> Request | None:
         return parse_head(head, self.shared.targets)
 
-    def handle(self, request: Request, raw: bytes) -> None:
+    def answer_now(self, request: Request, started: float) -> bool:
+        """Answer a plain request for a public local file right here; False: take the full path.
+
+        No coroutine, no task, no access-check call (its cached verdict is read instead), and
+        the header and file go out with one ``sendmsg`` and one ``sendfile`` when the socket
+        takes them, which it almost always does.
+        """
+        shared = self.shared
+        if not shared.open_access:
+            cache = shared.access_cache
+            verdict = cache.get(request.video_id) if cache is not None else None
+            if verdict is None or verdict[1] == "private" or verdict[0] <= time.monotonic():
+                return False
+        local = request.local
+        if local is None:
+            video_dir = f"{shared.media_root}/{request.video_id}"
+            local = request.local = (f"{video_dir}/{request.rel}", video_dir)
+        entry = shared.files.get(local[0], request.rel, local[1])
+        if entry is None or (entry.body is None and entry.fd is None):
+            return False  # remote tiers, 404 or a closed descriptor: the full path answers
+        date = shared.date_line()
+        tail = request.tail
+        if tail or entry.fast_date is not date:
+            head = b"".join((_OK_LINE, date, entry.full_block, tail, b"\r\n"))
+            if not tail:
+                entry.fast_head, entry.fast_date = head, date
+        else:
+            head = entry.fast_head
+        if not request.keep_alive:
+            self.closing = True
+        if not request.is_get:
+            self.send(request, 200, [head], None, 0, 0, None, started)
+            return True
+        size = entry.size
+        body = entry.body
+        if body is not None:
+            self.send(request, 200, [head, body], None, 0, size, None, started)
+            return True
+        fd = entry.fd
+        try:
+            n = self.sock.sendmsg((head,), (), socket.MSG_MORE)  # type: ignore[union-attr]
+            if n < len(head):
+                entry.acquire()
+                self.send(request, 200, [head[n:]], fd, 0, size, entry, started)
+                return True
+            n = os.sendfile(self.sock_fd, fd, 0, size) if size else 0
+        except BlockingIOError:
+            # Nothing of the header went out: the general writer waits for the socket.
+            entry.acquire()
+            self.send(request, 200, [head], fd, 0, size, entry, started)
+            return True
+        except OSError:
+            self.abort()
+            return True
+        if n < size:
+            if n == 0:  # the file is shorter than its recorded size
+                self.abort()
+                return True
+            entry.acquire()
+            self.send(request, 200, [], fd, n, size - n, entry, started)
+            return True
+        self.shared.metrics.observe(request.route, 200, size, time.perf_counter() - started)
+        return True
+
+    def abort(self) -> None:
+        self.closing = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def handle(self, request: Request, raw: bytes, started: float) -> None:
         # The access check is a coroutine that may await a store; its first step runs now and
         # a task is made only if it suspends (edge/inline.py). A task is the connection's
         # (cancelled when it is lost); serve() answers every exception itself.
         self.busy = True
         self.inline = True
         try:
-            task = inline.start(self.loop, self.serve(request, raw), "fast-path request")
+            task = inline.start(self.loop, self.serve(request, raw, started), "fast-path request")
         finally:
             self.inline = False
         if task is not None:
             self.task = task
 
-    async def serve(self, request: Request, raw: bytes) -> None:
+    async def serve(self, request: Request, raw: bytes, started: float) -> None:
         match_info = {"id": request.video_id, "path": request.rel}
         if request.token is not None:
             match_info["token"] = request.token
@@ -219,21 +315,22 @@ class FastConnection(asyncio.Protocol):
         except HTTPError as exc:
             self.task = None
             self.busy = False
-            self.error(request, exc)
+            self.error(request, exc, started)
         except Exception:
             log.exception("failed to answer %s", request.target.decode())
             self.task = None
             self.busy = False
-            self.error(request, HTTPError(500, "internal error", "the edge failed to answer; see its log"))
+            self.error(request, HTTPError(500, "internal error", "the edge failed to answer; see its log"),
+                       started)
         else:
             self.task = None
             self.busy = False
-            self.respond(request, found)  # type: ignore[arg-type]
+            self.respond(request, found, started)  # type: ignore[arg-type]
         if not self.busy and not self.inline:
             # Finished in a task: the next request starts from a loop callback, not this task.
             self.loop.call_soon(self.process)
 
-    def respond(self, request: Request, entry: Servable) -> None:
+    def respond(self, request: Request, entry: Servable, started: float) -> None:
         status = 200
         start, end = 0, entry.size
         lower = request.lower
@@ -249,7 +346,7 @@ class FastConnection(asyncio.Protocol):
                                          entry.size)
             except (RangeNotSatisfiable, UnicodeDecodeError) as exc:
                 self.error(request, HTTPError(416, "range not satisfiable", str(exc),
-                                              {"Content-Range": f"bytes */{entry.size}"}))
+                                              {"Content-Range": f"bytes */{entry.size}"}), started)
                 return
             status = 206
             block = entry.head_block + b"Content-Length: %d\r\nContent-Range: bytes %d-%d/%d\r\n" % (
@@ -266,23 +363,23 @@ class FastConnection(asyncio.Protocol):
         count = end - start if body else 0
         if entry.body is not None or count == 0:
             chunks = [head, entry.body[start:end]] if count and entry.body is not None else [head]
-            self.send(request, status, chunks, None, 0, count, None)
+            self.send(request, status, chunks, None, 0, count, None, started)
         else:
             if entry.fd is None:  # evicted and closed under us: let the full path reopen it
-                self.error(request, HTTPError(503, "file closed", "retry", {"Retry-After": "1"}))
+                self.error(request, HTTPError(503, "file closed", "retry", {"Retry-After": "1"}), started)
                 return
             entry.acquire()
-            self.send(request, status, [head], entry.fd, start, count, entry)
+            self.send(request, status, [head], entry.fd, start, count, entry, started)
 
     def send(self, request: Request, status: int, chunks: list[bytes], fd: int | None, offset: int,
-             count: int, entry: Servable | None) -> None:
+             count: int, entry: Servable | None, started: float) -> None:
         self.entry = entry
 
         def done(exc: BaseException | None) -> None:
             self.write = None
             self._release()
             self.busy = False
-            self.shared.metrics.observe(request.route, status, count, time.perf_counter() - request.started)
+            self.shared.metrics.observe(request.route, status, count, time.perf_counter() - started)
             if exc is not None:
                 if self.transport is not None:
                     self.transport.abort()
@@ -300,12 +397,12 @@ class FastConnection(asyncio.Protocol):
             return
         if finished:
             self._release()
-            self.shared.metrics.observe(request.route, status, count, time.perf_counter() - request.started)
+            self.shared.metrics.observe(request.route, status, count, time.perf_counter() - started)
         else:
             self.write = write
             self.busy = True
 
-    def error(self, request: Request, exc: HTTPError) -> None:
+    def error(self, request: Request, exc: HTTPError, started: float) -> None:
         body = json.dumps({"error": exc.error, "detail": exc.detail}).encode()
         extra = "".join(f"{k}: {v}\r\n" for k, v in exc.headers.items()).encode("latin-1")
         cors = f"Access-Control-Allow-Origin: {self.shared.delivery.config.edge.cors_allow_origin}\r\n"
@@ -316,7 +413,7 @@ class FastConnection(asyncio.Protocol):
                          b"Content-Type: application/json; charset=utf-8\r\nContent-Length: %d\r\n" % len(body),
                          cors.encode(), extra, tail, b"\r\n"))
         chunks = [head, body] if request.method == b"GET" else [head]
-        self.send(request, exc.status, chunks, None, 0, 0, None)
+        self.send(request, exc.status, chunks, None, 0, 0, None, started)
 
     def handoff(self) -> None:
         """Give the connection and its unparsed bytes to aiohttp."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from aiohttp import web
@@ -67,8 +66,15 @@ class PlaybackRequest:
 
 
 class Request:
+    """A parsed head. Never changed after parsing: a plain one is shared by every connection
+    that sends the same head bytes (``FastPath.plans``)."""
+
     __slots__ = ("method", "target", "keep_alive", "head", "lower", "connection", "video_id", "rel",
-                 "token", "started", "route")
+                 "token", "route", "plain", "tail", "is_get", "local")
+
+
+# Heads with none of these (and no token) are "plain": the answer is the entry's 200 as built.
+_CONDITIONAL_MARKERS = (b"\r\nrange:", b"\r\nif-none-match:", b"\r\nif-range:")
 
 
 def header_value(request: Request, marker: bytes) -> bytes | None:
@@ -142,6 +148,14 @@ def parse_head(head: bytes, targets: dict[bytes, Target]) -> Request | None:
     request.connection = connection
     request.keep_alive = (connection != b"close") if version == b"HTTP/1.1" else (connection == b"keep-alive")
     request.method = method
+    request.is_get = method == b"GET"
     request.target = target
-    request.started = time.perf_counter()
+    request.plain = parsed[0] is None and not any(m in lower for m in _CONDITIONAL_MARKERS)
+    if not request.keep_alive:
+        request.tail = b"Connection: close\r\n"
+    elif connection == b"keep-alive":
+        request.tail = b"Connection: keep-alive\r\n"
+    else:
+        request.tail = b""
+    request.local = None
     return request

@@ -33,7 +33,7 @@ class Servable:
 
     __slots__ = ("key", "size", "etag", "content_type", "cache_control", "last_modified", "body",
                  "fd", "headers", "head_block", "full_block", "users", "evicted", "identity",
-                 "checked_at", "expires_at", "depends")
+                 "checked_at", "expires_at", "depends", "fast_head", "fast_date")
 
     def __init__(self, key: str, size: int, etag: str, content_type: str, cache_control: str,
                  last_modified: str, cors: dict[str, str], body: bytes | None = None,
@@ -59,6 +59,9 @@ class Servable:
                         "Cache-Control": cache_control, "Accept-Ranges": "bytes", **cors}
         self.head_block = "".join(f"{k}: {v}\r\n" for k, v in self.headers.items()).encode("latin-1")
         self.full_block = self.head_block + b"Content-Length: %d\r\n" % size
+        # The fast path's whole 200 head, kept for the Date line it was built with (one a second).
+        self.fast_head = b""
+        self.fast_date = b""
 
     def acquire(self) -> None:
         self.users += 1
