@@ -8,6 +8,7 @@ heads are checked on the path that answers without calling the access check.
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -22,13 +23,15 @@ from streamgate.edge.keys import CONFIG
 from streamgate.edge.server import EdgeServer
 
 SEGMENT = bytes(range(256)) * 800  # 200 KiB: answered by sendfile
+# About 14 KiB: answered from memory.
+BIG_PLAYLIST = "#EXTM3U\n" + "".join(f"#EXTINF:2.0,\n{i}.m4s\n" for i in range(600)) + "#EXT-X-ENDLIST\n"
 
 
 async def _video(server: EdgeServer, video_id: str, owner: str, visibility: str) -> None:
     media: Path = server.app[CONFIG].storage.media_dir / video_id
     (media / "240p").mkdir(parents=True)
     (media / "master.m3u8").write_text("#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=1\n240p/index.m3u8\n")
-    (media / "240p" / "index.m3u8").write_text("#EXTM3U\n#EXTINF:2.0,\n1.m4s\n#EXT-X-ENDLIST\n")
+    (media / "240p" / "index.m3u8").write_text(BIG_PLAYLIST)
     (media / "240p" / "1.m4s").write_bytes(SEGMENT)
     await server.app[stores.CATALOG].create(Video(id=video_id, created_at=time.time(), owner=owner,
                                                   visibility=visibility, status="ready"))
@@ -98,6 +101,22 @@ async def test_plain_answers_keep_access_rules_and_pipelining(tmp_path: Path, po
         status, headers, body = await _read_response(reader)
         assert status == 200 and headers["connection"] == "close" and body.startswith(b"#EXTM3U")
         assert await asyncio.wait_for(reader.read(), 10) == b"", "closed after Connection: close"
+        writer.close()
+        await writer.wait_closed()
+
+        # Hundreds of pipelined playlist GETs read late: the memory answers outgrow the socket
+        # buffers, so partial writes hand over to the waiting writer, in order, bytes intact.
+        # A small receive buffer keeps the client's window small.
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", port))
+        sock.setblocking(False)
+        reader, writer = await asyncio.open_connection(sock=sock, limit=2**20)
+        writer.write(f"GET /videos/{public}/240p/index.m3u8 HTTP/1.1\r\nHost: x\r\n\r\n".encode() * 800)
+        await writer.drain()
+        for _ in range(800):
+            status, _, body = await _read_response(reader)
+            assert status == 200 and body == BIG_PLAYLIST.encode()
         writer.close()
         await writer.wait_closed()
     finally:
