@@ -468,6 +468,16 @@ def systemd_environment(env: Mapping[str, str] | None = None) -> SystemdEnvironm
 
 
 SUPERVISOR_PID_ENV = "STREAMGATE_SUPERVISOR_PID"
+# What systemd hands the unit's main process alone: a child that kept them would speak for the unit.
+UNIT_ENV_NAMES = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID")
+
+
+def child_environment(supervisor: int, **extra: str) -> dict[str, str]:
+    """This process's environment for a child it supervises, without the unit's systemd variables."""
+    env = {k: v for k, v in os.environ.items() if k not in UNIT_ENV_NAMES}
+    env[SUPERVISOR_PID_ENV] = str(supervisor)
+    env.update(extra)
+    return env
 
 
 def supervisor_pid(env: Mapping[str, str] | None = None) -> int | None:

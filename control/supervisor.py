@@ -18,7 +18,7 @@ import time
 from collections.abc import Sequence
 
 from ..common import loops
-from ..common.config import SUPERVISOR_PID_ENV, Config
+from ..common.config import Config, child_environment
 from ..common.process import set_title
 
 log = logging.getLogger("streamgate.run")
@@ -46,7 +46,7 @@ class Supervisor:
         self.stop = asyncio.Event()
         base = [sys.executable, "-m", "streamgate", *global_args]
         self.children = [Child(role, [*base, role]) for role in roles]
-        self._env = {**os.environ, SUPERVISOR_PID_ENV: str(os.getpid())}
+        self._env = child_environment(os.getpid())
         self._watchers: set[asyncio.Task[None]] = set()
 
     async def start_child(self, child: Child) -> None:

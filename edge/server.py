@@ -20,7 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ..common.config import SUPERVISOR_PID_ENV, Config
+from ..common.config import Config, child_environment
 from ..common.metrics import mark_process_dead
 from ..common.service import ServiceContext
 from .app import build_app
@@ -31,9 +31,6 @@ log = logging.getLogger("streamgate.edge")
 
 RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
 # Children of this process must not speak to systemd for the unit (sd_notify(3)).
-_UNIT_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID")
-
-
 def worker_count(configured: int) -> int:
     return configured if configured > 0 else (os.cpu_count() or 1)
 
@@ -126,13 +123,11 @@ class WorkerPool:
         self.count = count
         self.procs: dict[int, asyncio.subprocess.Process] = {}
         self.stopping = False
-        env = {k: v for k, v in os.environ.items() if k not in _UNIT_ENV}
-        env.update({SUPERVISOR_PID_ENV: str(os.getpid()), "STREAMGATE__SERVER__WORKERS": "1",
-                    "SERVER_PORT": str(ctx.config.server.port),
-                    # One registration per port: the first process's (docs/control-plane.md). A
-                    # copy that registered the shared id would deregister it when it stops.
-                    "STREAMGATE__REGISTRY__REGISTER": "false"})
-        self.env = env
+        self.env = child_environment(
+            os.getpid(), STREAMGATE__SERVER__WORKERS="1", SERVER_PORT=str(ctx.config.server.port),
+            # One registration per port: the first process's (docs/control-plane.md). A copy that
+            # registered the shared id would deregister it when it stops.
+            STREAMGATE__REGISTRY__REGISTER="false")
         self.argv = [sys.executable, "-m", "streamgate", *_global_args(), "edge"]
 
     async def run(self) -> None:

@@ -70,3 +70,12 @@ def test_a_crashed_role_is_restarted(run_platform) -> None:
     wait_until(lambda: not alive(edges[0]), timeout=10, what="the killed edge to die")
     wait_until(healthy_again, timeout=30, what="the edge to be restarted")
     assert "restarting" in platform.log.read_text()
+
+
+def test_children_do_not_inherit_the_units_notify_socket(run_platform, tmp_path) -> None:
+    # Only a unit's main process may speak to systemd; a child with NOTIFY_SOCKET would claim READY.
+    platform = run_platform(NOTIFY_SOCKET=str(tmp_path / "notify.sock"), WATCHDOG_USEC="30000000")
+    children = wait_until(lambda: descendants_of(platform.proc.pid), what="child processes")
+    for pid in children:
+        environ = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+        assert not any(v.startswith((b"NOTIFY_SOCKET=", b"WATCHDOG_USEC=")) for v in environ), title_of(pid)
