@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import urllib.request
+from pathlib import Path
 
 from support import alive, descendants_of, title_of, wait_until
 
@@ -77,5 +78,5 @@ def test_children_do_not_inherit_the_units_notify_socket(run_platform, tmp_path)
     platform = run_platform(NOTIFY_SOCKET=str(tmp_path / "notify.sock"), WATCHDOG_USEC="30000000")
     children = wait_until(lambda: descendants_of(platform.proc.pid), what="child processes")
     for pid in children:
-        environ = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
         assert not any(v.startswith((b"NOTIFY_SOCKET=", b"WATCHDOG_USEC=")) for v in environ), title_of(pid)
