@@ -33,10 +33,6 @@ VERBS: dict[str, str] = {
 }
 
 
-class NotYetError(Exception):
-    """A verb whose subsystem is not built yet: said plainly, never faked."""
-
-
 def build_parser() -> argparse.ArgumentParser:
     from streamgate import __version__
 
@@ -68,9 +64,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(command.main(args, config) or 0)
-    except NotYetError as exc:
-        print(f"streamgate {args.verb}: not yet available: {exc}", file=sys.stderr)
-        return 3
     except KeyboardInterrupt:
         return 130
     except ConfigError as exc:

@@ -25,8 +25,6 @@ log = logging.getLogger("streamgate.run")
 
 # Start order; shutdown is the reverse: the API stops taking work before the farm drains.
 ROLES: tuple[str, ...] = ("broker", "farm", "edge", "control")
-# Exit code of a verb whose subsystem is not built yet (cli.NotYetError): not restarted.
-EXIT_NOT_YET = 3
 RESTART_BACKOFF_S = (0.5, 1, 2, 5, 10)
 
 
@@ -37,7 +35,6 @@ class Child:
         self.process: asyncio.subprocess.Process | None = None
         self.restarts = 0
         self.started_at = 0.0
-        self.retired = False
 
 
 class Supervisor:
@@ -63,10 +60,6 @@ class Supervisor:
         assert child.process is not None
         code = await child.process.wait()
         if self.stop.is_set():
-            return
-        if code == EXIT_NOT_YET:
-            log.warning("%s is not available yet; running without it", child.role)
-            child.retired = True
             return
         # A quick death after a long run resets the backoff; a crash loop backs off.
         if time.monotonic() - child.started_at > 60:
