@@ -196,7 +196,7 @@ class TranscoderConfig(_Section):
     # VBV cap of a 1080p30 rung in bit/s; other rungs scale with pixels ** 0.75, x1.5 above 30 fps.
     peak_bitrate_1080p: int = 5_000_000
     bufsize_factor: float = 2.0  # x264 VBV buffer = cap x this (seconds of the cap)
-    x264_threads: int = 0  # threads per encoder process; 0: x264 decides from the cores
+    x264_threads: int = 0  # threads per encoder process; 0: the cores split among rungs by pixels
     x264_params: str = ""  # extra x264 options "key=value:key=value" for every rung
     encoder_stall_timeout: Seconds = Seconds(120)  # no encoder progress this long fails the job
     mpd_schema: str = ""  # DASH-MPD.xsd for the gate; empty: ../shared/conformance beside the code
