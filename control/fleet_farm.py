@@ -46,15 +46,7 @@ def fleet_pool_class() -> type:
             if want is None:
                 await super().scale()
                 return
-            live = self.live()
-            if want > len(live):
-                log.info("farm: fleet decision: scaling up %d -> %d workers", len(live), want)
-                for _ in range(want - len(live)):
-                    self.start_worker()
-            elif want < len(live):
-                idle = [w for w in live if w.state == "idle"]
-                for handle in idle[: len(live) - want]:
-                    self.retire(handle)
+            self.converge(want, "fleet decision")
 
     return FleetPool
 

@@ -172,8 +172,13 @@ class Pool:
         busy = sum(1 for w in live if w.state == "busy")
         want = desired_workers(self.policy, queue_length=stats.queue_length, workers=len(live),
                                busy=busy)
+        self.converge(want, f"queue {stats.queue_length}")
+
+    def converge(self, want: int, why: str) -> None:
+        """Start workers up to ``want``, or retire idle ones down to it; busy workers are never retired."""
+        live = self.live()
         if want > len(live):
-            log.info("pool: queue %d: scaling up %d -> %d workers", stats.queue_length, len(live), want)
+            log.info("pool: %s: scaling up %d -> %d workers", why, len(live), want)
             for _ in range(want - len(live)):
                 self.start_worker()
         elif want < len(live):
