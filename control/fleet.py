@@ -12,12 +12,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
 
 import aiohttp
 import msgspec
 
-from ..common.config import Config
+from ..common.config import BrokerEndpoints, Config
+from ..common.protocol import FarmStats
+from ..farm.client import BrokerClient
 from .consul_client import ConsulClient
 from .discovery import Discovery
 from .registry import CONSUL_ERRORS, REQUEST_TIMEOUT_S, registration_for
@@ -45,20 +46,13 @@ class FleetInstance(msgspec.Struct, kw_only=True):
     checks: list[CheckState] = msgspec.field(default_factory=list)
 
 
-class BrokerFigures(msgspec.Struct, kw_only=True):
+class BrokerFigures(FarmStats, kw_only=True):
+    """The broker's own figures (FarmStats), with where it was asked and whether it answered."""
+
     up: bool = False
     endpoint: str = ""
     error: str = ""
     leader: str = ""  # who holds the broker leader lock in a fleet (control/failover.py)
-    queue_length: int = 0
-    total_workers: int = 0
-    active_workers: int = 0
-    idle_workers: int = 0
-    unhealthy_workers: int = 0
-    running_tasks: int = 0
-    total_tasks_processed: int = 0
-    total_tasks_failed: int = 0
-    average_task_time: float = 0.0
 
 
 class EdgeTraffic(msgspec.Struct, kw_only=True):
@@ -128,21 +122,12 @@ def static_instances(config: Config) -> list[FleetInstance]:
 
 async def broker_figures(config: Config, discovery: Discovery) -> BrokerFigures:
     endpoints = await discovery.broker_endpoints()
-    figures = BrokerFigures(endpoint=endpoints.frontend)
     try:
-        from ..farm.client import BrokerClient  # the farm room's client (issue 4)
-    except ImportError as exc:
-        figures.error = f"farm client not available: {exc}"
-        return figures
-    try:
-        stats = await asyncio.wait_for(_broker_stats(BrokerClient, config, endpoints),
+        stats = await asyncio.wait_for(_broker_stats(config, endpoints),
                                        float(config.control.scrape_timeout) + 1)
     except Exception as exc:  # a down broker is a figure of the fleet, not a control failure
-        figures.error = f"{type(exc).__name__}: {exc}"
-        return figures
-    values = msgspec.to_builtins(stats) if not isinstance(stats, dict) else stats
-    known = {f: values[f] for f in BrokerFigures.__struct_fields__ if f in values}
-    return msgspec.structs.replace(figures, up=True, **known)
+        return BrokerFigures(endpoint=endpoints.frontend, error=f"{type(exc).__name__}: {exc}")
+    return BrokerFigures(endpoint=endpoints.frontend, up=True, **msgspec.structs.asdict(stats))
 
 
 async def broker_leader(client: ConsulClient, config: Config) -> str:
@@ -158,8 +143,8 @@ async def broker_leader(client: ConsulClient, config: Config) -> str:
     return entry["Value"].decode(errors="replace")
 
 
-async def _broker_stats(client_class: Any, config: Config, endpoints: Any) -> Any:
-    client = client_class(endpoints, timeout_s=float(config.control.scrape_timeout))
+async def _broker_stats(config: Config, endpoints: BrokerEndpoints) -> FarmStats:
+    client = BrokerClient(endpoints, timeout_s=float(config.control.scrape_timeout))
     try:
         return await client.stats()
     finally:
