@@ -256,8 +256,8 @@ def fill_redis(sock: Path, media: Path, paths: list[str]) -> None:
     import redis
 
     from streamgate.common.config import EdgeConfig
-    from streamgate.edge import media as media_rules
-    from streamgate.edge.hotcache import REDIS_PREFIX, HotRecord, _encode
+    from streamgate.edge.playback import names as media_rules
+    from streamgate.edge.playback.hotcache import REDIS_PREFIX, HotRecord, _encode
 
     client = redis.Redis(unix_socket_path=str(sock))
     for path in paths:

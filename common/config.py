@@ -17,7 +17,7 @@ from typing import Any, Literal
 import msgspec
 import yaml
 
-from .units import Bytes, Seconds, format_duration, format_size
+from streamgate.common.units import Bytes, Seconds, format_duration, format_size
 
 CONFIG_ENV = "STREAMGATE_CONFIG"
 
@@ -75,7 +75,7 @@ class EdgeConfig(_Section):
     # Open-file cache (fd + stat + prebuilt headers per path) and how long a stat stays trusted.
     open_file_cache_entries: int = 2048
     open_file_cache_valid: Seconds = Seconds(1)
-    # The raw HTTP/1.1 fast path for plain playback GET/HEAD (edge/fastpath.py); false: aiohttp only.
+    # The raw HTTP/1.1 fast path for plain playback GET/HEAD (edge/fastpath/protocol.py); false: aiohttp only.
     fast_path: bool = True
     # Local files up to this size (and every playlist) are answered from memory; bigger ones by
     # sendfile, which copies less than a write from memory does.

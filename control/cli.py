@@ -12,8 +12,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from ..common.config import ConfigError, load_config
-from ..common.service import configure_logging
+from streamgate.common.config import ConfigError, load_config
+from streamgate.common.service import configure_logging
 
 # verb -> module under streamgate.control.commands
 VERBS: dict[str, str] = {

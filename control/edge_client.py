@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..common.config import Config
+from streamgate.common.config import Config
 
 DEFAULT_WALLET = Path("~/.config/streamgate/wallet.key")
 TIMEOUT_S = 30

@@ -17,9 +17,9 @@ import sys
 import time
 from collections.abc import Sequence
 
-from ..common import loops
-from ..common.config import Config, child_environment
-from ..common.process import set_title
+from streamgate.common import loops
+from streamgate.common.config import Config, child_environment
+from streamgate.common.process import set_title
 
 log = logging.getLogger("streamgate.run")
 

@@ -6,10 +6,14 @@ import time
 
 from aiohttp import web
 
-from ..common.config import Config
-from . import auth, farm_api, health, playback, uploads, videos
-from .errors import error_middleware
-from .keys import CONFIG, DISCOVERY, READINESS_CHECKS, REDIS, STARTED_AT
+from streamgate.common.config import Config
+from streamgate.edge import health, videos
+from streamgate.edge.access import auth
+from streamgate.edge.errors import error_middleware
+from streamgate.edge.intake import farm_link as farm_api
+from streamgate.edge.intake import tus as uploads
+from streamgate.edge.keys import CONFIG, DISCOVERY, READINESS_CHECKS, REDIS, STARTED_AT
+from streamgate.edge.playback import routes as playback
 
 
 async def _redis_ctx(app: web.Application):  # type: ignore[no-untyped-def]
@@ -40,7 +44,7 @@ async def _discovery_ctx(app: web.Application):  # type: ignore[no-untyped-def]
         app[DISCOVERY] = None
         yield
         return
-    from ..control.discovery import Discovery
+    from streamgate.common.consul.discovery import Discovery
 
     async with Discovery(config) as discovery:
         app[DISCOVERY] = discovery

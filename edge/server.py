@@ -5,7 +5,7 @@
 fails here, once), then starts ``workers - 1`` copies of itself (``streamgate edge`` with
 ``server.workers = 1``), which die with it and are restarted when they die. The kernel spreads
 new connections across the listeners. Every connection starts on the fast path
-(edge/fastpath.py) unless ``edge.fast_path`` is false.
+(edge/fastpath/protocol.py) unless ``edge.fast_path`` is false.
 """
 
 from __future__ import annotations
@@ -20,12 +20,12 @@ from typing import Any
 
 from aiohttp import web
 
-from ..common.config import Config, child_environment
-from ..common.metrics import mark_process_dead
-from ..common.service import ServiceContext
-from .app import build_app
-from .fastpath import FastPath
-from .playback import DELIVERY
+from streamgate.common.config import Config, child_environment
+from streamgate.common.metrics import mark_process_dead
+from streamgate.common.service import ServiceContext
+from streamgate.edge.app import build_app
+from streamgate.edge.fastpath.protocol import FastPath
+from streamgate.edge.playback.routes import DELIVERY
 
 log = logging.getLogger("streamgate.edge")
 

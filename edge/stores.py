@@ -10,19 +10,19 @@ from typing import Any
 
 from aiohttp import web
 
-from ..common.config import Config
-from .catalog import Catalog, RedisCatalog, SqliteCatalog
-from .keys import CONFIG, REDIS
-from .nonces import NonceStore, RedisNonceStore, SqliteNonceStore
-from .ratelimit import RATE_LIMITER, MemoryBuckets, RateLimiter, RedisBuckets
-from .tokens import TokenSigner, load_secret
-from .upload_state import RedisUploadStore, SqliteUploadStore, UploadStore
+from streamgate.common.config import Config
+from streamgate.edge.access.nonces import NonceStore, RedisNonceStore, SqliteNonceStore
+from streamgate.edge.access.ratelimit import RATE_LIMITER, MemoryBuckets, RateLimiter, RedisBuckets
+from streamgate.edge.access.tokens import TokenSigner, load_secret
+from streamgate.edge.catalog import Catalog, RedisCatalog, SqliteCatalog
+from streamgate.edge.intake.state import RedisUploadStore, SqliteUploadStore, UploadStore
+from streamgate.edge.keys import CONFIG, REDIS
 
 CATALOG = web.AppKey("catalog", Catalog)
 UPLOAD_STORE = web.AppKey("upload_store", UploadStore)
 NONCES = web.AppKey("nonces", NonceStore)
 SIGNER = web.AppKey("token_signer", TokenSigner)
-# edge/access.py: video id -> (expires at (monotonic), visibility or None if unknown, owner).
+# edge/access/playback.py: video id -> (expires at (monotonic), visibility or None if unknown, owner).
 ACCESS_CACHE = web.AppKey("access_cache", dict[str, tuple[float, str | None, str]])
 _REGISTERED = web.AppKey("intake_stores_registered", bool)
 

@@ -12,16 +12,18 @@ from typing import Any
 
 from aiohttp import web
 
-from ..common.config import Config
-from . import access, intake, stores
-from .auth import identity, require_writer
-from .catalog import Video
-from .errors import HTTPError
-from .keys import CONFIG
-from .ratelimit import enforce
-from .submission import SUBMITTER
-from .tokens import Claims
-from .uploads import partial_path
+from streamgate.common.config import Config
+from streamgate.edge import stores
+from streamgate.edge.access import playback as access
+from streamgate.edge.access.auth import identity, require_writer
+from streamgate.edge.access.ratelimit import enforce
+from streamgate.edge.access.tokens import Claims
+from streamgate.edge.catalog import Video
+from streamgate.edge.errors import HTTPError
+from streamgate.edge.intake import completion as intake
+from streamgate.edge.intake.submission import SUBMITTER
+from streamgate.edge.intake.tus import partial_path
+from streamgate.edge.keys import CONFIG
 
 MAX_PAGE = 100
 _VIDEO_ID = "{video_id:[0-9a-f]{32}}"

@@ -16,8 +16,8 @@ from typing import Protocol
 
 import msgspec
 
-from ..common.media import TranscodeResult
-from ..common.protocol import TERMINAL_STATES, JobInfo, JobSpec, JobState
+from streamgate.common.media import TranscodeResult
+from streamgate.common.protocol import TERMINAL_STATES, JobInfo, JobSpec, JobState
 
 
 class JobRecord(msgspec.Struct, kw_only=True):

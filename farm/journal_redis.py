@@ -28,7 +28,7 @@ from typing import Any
 
 import msgspec
 
-from .journal import JobRecord, Totals
+from streamgate.farm.journal import JobRecord, Totals
 
 
 class Fenced(Exception):

@@ -24,10 +24,10 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from ..common.config import Config
-from .client import BrokerClient, BrokerError, BrokerUnavailable
-from .scaling import desired_workers
-from .worker import DEFAULT_RUNNER, worker_process
+from streamgate.common.broker_client import BrokerClient, BrokerError, BrokerUnavailable
+from streamgate.common.config import Config
+from streamgate.farm.scaling import desired_workers
+from streamgate.farm.worker import DEFAULT_RUNNER, worker_process
 
 log = logging.getLogger("streamgate.pool")
 
@@ -111,7 +111,7 @@ class Pool:
             handle.conn.close()
             handle.process.join()
             if self.metrics is not None:
-                from ..common.metrics import mark_process_dead
+                from streamgate.common.metrics import mark_process_dead
 
                 mark_process_dead(handle.pid)
             if handle.retiring or self.stopping:
@@ -240,7 +240,7 @@ class Pool:
 
 async def serve(ctx: Any, runner: str = DEFAULT_RUNNER) -> None:
     """The ``farm`` role (run by common.service.run_service)."""
-    from .metrics import farm_metrics
+    from streamgate.farm.metrics import farm_metrics
 
     config = ctx.config
     client = BrokerClient(config.broker_endpoints, timeout_s=max(1.0, float(config.broker.heartbeat_interval)))

@@ -13,8 +13,8 @@ from agent_api import Agent, free_port
 from aiohttp import web
 from support import async_wait_until, wait_until
 
-from streamgate.control.consul_client import consul_client
-from streamgate.control.registry import Registrar, registration_for, set_maintenance
+from streamgate.common.consul.client import consul_client
+from streamgate.common.consul.registry import Registrar, registration_for, set_maintenance
 
 
 class LoopThread:

@@ -9,9 +9,9 @@ from urllib.parse import urljoin
 from intake_support import bearer, edge, new_account, sign_in  # noqa: F401
 
 from streamgate.edge import stores
+from streamgate.edge.access.tokens import Claims
 from streamgate.edge.catalog import Video
 from streamgate.edge.keys import CONFIG
-from streamgate.edge.tokens import Claims
 
 MASTER = "#EXTM3U\n#EXT-X-VERSION:7\n#EXT-X-STREAM-INF:BANDWIDTH=400000,RESOLUTION=320x240\n240p/index.m3u8\n"
 MEDIA = ("#EXTM3U\n#EXT-X-VERSION:7\n#EXT-X-TARGETDURATION:2\n#EXT-X-MAP:URI=\"init.mp4\"\n"

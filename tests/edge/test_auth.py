@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta
 from intake_support import TUS, bearer, edge, new_account, personal_sign, sign_in, siwe_message  # noqa: F401
 
 from streamgate.edge import stores
+from streamgate.edge.access.tokens import Claims
 from streamgate.edge.keys import CONFIG
-from streamgate.edge.tokens import Claims
 
 
 async def _nonce(e) -> str:  # type: ignore[no-untyped-def]

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 from intake_support import TUS, edge  # noqa: F401  (fixture)
 
-from streamgate.edge import intake, stores
-from streamgate.edge.uploads import partial_path
+from streamgate.edge import stores
+from streamgate.edge.intake import completion as intake
+from streamgate.edge.intake.tus import partial_path
 
 
 def _meta(**pairs: str) -> str:
@@ -255,7 +256,7 @@ async def test_expired_partial_uploads_are_swept(edge) -> None:  # noqa: F811
 
 
 async def test_queued_video_survives_a_missing_broker_and_is_resubmitted(edge) -> None:  # noqa: F811
-    from streamgate.edge.submission import SUBMITTER
+    from streamgate.edge.intake.submission import SUBMITTER
 
     e = await edge()
     url = await _create(e, 3)
@@ -293,7 +294,7 @@ async def test_x_http_method_override(edge) -> None:  # noqa: F811
 
 
 async def test_a_second_writer_waits_then_gets_423(edge, monkeypatch) -> None:  # noqa: F811
-    from streamgate.edge import uploads
+    from streamgate.edge.intake import tus as uploads
 
     monkeypatch.setattr(uploads, "LOCK_WAIT_S", 0.3)
     e = await edge()
@@ -330,7 +331,7 @@ async def test_an_empty_upload_completes_at_creation(edge) -> None:  # noqa: F81
 
 
 async def test_a_completion_cut_short_is_finished_by_the_resubmitter(edge) -> None:  # noqa: F811
-    from streamgate.edge.upload_state import Upload
+    from streamgate.edge.intake.state import Upload
 
     e = await edge()
     url = await _create(e, 5, filename="crash.webm")
