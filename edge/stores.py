@@ -24,14 +24,14 @@ NONCES = web.AppKey("nonces", NonceStore)
 SIGNER = web.AppKey("token_signer", TokenSigner)
 # edge/access/playback.py: video id -> (expires at (monotonic), visibility or None if unknown, owner).
 ACCESS_CACHE = web.AppKey("access_cache", dict[str, tuple[float, str | None, str]])
-_REGISTERED = web.AppKey("intake_stores_registered", bool)
 
 
 def sqlite_path(config: Config) -> Any:
     return config.storage.state_dir / "edge.sqlite3"
 
 
-async def _stores_ctx(app: web.Application):  # type: ignore[no-untyped-def]
+async def stores_ctx(app: web.Application):  # type: ignore[no-untyped-def]
+    """The catalog, upload state, nonces, rate limiter and token signer (Redis in a fleet)."""
     config: Config = app[CONFIG]
     redis = app[REDIS]
     for folder in (config.storage.uploads_dir, config.storage.sources_dir, config.storage.media_dir,
@@ -49,14 +49,10 @@ async def _stores_ctx(app: web.Application):  # type: ignore[no-untyped-def]
         app[NONCES] = SqliteNonceStore(path)
         app[RATE_LIMITER] = RateLimiter(config.edge.rate_limit, MemoryBuckets())
     app[SIGNER] = TokenSigner(load_secret(config))
+    app[ACCESS_CACHE] = {}
     yield
     for store in (app[CATALOG], app[UPLOAD_STORE], app[NONCES]):
         await store.close()
 
 
-def setup(app: web.Application) -> None:
-    if app.get(_REGISTERED):
-        return
-    app[_REGISTERED] = True
-    app[ACCESS_CACHE] = {}
-    app.cleanup_ctx.append(_stores_ctx)
+

@@ -20,9 +20,8 @@ from streamgate.edge.access.ratelimit import enforce
 from streamgate.edge.access.tokens import Claims
 from streamgate.edge.catalog import Video
 from streamgate.edge.errors import HTTPError
-from streamgate.edge.intake import completion as intake
+from streamgate.edge.intake.paths import partial_path
 from streamgate.edge.intake.submission import SUBMITTER
-from streamgate.edge.intake.tus import partial_path
 from streamgate.edge.keys import CONFIG
 
 MAX_PAGE = 100
@@ -175,8 +174,6 @@ async def playback_url(request: web.Request) -> web.Response:
 
 
 def setup(app: web.Application) -> None:
-    stores.setup(app)
-    intake.setup(app)
     app.router.add_get("/api/v1/videos", list_videos)
     app.router.add_get(f"/api/v1/videos/{_VIDEO_ID}", get_video)
     app.router.add_delete(f"/api/v1/videos/{_VIDEO_ID}", delete_video)

@@ -13,7 +13,7 @@ from intake_support import TUS, edge  # noqa: F401  (fixture)
 
 from streamgate.edge import stores
 from streamgate.edge.intake import completion as intake
-from streamgate.edge.intake.tus import partial_path
+from streamgate.edge.intake.paths import partial_path
 
 
 def _meta(**pairs: str) -> str:
