@@ -17,6 +17,8 @@ from typing import Any, Literal
 import msgspec
 import yaml
 
+from streamgate.common import layout
+from streamgate.common.redis_keys import RedisKeys
 from streamgate.common.units import Bytes, Seconds, format_duration, format_size
 
 CONFIG_ENV = "STREAMGATE_CONFIG"
@@ -105,32 +107,34 @@ class StorageConfig(_Section):
 
     @property
     def uploads_dir(self) -> Path:
-        return self.root / "uploads"
+        return self.root / layout.UPLOADS
 
     @property
     def sources_dir(self) -> Path:
-        return self.root / "sources"
+        return self.root / layout.SOURCES
 
     @property
     def media_dir(self) -> Path:
-        return self.root / "media"
+        return self.root / layout.MEDIA
 
     @property
     def cache_dir(self) -> Path:
-        return self.root / "cache"
+        return self.root / layout.CACHE
 
     @property
     def state_dir(self) -> Path:
-        return self.root / "state"
+        return self.root / layout.STATE
 
     @property
     def run_dir(self) -> Path:
-        return self.root / "run"
+        return self.root / layout.RUN
 
 
 class CacheConfig(_Section):
     # Empty: no Redis (single node keeps catalog, limits and hot cache in-process and SQLite).
     redis_url: str = ""
+    # Every Redis key StreamGate writes starts with this (common/redis_keys.py).
+    redis_prefix: str = "sg:"
     hot_ttl: Seconds = Seconds(300)
     redis_max_object_size: Bytes = Bytes(1 * 2**20)
 
@@ -282,21 +286,25 @@ class Config(_Section):
         return self.broker.endpoints(self.deployment, self.storage)
 
     @property
+    def redis_keys(self) -> RedisKeys:
+        return RedisKeys(self.cache.redis_prefix)
+
+    @property
     def journal_path(self) -> Path:
         return Path(self.broker.journal_path) if self.broker.journal_path else (
-            self.storage.state_dir / "broker-journal.sqlite3"
+            self.storage.state_dir / layout.JOURNAL_DB
         )
 
     @property
     def auth_secret_file(self) -> Path:
         return Path(self.auth.secret_file) if self.auth.secret_file else (
-            self.storage.state_dir / "auth-secret"
+            self.storage.state_dir / layout.AUTH_SECRET
         )
 
     @property
     def metrics_dir(self) -> Path:
         return Path(self.metrics.multiproc_dir) if self.metrics.multiproc_dir else (
-            self.storage.run_dir / "prometheus"
+            self.storage.run_dir / layout.PROMETHEUS
         )
 
 

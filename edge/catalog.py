@@ -17,6 +17,8 @@ from typing import Any, Literal, Protocol
 
 import msgspec
 
+from streamgate.common.redis_keys import DEFAULT_PREFIX
+
 Status = Literal["uploading", "queued", "transcoding", "ready", "failed"]
 STATUSES: tuple[str, ...] = ("uploading", "queued", "transcoding", "ready", "failed")
 Visibility = Literal["public", "private"]
@@ -171,7 +173,7 @@ class RedisCatalog:
     video never lose each other's change.
     """
 
-    def __init__(self, redis: Any, prefix: str = "sg:") -> None:
+    def __init__(self, redis: Any, prefix: str = DEFAULT_PREFIX) -> None:
         self._r = redis
         self._p = prefix
 

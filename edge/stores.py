@@ -10,6 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
+from streamgate.common import layout
 from streamgate.common.config import Config
 from streamgate.edge.access.nonces import NonceStore, RedisNonceStore, SqliteNonceStore
 from streamgate.edge.access.ratelimit import RATE_LIMITER, MemoryBuckets, RateLimiter, RedisBuckets
@@ -27,7 +28,7 @@ ACCESS_CACHE = web.AppKey("access_cache", dict[str, tuple[float, str | None, str
 
 
 def sqlite_path(config: Config) -> Any:
-    return config.storage.state_dir / "edge.sqlite3"
+    return config.storage.state_dir / layout.EDGE_DB
 
 
 async def stores_ctx(app: web.Application):  # type: ignore[no-untyped-def]
@@ -38,10 +39,11 @@ async def stores_ctx(app: web.Application):  # type: ignore[no-untyped-def]
                    config.storage.state_dir):
         folder.mkdir(parents=True, exist_ok=True)
     if redis is not None:
-        app[CATALOG] = RedisCatalog(redis)
-        app[UPLOAD_STORE] = RedisUploadStore(redis)
-        app[NONCES] = RedisNonceStore(redis)
-        app[RATE_LIMITER] = RateLimiter(config.edge.rate_limit, RedisBuckets(redis))
+        keys = config.redis_keys
+        app[CATALOG] = RedisCatalog(redis, keys.records)
+        app[UPLOAD_STORE] = RedisUploadStore(redis, keys.records)
+        app[NONCES] = RedisNonceStore(redis, keys.records)
+        app[RATE_LIMITER] = RateLimiter(config.edge.rate_limit, RedisBuckets(redis, keys.rate_limits))
     else:
         path = sqlite_path(config)
         app[CATALOG] = SqliteCatalog(path)

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
+from streamgate.common.redis_keys import DEFAULT_PREFIX
 from streamgate.edge.catalog import open_sqlite
 
 
@@ -37,7 +38,7 @@ class SqliteNonceStore:
 
 
 class RedisNonceStore:
-    def __init__(self, redis: Any, prefix: str = "sg:") -> None:
+    def __init__(self, redis: Any, prefix: str = DEFAULT_PREFIX) -> None:
         self._r = redis
         self._p = prefix
 

@@ -166,7 +166,7 @@ async def intake_ctx(app: web.Application):  # type: ignore[no-untyped-def]
     """The submitter and the background loops: resubmit, sweep, follow the broker's events."""
     config: Config = app[CONFIG]
     # The process's one broker client (it follows the leader in a fleet); its context runs first.
-    app[SUBMITTER] = submitter = JobSubmitter(config, app[farm_api.FARM_CLIENT])
+    app[SUBMITTER] = JobSubmitter(config, app[farm_api.FARM_CLIENT])
     tasks: set[asyncio.Task[Any]] = set()
     app[_TASKS] = tasks
     loops = [
@@ -180,7 +180,6 @@ async def intake_ctx(app: web.Application):  # type: ignore[no-untyped-def]
     for task in list(tasks):
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
-    await submitter.close()
 
 
 def _spawn(app: web.Application, coro: Any, name: str) -> None:

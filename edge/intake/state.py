@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 import msgspec
 
+from streamgate.common.redis_keys import DEFAULT_PREFIX
 from streamgate.edge.catalog import open_sqlite
 
 # How long a terminated or expired upload answers 410 Gone instead of 404 (tus 1.0 termination).
@@ -143,7 +144,7 @@ class RedisUploadStore:
     The lock expires unless renewed, so an edge killed mid-PATCH frees it within ``lock_ttl_s``.
     """
 
-    def __init__(self, redis: Any, prefix: str = "sg:", lock_ttl_s: float = 15.0) -> None:
+    def __init__(self, redis: Any, prefix: str = DEFAULT_PREFIX, lock_ttl_s: float = 15.0) -> None:
         self._r = redis
         self._p = prefix
         self._lock_ttl_ms = int(lock_ttl_s * 1000)
