@@ -7,9 +7,11 @@ naming the key path (``transcoder.scaling_policy.max_workers``).
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import socket
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -363,16 +365,35 @@ def _set_path(tree: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
 def _apply_env(tree: dict[str, Any], env: Mapping[str, str]) -> None:
     for name, path in ENV_OVERRIDES.items():
         if name in env:
-            value = env[name]
-            # Strings stay strings for free-text keys (a data dir of "123" stays a path).
-            _set_path(tree, path, value if path[-1] in _TEXT_KEYS else _env_value(value))
+            _set_path(tree, path, _env_for(path, env[name]))
     for name, value in env.items():
         if name.startswith(_GENERIC_PREFIX) and len(name) > len(_GENERIC_PREFIX):
             path = tuple(p.lower() for p in name[len(_GENERIC_PREFIX):].split("__"))
-            _set_path(tree, path, _env_value(value))
+            _set_path(tree, path, _env_for(path, value))
 
 
-_TEXT_KEYS = {"service_name", "consul_address", "redis_url", "data_dir", "mode", "type"}
+def _env_for(path: tuple[str, ...], raw: str) -> Any:
+    """A text key's value stays the text as written (a secret of ``12345`` or a data dir of
+    ``123`` is a string); any other key's is read as a YAML scalar (``8``, ``false``, ``[1, 2]``)."""
+    return raw if _is_text(path) else _env_value(raw)
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _is_text(path: tuple[str, ...]) -> bool:
+    kind: Any = Config
+    for part in path:
+        if not (isinstance(kind, type) and issubclass(kind, msgspec.Struct)):
+            return False
+        kind = _hints(kind).get(part)
+        if kind is None:
+            return False  # an unknown key: decoding names it
+    if typing.get_origin(kind) is typing.Literal:
+        return all(isinstance(arg, str) for arg in typing.get_args(kind))
+    return kind is str
 
 
 def config_path(explicit: str | os.PathLike[str] | None = None,
