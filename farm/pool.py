@@ -3,8 +3,9 @@
 Shaped after uvicorn's ``supervisors/multiprocess.py``: the pool runs no CPU work of its own; it
 starts workers (``spawn``, not daemonic: each worker's pipeline starts encoder processes), pings
 each over a pipe every ``transcoder.health_check_interval`` and kills one that does not answer
-within another interval (a hung loop), replaces workers that die, and scales the count with the
-broker's queue per ``transcoder.scaling_policy`` (see ``scaling.py``), retiring idle workers only.
+within another interval (a hung loop), replaces workers that die after the restart backoff
+(common/supervision.py: a worker crashing at start does not respawn every tick), and scales the
+count with the broker's queue per ``transcoder.scaling_policy`` (see ``scaling.py``), retiring idle workers only.
 
 SIGTERM drains: every worker stops taking jobs, finishes or hands back its run within
 ``transcoder.drain_timeout`` (plus ``abort_grace`` for the cancel to land); what is still alive
