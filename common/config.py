@@ -52,6 +52,12 @@ class ServerConfig(_Section):
     # Whole-node budget for an ordered stop; covers the farm drain (drain_timeout + abort_grace).
     shutdown_timeout: Seconds = Seconds(30)
     control_port: int = 8090
+    # A supervised process that dies (a role under `streamgate run`, an edge copy, a farm worker) is
+    # restarted after restart_delay, doubling per restart up to restart_delay_max; one that had
+    # stayed up restart_reset_after starts again from restart_delay (common/supervision.py).
+    restart_delay: Seconds = Seconds(0.5)
+    restart_delay_max: Seconds = Seconds(10)
+    restart_reset_after: Seconds = Seconds(60)
 
 
 class RateLimitConfig(_Section):

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from streamgate.common.redis_keys import DEFAULT_PREFIX
-from streamgate.edge.catalog import open_sqlite
+from streamgate.common.sqlite import connect
 
 
 class NonceStore(Protocol):
@@ -20,7 +20,7 @@ class NonceStore(Protocol):
 
 class SqliteNonceStore:
     def __init__(self, path: Path) -> None:
-        self._db: sqlite3.Connection = open_sqlite(path)
+        self._db: sqlite3.Connection = connect(path)
         self._db.execute("CREATE TABLE IF NOT EXISTS nonces (nonce TEXT PRIMARY KEY, expires_at REAL NOT NULL)")
 
     async def issue(self, nonce: str, ttl_s: float) -> None:
