@@ -103,6 +103,9 @@ class UploadsConfig(_Section):
     default_priority: int = 0
     # How often queued videos the broker has not accepted yet (down, full) are submitted again.
     resubmit_interval: Seconds = Seconds(5)
+    # A client that reconnects may find its previous PATCH still holding the upload's lock for a
+    # moment: wait this long for it, then answer 423.
+    lock_wait: Seconds = Seconds(10)
 
 
 class StorageConfig(_Section):

@@ -43,8 +43,6 @@ CHECKSUMS = {"sha1": hashlib.sha1, "md5": hashlib.md5, "sha256": hashlib.sha256}
 OFFSET_TYPE = "application/offset+octet-stream"
 # A checkpoint (fsync + saved offset) every this many bytes bounds what a kill -9 can cost.
 CHECKPOINT_BYTES = 4 * 2**20
-# A client that reconnects may find its previous PATCH still holding the lock for a moment.
-LOCK_WAIT_S = 10.0
 _EXPOSE = ("Location, Upload-Offset, Upload-Length, Upload-Metadata, Upload-Expires, Tus-Resumable, "
            "Tus-Version, Tus-Extension, Tus-Max-Size, Tus-Checksum-Algorithm")
 _ALLOW_HEADERS = ("Authorization, Content-Type, Upload-Offset, Upload-Length, Upload-Metadata, "
@@ -209,7 +207,7 @@ async def _receive_locked(request: web.Request, config: Config, upload_id: str, 
                           offset: int | None, checksum: tuple[Any, bytes] | None) -> Upload:
     """Under the upload's lock: check the offset, write the body, complete when whole."""
     try:
-        async with request.app[stores.UPLOAD_STORE].lock(upload_id, LOCK_WAIT_S):
+        async with request.app[stores.UPLOAD_STORE].lock(upload_id, float(config.uploads.lock_wait)):
             upload = await _load(request, config, upload_id, owner)  # fresh, under the lock
             if offset is not None and offset != upload.offset:
                 raise _error(config, 409, "conflict",
@@ -299,7 +297,7 @@ async def terminate(request: web.Request) -> web.Response:
     await enforce(request, "upload", owner)
     upload_id = request.match_info["upload_id"]
     try:
-        async with request.app[stores.UPLOAD_STORE].lock(upload_id, LOCK_WAIT_S):
+        async with request.app[stores.UPLOAD_STORE].lock(upload_id, float(config.uploads.lock_wait)):
             upload = await _load(request, config, upload_id, owner)
             await intake.discard_upload(request.app, upload)
     except UploadLocked:

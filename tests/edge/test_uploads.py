@@ -293,11 +293,8 @@ async def test_x_http_method_override(edge) -> None:  # noqa: F811
         assert r.status == 204 and r.headers["Upload-Offset"] == "4"
 
 
-async def test_a_second_writer_waits_then_gets_423(edge, monkeypatch) -> None:  # noqa: F811
-    from streamgate.edge.intake import tus as uploads
-
-    monkeypatch.setattr(uploads, "LOCK_WAIT_S", 0.3)
-    e = await edge()
+async def test_a_second_writer_waits_then_gets_423(edge) -> None:  # noqa: F811
+    e = await edge(uploads={"lock_wait": "300ms"})
     url = await _create(e, 10_000)
     path = url.split("://", 1)[1].split("/", 1)[1]
     reader, writer = await asyncio.open_connection(e.server.host, e.server.port)
