@@ -33,3 +33,17 @@ JOURNAL_DB = "broker-journal.sqlite3"
 AUTH_SECRET = "auth-secret"
 # Under RUN.
 PROMETHEUS = "prometheus"
+
+
+# Object keys in the store (storage.backend: s3); the disk backend rooted at the data dir maps
+# the same keys to the same paths, so one name serves both.
+def source_key(video_id: str, extension: str) -> str:
+    return f"{SOURCES}/{video_id}/source.{extension}"
+
+
+def media_prefix(video_id: str) -> str:
+    return f"{MEDIA}/{video_id}"
+
+
+def media_key(video_id: str, rel: str) -> str:
+    return f"{MEDIA}/{video_id}/{rel}"
