@@ -370,15 +370,24 @@ class S3Store:
         return PartInfo(part_number=part_number, etag=_etag(reply["CopyPartResult"]["ETag"]), size=hi - lo)
 
     async def list_parts(self, key: str, upload_id: str) -> list[PartInfo]:
-        parts: list[PartInfo] = []
+        parts: list[dict[str, Any]] = []
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": self._full(key), "UploadId": upload_id}
         while True:
             page = await self._call("list_parts", **kwargs)
-            parts.extend(PartInfo(part_number=int(p["PartNumber"]), etag=_etag(p["ETag"]), size=int(p["Size"]))
-                         for p in page.get("Parts", []))
+            parts.extend(page.get("Parts", []))
             if not page.get("IsTruncated"):
-                return parts
+                break
             kwargs["PartNumberMarker"] = page["NextPartNumberMarker"]
+        # SeaweedFS (4.48) lists a part uploaded twice under both ETags, in no telling order and
+        # with one-second LastModified: keep the newest, ties to the first listed. Callers that
+        # replace parts keep the PartInfo upload_part returned and complete with that.
+        newest: dict[int, dict[str, Any]] = {}
+        for p in parts:
+            n = int(p["PartNumber"])
+            if n not in newest or p["LastModified"] > newest[n]["LastModified"]:
+                newest[n] = p
+        return [PartInfo(part_number=n, etag=_etag(p["ETag"]), size=int(p["Size"]))
+                for n, p in sorted(newest.items())]
 
     async def complete_multipart(self, key: str, upload_id: str, parts: Sequence[PartInfo]) -> str:
         check_parts(parts)
