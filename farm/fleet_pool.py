@@ -6,9 +6,8 @@ decision control publishes in Consul KV (``<kv_prefix>/scaling/decision``) and r
 ``per_farm`` workers, never retiring a busy one. Until a decision exists (control not running
 yet, or Consul down) the pool keeps scaling on its own, as on a single node.
 
-Workers reach the broker at ``broker.host``; with failover, point it at Consul DNS
-(``streamgate-broker.service.consul``, passing instances only) so each worker's fresh socket
-after a broker loss resolves the new leader (docs/control-plane.md).
+Workers and the pool's client follow the broker leader through discovery (farm/leader.py), so no
+static ``broker.host`` is needed; the farm's TTL check passes only while it hears a broker.
 """
 
 from __future__ import annotations
@@ -62,6 +61,7 @@ async def serve(ctx: ServiceContext, runner: str | None = None) -> None:
     """farm/pool.py's ``serve``, with the pool following the fleet's scaling decision."""
     from streamgate.common.broker_client import BrokerClient
     from streamgate.farm.metrics import farm_metrics
+    from streamgate.farm.leader import attachment_for, follow_leader
     from streamgate.farm.worker import DEFAULT_RUNNER
 
     config = ctx.config
@@ -71,9 +71,14 @@ async def serve(ctx: ServiceContext, runner: str | None = None) -> None:
         pool = fleet_pool_class()(config, runner=runner or DEFAULT_RUNNER,
                                   metrics=farm_metrics() if config.metrics.enabled else None, client=client)
         following = asyncio.create_task(follow_decisions(pool, discovery), name="follow-scaling")
+        leader = asyncio.create_task(follow_leader(discovery, client.retarget), name="follow-leader")
+        attachment = attachment_for(client, config)
+        attached = asyncio.create_task(attachment.run(), name="broker-attachment")
+        ctx.health_probe = attachment.probe
         try:
             await pool.run(ctx.stop, ready=lambda: ctx.ready(f"farm pool: {len(pool.workers)} workers"))
         finally:
-            following.cancel()
-            await asyncio.gather(following, return_exceptions=True)
+            for task in (following, leader, attached):
+                task.cancel()
+            await asyncio.gather(following, leader, attached, return_exceptions=True)
             await client.close()

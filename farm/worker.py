@@ -83,6 +83,10 @@ def run_pipeline(run: JobRun) -> TranscodeResult:
     """The default runner: the farm pipeline (farm/pipeline/transcode.py) on the job's source."""
     from streamgate.farm.pipeline.transcode import TranscodeSettings, transcode
 
+    if run.config.storage.backend == "s3" and run.job.source_key:
+        from streamgate.farm.publish import run_store_pipeline
+
+        return run_store_pipeline(run)  # a fleet: the job names objects (farm/publish.py)
     settings = TranscodeSettings.from_config(run.config.transcoder, **run.job.settings)
     return transcode(Path(run.job.source), Path(run.job.out_dir), settings,
                      on_progress=run.on_progress, cancel=run.cancel)
@@ -148,6 +152,14 @@ class Worker:
         self._last_heard = 0.0
         self._unsure: msgspec.Struct | None = None  # last final sent, not yet known to have arrived
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._moved = asyncio.Event()  # the broker moved (a new leader): end the session now
+
+    def retarget(self, endpoint: str) -> None:
+        """Talk to the broker at ``endpoint`` from the next session on, starting one at once."""
+        if endpoint != self.endpoint:
+            log.info("worker %s: broker moved %s -> %s", self.worker_id, self.endpoint, endpoint)
+            self.endpoint = endpoint
+            self._moved.set()
 
     # -- life ----------------------------------------------------------------------------------
 
@@ -197,6 +209,7 @@ class Worker:
         sock = self._ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.ROUTING_ID, self.worker_id.encode())
+        self._moved.clear()
         sock.connect(self.endpoint)
         self._sock = sock
         self.sessions += 1
@@ -208,7 +221,8 @@ class Worker:
             receiver = asyncio.create_task(self._receive(sock), name="worker-receive")
             sender = asyncio.create_task(self._send_loop(), name="worker-send")
             beater = asyncio.create_task(self._heartbeat(), name="worker-heartbeat")
-            done, pending = await asyncio.wait({receiver, sender, beater},
+            moved = asyncio.create_task(self._wait_moved(), name="worker-moved")
+            done, pending = await asyncio.wait({receiver, sender, beater, moved},
                                                return_when=asyncio.FIRST_COMPLETED)
             for task in pending:
                 task.cancel()
@@ -219,6 +233,10 @@ class Worker:
                 await self._send(Disconnect(reason="worker stopping"))
             self._sock = None
             sock.close(linger=0)
+
+    async def _wait_moved(self) -> str:
+        await self._moved.wait()
+        return "moved"  # run() reconnects at once, to the new endpoint
 
     async def _hello(self) -> None:
         hello = Ready(worker_id=self.worker_id, pid=os.getpid(), host=socket.gethostname())
@@ -352,7 +370,8 @@ class Worker:
             self.jobs_failed += 1
             reason = getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}"
             log.warning("worker %s: job %s attempt %d failed: %s", self.worker_id, job_id, attempt, reason)
-            self._outbox.append(Failed(job_id=job_id, attempt=attempt, reason=str(reason)))
+            self._outbox.append(Failed(job_id=job_id, attempt=attempt, reason=str(reason),
+                                       retryable=bool(getattr(exc, "retryable", True))))
         else:
             self.jobs_done += 1
             result = future.result()
@@ -503,9 +522,22 @@ def worker_process(config: Config, conn: Connection | None, runner_spec: str, pa
 
     runner = load_runner(runner_spec)
 
+    if config.storage.backend == "s3":
+        from streamgate.farm.publish import sweep_scratch
+
+        sweep_scratch(config)  # a worker killed mid-job (SIGKILL) left its scratch behind
+
     async def main() -> None:
+        from streamgate.farm.failover import failover_enabled
+
+        if failover_enabled(config):
+            await _run_following(config, conn, runner, worker_id, metrics)
+            return
         worker = Worker(config, runner=runner, pool=conn, worker_id=worker_id,
                         metrics=metrics)
+        await _serve(worker, conn)
+
+    async def _serve(worker: Worker, conn: Connection | None) -> None:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, worker.drain)
         if conn is not None:
@@ -516,6 +548,24 @@ def worker_process(config: Config, conn: Connection | None, runner_spec: str, pa
         finally:
             if conn is not None:
                 loop.remove_reader(conn.fileno())
+
+    async def _run_following(config: Config, conn: Connection | None, runner: Runner,
+                             worker_id: str | None, metrics: bool) -> None:
+        # A fleet: the broker is the leader of the moment (farm/leader.py).
+        from streamgate.common.consul.discovery import Discovery
+        from streamgate.farm.failover import discovered_worker
+        from streamgate.farm.leader import follow_leader
+
+        async with Discovery(config) as discovery:
+            worker = discovered_worker(config, discovery, runner=runner, pool=conn, worker_id=worker_id,
+                                       metrics=metrics)
+            follower = asyncio.create_task(follow_leader(discovery, lambda e: worker.retarget(e.backend)),
+                                           name="worker-follow-leader")
+            try:
+                await _serve(worker, conn)
+            finally:
+                follower.cancel()
+                await asyncio.gather(follower, return_exceptions=True)
 
     loops.run(main())
     if any(t.name.startswith("transcode") and t.is_alive() for t in threading.enumerate()):

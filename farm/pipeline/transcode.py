@@ -44,7 +44,7 @@ from streamgate.farm.pipeline.errors import (
 from streamgate.farm.pipeline.gate import check_ladder
 from streamgate.farm.pipeline.hls import AudioMedia, Variant, master_playlist, media_playlist, target_duration
 from streamgate.farm.pipeline.ladder import Rung, encoder_threads, plan_ladder
-from streamgate.farm.pipeline.packager import SegmentInfo, write_atomic
+from streamgate.farm.pipeline.packager import INIT_NAME, SEGMENT_NAME, SegmentInfo, write_atomic
 from streamgate.farm.pipeline.probe import SourceInfo, probe
 from streamgate.farm.pipeline.ring import FrameRing
 
@@ -54,6 +54,13 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+# Called with each output's path relative to out_dir as soon as it is complete on disk, in an
+# order in which no playlist names a file not published before it: a playlist or manifest comes
+# with its bytes (the file may be rewritten before an uploader reads it), a segment, init or
+# poster with None (immutable once renamed into place). A fleet's worker uploads from it
+# (farm/publish.py); it must not block, and may raise to fail the transcode.
+Publish = Callable[[str, bytes | None], None]
 
 _MAX_SPARES = 8  # encoder processes started before the ladder is known
 
@@ -128,7 +135,7 @@ class _Track(msgspec.Struct):
 
 def transcode(source: Path, out_dir: Path, settings: TranscodeSettings, *,
               on_progress: Callable[[TranscodeProgress], None] | None = None,
-              cancel: threading.Event | None = None) -> TranscodeResult:
+              cancel: threading.Event | None = None, publish: Publish | None = None) -> TranscodeResult:
     """Transcode ``source`` into a CMAF ladder in ``out_dir``; raise :class:`TranscodeError`
     (with ``.reason``) on bad input, encoder failure, cancellation or a gate failure.
 
@@ -140,7 +147,7 @@ def transcode(source: Path, out_dir: Path, settings: TranscodeSettings, *,
     # CPU each) overlap the probe on the other core; each gets its job once the ladder is planned.
     spares = [EncoderHandle() for _ in range(min(max(1, len(set(settings.ladder))), _MAX_SPARES))]
     try:
-        return _transcode(Path(source), Path(out_dir), settings, on_progress, cancel, spares)
+        return _transcode(Path(source), Path(out_dir), settings, on_progress, cancel, spares, publish)
     except TranscodeError:
         raise
     except Exception as exc:  # an unforeseen failure (disk full, a codec error) is still a failed job
@@ -154,9 +161,11 @@ def transcode(source: Path, out_dir: Path, settings: TranscodeSettings, *,
 
 def _transcode(source: Path, out_dir: Path, settings: TranscodeSettings,
                on_progress: Callable[[TranscodeProgress], None] | None,
-               cancel: threading.Event | None, spares: list[EncoderHandle]) -> TranscodeResult:
+               cancel: threading.Event | None, spares: list[EncoderHandle],
+               publish: Publish | None = None) -> TranscodeResult:
     started = time.monotonic()
     stages: dict[str, float] = {}
+    emit = _Emitter(out_dir, publish)
 
     def report(stage: str, fraction: float, frames: int = 0) -> None:
         if on_progress is not None:
@@ -201,7 +210,7 @@ def _transcode(source: Path, out_dir: Path, settings: TranscodeSettings,
                             width=r.width, height=r.height, frame_rate=float(info.fps)) for r in rungs]
         media = AudioMedia(uri=f"{AUDIO_FOLDER}/{PLAYLIST}", language=audio.language,
                            channels=audio.channels) if audio is not None else None
-        write_atomic(out_dir / MASTER, master_playlist(variants, media))
+        emit.text(MASTER, master_playlist(variants, media))
 
     def publish_live_mpd() -> None:
         """A dynamic MPD of the segments every rung has so far (the static one replaces it)."""
@@ -211,7 +220,7 @@ def _transcode(source: Path, out_dir: Path, settings: TranscodeSettings,
         audio_rep = AudioRepresentation(
             id=AUDIO_FOLDER, bandwidth=settings.audio_bitrate, codecs=audio.codecs, sample_rate=audio.rate,
             channels=audio.channels, language=audio.language) if audio is not None else None
-        write_atomic(out_dir / MANIFEST, build_mpd(
+        emit.text(MANIFEST, build_mpd(
             duration_s=0, segment_s=settings.segment_duration, fps=info.fps, video=reps, video_timescale=timescale,
             video_segments=video_segments[rungs[0].name][:count], audio=audio_rep, audio_segments=audio_segments,
             complete=False, start_s=start_s, available_since=available_since))
@@ -219,14 +228,14 @@ def _transcode(source: Path, out_dir: Path, settings: TranscodeSettings,
     def on_segment(name: str, segment: SegmentInfo, codecs: str) -> None:
         video_segments[name].append(segment)
         video_codecs[name] = codecs
-        write_atomic(out_dir / name / PLAYLIST,
-                     media_playlist(video_segments[name], timescale, target, complete=False))
+        emit.segment(name, segment)
+        emit.text(f"{name}/{PLAYLIST}", media_playlist(video_segments[name], timescale, target, complete=False))
         publish_live_master()
 
     def on_audio_segment(segment: SegmentInfo) -> None:
         audio_segments.append(segment)
-        write_atomic(out_dir / AUDIO_FOLDER / PLAYLIST,
-                     media_playlist(audio_segments, audio_rate, target, complete=False))
+        emit.segment(AUDIO_FOLDER, segment)
+        emit.text(f"{AUDIO_FOLDER}/{PLAYLIST}", media_playlist(audio_segments, audio_rate, target, complete=False))
         publish_live_master()
 
     audio_rate = info.audio_rate  # replaced by the AAC track's rate once it exists
@@ -279,7 +288,7 @@ def _transcode(source: Path, out_dir: Path, settings: TranscodeSettings,
     assert loop is not None
     report("package", 0.96, loop.frames)
     packaged = time.monotonic()
-    result = _package(out_dir, info, rungs, loop, video_segments, timescale, audio, audio_segments,
+    result = _package(emit, info, rungs, loop, video_segments, timescale, audio, audio_segments,
                       settings, target)
     stages["package"] = time.monotonic() - packaged
     if settings.gate:
@@ -311,7 +320,7 @@ def _job(rung: Rung, out_dir: Path, ring: FrameRing, info: SourceInfo, timescale
     )
 
 
-def _package(out_dir: Path, info: SourceInfo, rungs: list[Rung], loop: DecodeLoop,
+def _package(emit: _Emitter, info: SourceInfo, rungs: list[Rung], loop: DecodeLoop,
              video_segments: dict[str, list[SegmentInfo]], timescale: int, audio: AudioTrack | None,
              audio_segments: list[SegmentInfo], settings: TranscodeSettings, planned_target: int) -> TranscodeResult:
     """Final VOD playlists, ``master.m3u8`` and ``manifest.mpd`` (static)."""
@@ -321,14 +330,13 @@ def _package(out_dir: Path, info: SourceInfo, rungs: list[Rung], loop: DecodeLoo
     for name, segments in video_segments.items():
         if not segments:
             raise EncoderFailedError(f"encoder {name} produced no segment")
-        write_atomic(out_dir / name / PLAYLIST, media_playlist(segments, timescale, target, complete=True))
+        emit.text(f"{name}/{PLAYLIST}", media_playlist(segments, timescale, target, complete=True))
     audio_track = None
     audio_media = None
     if audio is not None:
         if not audio_segments:
             raise TranscodeError("audio track produced no segment")
-        write_atomic(out_dir / AUDIO_FOLDER / PLAYLIST,
-                     media_playlist(audio_segments, audio.rate, target, complete=True))
+        emit.text(f"{AUDIO_FOLDER}/{PLAYLIST}", media_playlist(audio_segments, audio.rate, target, complete=True))
         audio_track = _Track(audio_segments, audio.rate)
         audio_media = AudioMedia(uri=f"{AUDIO_FOLDER}/{PLAYLIST}", language=audio.language,
                                  channels=audio.channels)
@@ -347,7 +355,7 @@ def _package(out_dir: Path, info: SourceInfo, rungs: list[Rung], loop: DecodeLoo
                                     segments=len(track.segments)))
         reps.append(VideoRepresentation(id=rung.name, bandwidth=track.peak_bps(), width=rung.width,
                                         height=rung.height, codecs=codecs))
-    write_atomic(out_dir / MASTER, master_playlist(variants, audio_media))
+    emit.text(MASTER, master_playlist(variants, audio_media))
     first = video_segments[rungs[0].name]
     duration_s = presentation_seconds(first, timescale)
     audio_rep = None
@@ -358,10 +366,11 @@ def _package(out_dir: Path, info: SourceInfo, rungs: list[Rung], loop: DecodeLoo
         audio_rendition = Rendition(name=AUDIO_FOLDER, bandwidth=audio_track.peak_bps(),
                                     average_bandwidth=audio_track.average_bps(), codecs=audio.codecs,
                                     segments=len(audio_segments), kind="audio")
-    write_atomic(out_dir / MANIFEST, build_mpd(
+    emit.text(MANIFEST, build_mpd(
         duration_s=duration_s, segment_s=settings.segment_duration, fps=Fraction(fps), video=reps,
         video_timescale=timescale, video_segments=first, audio=audio_rep, audio_segments=audio_segments,
         start_s=loop.start_ticks / timescale))
+    emit.file(POSTER)  # named by no playlist; the decode loop has written its last version
     return TranscodeResult(
         duration_s=round(duration_s, 3), renditions=renditions, audio=audio is not None,
         audio_rendition=audio_rendition, poster=POSTER, master=MASTER, manifest=MANIFEST, frames=loop.frames,
@@ -371,3 +380,30 @@ def _package(out_dir: Path, info: SourceInfo, rungs: list[Rung], loop: DecodeLoo
 
 def _rounded(segment: SegmentInfo, timescale: int) -> int:
     return int(segment.duration / timescale + 0.5)
+
+
+class _Emitter:
+    """The pipeline's write points for playlists and the notices of finished files: each goes to
+    disk, then (in the same order) to the publish hook when there is one."""
+
+    def __init__(self, out_dir: Path, publish: Publish | None) -> None:
+        self.out_dir = out_dir
+        self.publish = publish
+        self._inits: set[str] = set()
+
+    def text(self, rel: str, text: str) -> None:
+        data = text.encode()
+        write_atomic(self.out_dir / rel, data)
+        if self.publish is not None:
+            self.publish(rel, data)
+
+    def file(self, rel: str) -> None:
+        if self.publish is not None and (self.out_dir / rel).exists():
+            self.publish(rel, None)
+
+    def segment(self, folder: str, segment: SegmentInfo) -> None:
+        """A track's segment is on disk; its init was written before its first segment."""
+        if folder not in self._inits:
+            self._inits.add(folder)
+            self.file(f"{folder}/{INIT_NAME}")
+        self.file(f"{folder}/{SEGMENT_NAME.format(segment.number)}")
