@@ -60,8 +60,8 @@ async def follow_decisions(pool: Any, discovery: Discovery) -> None:
 async def serve(ctx: ServiceContext, runner: str | None = None) -> None:
     """farm/pool.py's ``serve``, with the pool following the fleet's scaling decision."""
     from streamgate.common.broker_client import BrokerClient
-    from streamgate.farm.metrics import farm_metrics
     from streamgate.farm.leader import attachment_for, follow_leader
+    from streamgate.farm.metrics import farm_metrics
     from streamgate.farm.worker import DEFAULT_RUNNER
 
     config = ctx.config

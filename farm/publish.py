@@ -35,7 +35,13 @@ from typing import Any, TypeVar
 
 from streamgate.common.config import Config
 from streamgate.common.media import TranscodeResult
-from streamgate.common.storage import ObjectNotFound, ObjectStore, StorageError, StorageUnavailable, open_store
+from streamgate.common.storage import (
+    ObjectNotFound,
+    ObjectStore,
+    StorageError,
+    StorageUnavailable,
+    open_store,
+)
 
 log = logging.getLogger("streamgate.publish")
 
