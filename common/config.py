@@ -177,6 +177,8 @@ class BrokerConfig(_Section):
     heartbeat_interval: Seconds = Seconds(1)
     heartbeat_liveness: int = 3
     max_retries: int = 3
+    # A failed job waits this long before its next attempt, doubling per failure (capped at 60 s).
+    retry_backoff: Seconds = Seconds(1)
     stall_timeout: Seconds = Seconds(120)
     journal_path: str = ""  # empty: data/state/broker-journal.sqlite3
 

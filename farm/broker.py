@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import heapq
 import logging
 import time
 from typing import Any
@@ -70,6 +71,8 @@ from streamgate.farm.queue import JobQueue
 
 log = logging.getLogger("streamgate.broker")
 
+RETRY_BACKOFF_MAX_S = 60.0  # longest wait before a failed job runs again
+
 
 class WorkerState:
     """What the broker knows of one connected worker (keyed by its ROUTER identity)."""
@@ -114,6 +117,10 @@ class Broker:
         self.heartbeat_s = float(broker.heartbeat_interval)
         self.expiry_s = self.heartbeat_s * broker.heartbeat_liveness
         self.max_retries = broker.max_retries
+        self.retry_backoff_s = float(broker.retry_backoff)
+        # Failed jobs waiting out their retry backoff: (due, job_id), a heap. A store that is down
+        # (farm/publish.py) fails every attempt at once; retrying at once would burn them all.
+        self._delayed: list[tuple[float, str]] = []
         self.stall_s = float(broker.stall_timeout)
         self.task_timeout_s = float(config.transcoder.task_timeout)
         self.max_queue = config.transcoder.max_queue_size
@@ -417,6 +424,11 @@ class Broker:
         await self.dispatch()
 
     async def check_leases(self, now: float) -> None:
+        while self._delayed and self._delayed[0][0] <= now:
+            _, job_id = heapq.heappop(self._delayed)
+            record = self.jobs.get(job_id)
+            if record is not None and record.state == "queued" and job_id not in self.leases:
+                self.queue.push(job_id, record.spec.priority)
         for lease in list(self.leases.values()):
             if lease.worker is None:
                 if now > lease.deadline:  # nobody re-adopted it after a restart: run it again
@@ -464,8 +476,13 @@ class Broker:
         else:
             record.state = "queued"
             await self.journal.save(record)
-            # A handed-back job goes to the front of its priority: it was already next once.
-            self.queue.push(record.job_id, record.spec.priority, front=not failure)
+            if failure and self.retry_backoff_s > 0:
+                # Doubling per failure, capped: the broker's loop queues it when it is due.
+                delay = min(self.retry_backoff_s * 2 ** (record.failures - 1), RETRY_BACKOFF_MAX_S)
+                heapq.heappush(self._delayed, (time.monotonic() + delay, record.job_id))
+            else:
+                # A handed-back job goes to the front of its priority: it was already next once.
+                self.queue.push(record.job_id, record.spec.priority, front=not failure)
             if failure:
                 self._count("retried")
                 self.publish(JobFailed(job_id=record.job_id, attempt=lease.attempt, reason=reason,

@@ -46,7 +46,7 @@ def farm_tree(data_dir: Path, **sections: dict[str, Any]) -> dict[str, Any]:
         # Expiry 0.5 s: short tests, yet tolerant of a machine busy with others' benchmarks.
         # Stall watchdog off the path of gated runs; the stall tests set their own.
         "broker": {"heartbeat_interval": "100ms", "heartbeat_liveness": 5, "stall_timeout": "30s",
-                   "max_retries": 2},
+                   "max_retries": 2, "retry_backoff": "100ms"},
         "transcoder": {
             "worker_pool_size": 1, "task_timeout": "60s", "health_check_interval": "500ms",
             "drain_timeout": "200ms", "abort_grace": "3s", "ladder": [240], "preset": "ultrafast",

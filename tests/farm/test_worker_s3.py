@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 from storage_support import SeaweedFS
 
 from streamgate.common.layout import media_prefix, source_key
-from streamgate.common.protocol import JobDone, JobFailed
+from streamgate.common.protocol import JobDone, JobFailed, JobStarted
 from streamgate.common.storage import ObjectStore, open_store
 from streamgate.farm.publish import scratch_root
 from streamgate.farm.worker import Worker, run_pipeline
@@ -48,7 +49,8 @@ async def keys_under(store: ObjectStore, prefix: str) -> set[str]:
     return {info.key[len(prefix) + 1:] async for info in store.list(f"{prefix}/")}
 
 
-async def check_consistent(store: ObjectStore, prefix: str) -> tuple[int, list[str]]:
+async def check_consistent(store: ObjectStore, prefix: str,
+                           live: list[str] | None = None) -> tuple[int, list[str]]:
     """Read each playlist, then list: whatever it named must have been stored before it."""
     problems: list[str] = []
     checked = 0
@@ -58,6 +60,8 @@ async def check_consistent(store: ObjectStore, prefix: str) -> tuple[int, list[s
         text = (await store.get(f"{prefix}/{rel}")).decode()
         present = await keys_under(store, prefix)
         checked += 1
+        if live is not None and rel.endswith("index.m3u8") and "#EXT-X-ENDLIST" not in text:
+            live.append(rel)  # a playlist of a job still running
         missing = named_by(rel, text) - present
         if missing:
             problems.append(f"{rel} names missing {sorted(missing)}")
@@ -89,16 +93,16 @@ async def test_a_source_object_becomes_a_full_ladder_in_the_store(
         assert (await client.submit(job)).accepted
 
         # A player's view while the job runs: poll the bucket until it is done.
-        seen, problems = 0, []
+        seen, problems, live = 0, [], []
         done = asyncio.ensure_future(log.wait(JobDone, video, timeout=60))
         while not done.done():
-            checked, found = await check_consistent(store, prefix)
+            checked, found = await check_consistent(store, prefix, live)
             seen += checked
             problems += found
             await asyncio.sleep(0.05)
         result = (await done)[0].result
         assert not problems, problems
-        assert seen > 0, "the watcher saw no playlist while the job ran"
+        assert seen > 0 and live, "the watcher saw no playlist of the running job (published at the end?)"
 
         keys = await keys_under(store, prefix)
         assert {"master.m3u8", "manifest.mpd", "240p/index.m3u8", "240p/init.mp4", "audio/index.m3u8"} <= keys
@@ -123,7 +127,7 @@ async def test_a_store_that_is_down_fails_the_job_retryably(
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    farm.configure(broker={"max_retries": 1},
+    farm.configure(broker={"max_retries": 1, "retry_backoff": "2s"},
                    storage={"backend": "s3", "s3": {"endpoint": f"http://127.0.0.1:{port}", "bucket": "b",
                                                     "access_key_id": "k", "secret_access_key": "s",
                                                     "connect_timeout": "500ms", "request_timeout": "1s"}})
@@ -139,6 +143,10 @@ async def test_a_store_that_is_down_fails_the_job_retryably(
         job = msgspec.structs.replace(farm.job(clip, job_id="vdown"), source="", out_dir="",
                                       source_key="sources/vdown/source.mp4", media_prefix="media/vdown")
         await client.submit(job)
+        await log.wait(JobFailed, "vdown", timeout=60)
+        failed_at = time.monotonic()
+        await log.wait(JobStarted, "vdown", count=2, timeout=60)
+        assert time.monotonic() - failed_at >= 1.5  # the retry waited out its backoff
         failed = await log.wait(JobFailed, "vdown", count=2, timeout=60)
         assert [f.final for f in failed] == [False, True]  # retried, not dead-lettered at once
         assert "unavailable" in failed[0].reason
