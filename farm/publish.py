@@ -18,7 +18,7 @@ killed with SIGKILL leaves its scratch behind). A store that is down fails the j
 (``Failed.retryable``: the broker retries with its backoff).
 
 Why a scratch download and not ranged reads under PyAV: bench/farm_source_read.py measures both
-on the same source (figures in docs/storage.md); the download is faster, and the demuxer's seeks
+on the same source (figures in docs/farm-storage.md); the download is faster, and the demuxer's seeks
 (moov at the end, probe then decode) cost a round trip each on ranged reads.
 """
 
