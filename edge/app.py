@@ -6,6 +6,8 @@ import time
 
 from aiohttp import web
 
+from streamgate.edge.web import routes as web_routes  # the pages at / (edge/web/)
+
 from ..common.config import Config
 from . import auth, farm_api, health, playback, uploads, videos
 from .errors import error_middleware
@@ -61,6 +63,6 @@ def build_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(_discovery_ctx)
     health.setup(app)
     # Each part registers its own routes, cleanup contexts and readiness checks.
-    for part in (playback, uploads, videos, auth, farm_api):
+    for part in (playback, uploads, videos, auth, farm_api, web_routes):
         part.setup(app)
     return app

@@ -1,0 +1,3 @@
+export function mount(main) {
+  main.textContent = "Library";
+}
