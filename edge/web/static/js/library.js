@@ -5,9 +5,25 @@ import { STATUS_TEXT, ago, duration, el, eta, percent } from "./format.js";
 const PAGE = 24;
 const REFRESH_MS = 3000;
 
+// A private video's poster is private media too: it loads through a signed URL (kept a while).
+const signedRoots = new Map();
+
+async function signedRoot(id) {
+  const cached = signedRoots.get(id);
+  if (cached && cached.until > Date.now()) return cached.root;
+  const signed = await api(`/api/v1/videos/${id}/playback-url`, { method: "POST" });
+  const root = signed.hls_url.replace(/\/master\.m3u8$/, "");
+  signedRoots.set(id, { root, until: new Date(signed.expires_at).getTime() - 60_000 });
+  return root;
+}
+
 function card(video) {
   const thumb = el("div", { class: "thumb" });
-  if (video.poster_url) thumb.append(el("img", { src: video.poster_url, alt: "", loading: "lazy" }));
+  if (video.poster_url && video.visibility === "private") {
+    const img = el("img", { alt: "", loading: "lazy" });
+    thumb.append(img);
+    signedRoot(video.id).then((root) => { img.src = `${root}/poster.jpg`; }, () => img.remove());
+  } else if (video.poster_url) thumb.append(el("img", { src: video.poster_url, alt: "", loading: "lazy" }));
   else thumb.append(el("span", { text: STATUS_TEXT[video.status] || video.status }));
   if (video.duration) thumb.append(el("span", { class: "length", text: duration(video.duration) }));
   const body = el("div", { class: "body" },
