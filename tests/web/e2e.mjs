@@ -181,9 +181,9 @@ try {
   step("dashboard", dashboard);
   await shootBoth(page, "dashboard");
   await page.emulateMedia({ colorScheme: "dark" });
-  await page.goto(BASE_URL + "/#/");
-  await page.waitForSelector(`[data-video]`).catch(() => null);
-  result.screenshots.push(await shoot(page, "library-dark", DESKTOP));
+  await page.goto(BASE_URL + "/#/?mine=1");
+  await page.waitForFunction(() => [...document.querySelectorAll("[data-video] img")].some((i) => i.complete && i.naturalWidth));
+  result.screenshots.push(await shoot(page, "library-dark", PHONE), await shoot(page, "library-dark", DESKTOP));
   result.pageErrors = errors;
 } catch (error) {
   result.error = String(error && error.stack || error);

@@ -94,4 +94,4 @@ def test_sign_in_upload_resume_play_and_dashboard(run_platform: Any, video_facto
     assert dashboard["fleet"]
     assert not result["pageErrors"], result["pageErrors"]
     shots = [Path(p) for p in result["screenshots"]]
-    assert len(shots) == 13 and all(p.stat().st_size > 10_000 for p in shots)
+    assert len(shots) == 14 and all(p.stat().st_size > 10_000 for p in shots)

@@ -37,32 +37,26 @@ function jobRows(jobs, withEta) {
 function chart(throughput) {
   const points = throughput.points;
   const width = 600;
-  const height = 140;
+  const height = 120;
   const top = Math.max(1, ...points.map((p) => p.done + p.failed));
   const slot = width / points.length;
-  const graph = svg("svg", { viewBox: `0 0 ${width} ${height + 16}`, role: "img",
+  // Stretched to the panel's width: bars only, the labels are HTML so they keep their size.
+  const graph = svg("svg", { viewBox: `0 0 ${width} ${height}`, preserveAspectRatio: "none", role: "img",
     "aria-label": `Jobs finished per minute over the last hour, at most ${top} in a minute` });
-  graph.append(svg("line", { class: "axis", x1: 0, y1: height, x2: width, y2: height }));
+  graph.append(svg("line", { class: "axis", x1: 0, y1: height - 0.5, x2: width, y2: height - 0.5 }));
   points.forEach((p, i) => {
-    const done = (p.done / top) * (height - 12);
-    const failed = (p.failed / top) * (height - 12);
+    const done = (p.done / top) * (height - 4);
+    const failed = (p.failed / top) * (height - 4);
     if (done) graph.append(svg("rect", { class: "bar", x: i * slot + 1, y: height - done, width: slot - 2, height: done }));
     if (failed) graph.append(svg("rect", { class: "bar failed", x: i * slot + 1, y: height - done - failed, width: slot - 2, height: failed }));
   });
-  const label = (x, text, anchor) => {
-    const t = svg("text", { x, y: height + 13, "text-anchor": anchor });
-    t.textContent = text;
-    graph.append(t);
-  };
-  label(0, "60 min ago", "start");
-  label(width / 2, "30 min", "middle");
-  label(width, "now", "end");
-  const peak = svg("text", { x: 2, y: 10 });
-  peak.textContent = `${top}/min`;
-  graph.append(peak);
   const total = points.reduce((sum, p) => sum + p.done, 0);
-  return el("div", { class: "chart" }, graph, el("div", { class: "muted", id: "throughput-total",
-    text: `${total} jobs finished in the last hour${points.some((p) => p.failed) ? `, ${points.reduce((s, p) => s + p.failed, 0)} failed` : ""}` }));
+  const failures = points.reduce((sum, p) => sum + p.failed, 0);
+  return el("div", { class: "chart" },
+    el("div", { class: "muted axis-label", text: `peak ${top} per minute` }), graph,
+    el("div", { class: "ticks muted" }, el("span", { text: "60 min ago" }), el("span", { text: "30 min" }), el("span", { text: "now" })),
+    el("div", { id: "throughput-total", text: `${total} job${total === 1 ? "" : "s"} finished in the last hour` +
+      (failures ? `, ${failures} failed` : "") }));
 }
 
 function fleetTable(fleet) {
