@@ -309,7 +309,7 @@ class S3Store:
         return ObjectInfo(key=key, size=int(reply["ContentLength"]), etag=_etag(reply["ETag"]),
                           mtime=reply["LastModified"].timestamp())
 
-    async def list(self, prefix: str = "") -> AsyncIterator[ObjectInfo]:  # type: ignore[override]
+    async def list(self, prefix: str = "") -> AsyncIterator[ObjectInfo]:
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self.prefix + check_prefix(prefix)}
         while True:
             page = await self._call("list_objects_v2", **kwargs)
@@ -403,7 +403,7 @@ class S3Store:
         except ObjectNotFound:
             pass
 
-    async def list_multipart_uploads(self, prefix: str = "") -> AsyncIterator[MultipartUpload]:  # type: ignore[override]
+    async def list_multipart_uploads(self, prefix: str = "") -> AsyncIterator[MultipartUpload]:
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self.prefix + check_prefix(prefix)}
         while True:
             page = await self._call("list_multipart_uploads", **kwargs)

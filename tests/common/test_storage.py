@@ -49,6 +49,7 @@ def blob(size: int, seed: int = 0) -> bytes:
 
 
 async def test_put_get_and_ranges(store: ObjectStore) -> None:
+    assert isinstance(store, ObjectStore)
     data = blob(100_000)
     etag = await store.put("media/v1/720p/seg-1.m4s", data)
     assert etag
