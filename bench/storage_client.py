@@ -36,9 +36,16 @@ OBJECT = os.urandom(MiB)
 BIG = 64 * MiB
 
 
-async def timed(run: Callable[[], Awaitable[None]]) -> float:
+CPU: dict[str, float] = {}  # scenario -> client CPU seconds of the last timed run
+
+
+async def timed(run: Callable[[], Awaitable[None]], scenario: str = "") -> float:
+    """Wall time of ``run``; its CPU time (all threads of this process: obstore's Rust runtime
+    too) goes to CPU[scenario]. On a shared machine CPU per op is the steadier figure."""
+    cpu = time.process_time()
     started = time.perf_counter()
     await run()
+    CPU[scenario] = time.process_time() - cpu
     return time.perf_counter() - started
 
 
@@ -193,14 +200,18 @@ async def scenarios(client, n: int, big: Path) -> dict[str, float]:  # type: ign
         for k in keys:
             assert len(await client.get_range(k, MiB // 2, MiB // 2 + 64 * 1024)) == 64 * 1024
 
-    out["put 1 MiB (1 at a time), op/s"] = n / await timed(seq_put)
-    out["put 1 MiB (16 at once), op/s"] = n / await timed(lambda: par(lambda k: client.put(k, OBJECT)))
-    out["get 1 MiB (1 at a time), op/s"] = n / await timed(seq_get)
-    out["get 1 MiB (16 at once), op/s"] = n / await timed(lambda: par(client.get))
-    out["ranged get 64 KiB, op/s"] = n / await timed(ranged)
-    size = BIG
-    out["multipart 64 MiB (8 MiB parts), MiB/s"] = size / MiB / await timed(
-        lambda: client.multipart(f"bench/{tag}/big", big, 8 * MiB))
+    runs: list[tuple[str, Callable[[], Awaitable[None]], float]] = [
+        ("put 1 MiB (1 at a time)", seq_put, n),
+        ("put 1 MiB (16 at once)", lambda: par(lambda k: client.put(k, OBJECT)), n),
+        ("get 1 MiB (1 at a time)", seq_get, n),
+        ("get 1 MiB (16 at once)", lambda: par(client.get), n),
+        ("ranged get 64 KiB", ranged, n),
+        ("multipart 64 MiB, MiB", lambda: client.multipart(f"bench/{tag}/big", big, 8 * MiB), BIG / MiB),
+    ]
+    for name, call, units in runs:
+        wall = await timed(call, name)
+        out[f"{name}/s"] = units / wall
+        out[f"{name}: client CPU ms per"] = CPU[name] * 1000 / units
     return out
 
 
@@ -235,10 +246,11 @@ def main() -> None:
             results = asyncio.run(run(server, args.rounds, args.objects, big))
         finally:
             stop_seaweedfs(proc, server)
-    print(f"{'scenario':42} {'aiobotocore':>12} {'obstore':>10} {'S3Store':>10} {'obstore/aiobc':>14} {'S3Store/aiobc':>14}")
+    print("Rates: higher is better; CPU: lower is better. Ratios: obstore or S3Store over aiobotocore.")
+    print(f"{'scenario':48} {'aiobotocore':>12} {'obstore':>10} {'S3Store':>10} {'obstore/aiobc':>14} {'S3Store/aiobc':>14}")
     for name, by in results.items():
         a, o, s = (statistics.median(by[k]) for k in ("aiobotocore", "obstore", "S3Store"))
-        print(f"{name:42} {a:12.1f} {o:10.1f} {s:10.1f} {o / a:14.2f} {s / a:14.2f}")
+        print(f"{name:48} {a:12.2f} {o:10.2f} {s:10.2f} {o / a:14.2f} {s / a:14.2f}")
 
 
 if __name__ == "__main__":

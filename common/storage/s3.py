@@ -231,11 +231,11 @@ class S3Store:
 
     async def _get_object(self, key: str, start: int | None, end: int | None) -> tuple[dict[str, Any], int, int, int]:
         """GetObject of a range: (reply, first byte, one past the last, object size)."""
-        if start is not None and start >= 0 and end is not None and end <= start:
+        if end is not None and (start or 0) >= 0 and end <= (start or 0):
             info = await self.head(key)
             if info is None:
                 raise ObjectNotFound(key)
-            lo = min(start, info.size)
+            lo = min(start or 0, info.size)
             return {}, lo, lo, info.size
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": self._full(key)}
         header = self._range_header(start, end)
@@ -284,10 +284,10 @@ class S3Store:
 
     async def download(self, key: str, path: Path) -> ObjectInfo:
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.sg-tmp")
         try:
             async with await self.open_read(key, chunk_size=_DOWNLOAD_CHUNK) as stream:
+                await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
                 out = await asyncio.to_thread(open, tmp, "wb")
                 try:
                     async for chunk in stream:

@@ -60,6 +60,9 @@ async def test_put_get_and_ranges(store: ObjectStore) -> None:
     assert await store.get("media/v1/720p/seg-1.m4s", -300) == data[-300:]  # suffix (bytes=-300)
     assert await store.get("media/v1/720p/seg-1.m4s", 99_000, 10**9) == data[99_000:]  # clipped
     assert await store.get("media/v1/720p/seg-1.m4s", len(data)) == b""  # past the end
+    assert await store.get("media/v1/720p/seg-1.m4s", None, 10) == data[:10]
+    assert await store.get("media/v1/720p/seg-1.m4s", None, 0) == b""
+    assert await store.get("media/v1/720p/seg-1.m4s", 50, 40) == b""
     info = await store.head("media/v1/720p/seg-1.m4s")
     assert info is not None and info.size == len(data) and info.etag == etag
     assert abs(info.mtime - time.time()) < 120
@@ -67,7 +70,7 @@ async def test_put_get_and_ranges(store: ObjectStore) -> None:
     assert await store.put("media/v1/720p/seg-1.m4s", data[:10]) != etag
 
 
-async def test_missing_objects(store: ObjectStore) -> None:
+async def test_missing_objects(store: ObjectStore, tmp_path: Path) -> None:
     assert await store.head("media/nothing/here") is None
     with pytest.raises(ObjectNotFound):
         await store.get("media/nothing/here")
@@ -76,7 +79,8 @@ async def test_missing_objects(store: ObjectStore) -> None:
     with pytest.raises(ObjectNotFound):
         await store.open_read("media/nothing/here")
     with pytest.raises(ObjectNotFound):
-        await store.download("media/nothing/here", Path("/nonexistent/never-written"))
+        await store.download("media/nothing/here", tmp_path / "never" / "written")
+    assert not (tmp_path / "never").exists()
     await store.delete("media/nothing/here")  # deleting a missing object is not an error
 
 
