@@ -76,8 +76,7 @@ bench-transcode: bench-deps $(STAMP)  ## streamgate transcode vs the ffmpeg comm
 bench-edge: bench-deps $(STAMP)  ## edge vs nginx under wrk (needs nginx, wrk): bytes/s, req/s, CPU per request; BENCH_ARGS="--rounds 5"
 	$(PY) bench/edge.py $(BENCH_ARGS)
 
-bench-storage: $(TEST_STAMP)  ## aiobotocore vs obstore against a local SeaweedFS (why the s3 backend uses aiobotocore); BENCH_ARGS="--rounds 5"
-	$(PIP) install --quiet -e '.[test,bench]'
+bench-storage: $(TEST_STAMP)  ## aiobotocore vs obstore vs S3Store against a local SeaweedFS (the s3 backend's clients); BENCH_ARGS="--rounds 5"
 	$(PY) bench/storage_client.py $(BENCH_ARGS)
 
 bench: bench-transcode bench-edge  ## every benchmark, each printing its ratios against its reference
