@@ -2,7 +2,7 @@
 
 Two clients, each where bench/storage_client.py measured it best (docs/storage.md has the
 figures): obstore (Rust, object_store) for whole-object reads and writes, the hot path of edges
-and farms, at about a third of aiobotocore's CPU per request and 2-5x its GET rate; aiobotocore
+and farms, at about a third of aiobotocore's CPU per request and 4-5x its concurrent GET rate; aiobotocore
 for what obstore does not offer: multipart by upload id (an upload continued by another process),
 ListParts, ListMultipartUploads, UploadPartCopy, and listing and batch deletes.
 
