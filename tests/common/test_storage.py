@@ -19,6 +19,7 @@ from streamgate.common.storage import (
     MIN_PART_SIZE,
     ObjectNotFound,
     ObjectStore,
+    ObjectStream,
     PartInfo,
     StorageError,
     StorageUnavailable,
@@ -94,6 +95,7 @@ async def test_streaming_read_and_download(store: ObjectStore, tmp_path: Path) -
     data = blob(3 * MiB + 17, seed=1)
     await store.put("sources/v2/source.mp4", data)
     async with await store.open_read("sources/v2/source.mp4", chunk_size=64 * 1024) as stream:
+        assert isinstance(stream, ObjectStream)
         assert stream.info.size == len(data)
         assert (stream.start, stream.end) == (0, len(data))
         chunks = [c async for c in stream]
