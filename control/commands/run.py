@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import argparse
 
-from ...common.config import Config
+from streamgate.common.config import Config
 
 HELP = "Run a single node: edge, broker, farm pool and control under one supervisor."
 
@@ -12,7 +12,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace, config: Config) -> int:
-    from ..supervisor import run
+    from streamgate.control.supervisor import run
 
     global_args = [f"--log-level={args.log_level}"]
     if args.config:
