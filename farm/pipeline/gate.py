@@ -13,11 +13,11 @@ AdaptationSet. :func:`check_ladder` raises :class:`GateError` naming the first r
 from __future__ import annotations
 
 import functools
-from importlib import resources
 import logging
 import os
 import re
 import struct
+from importlib import resources
 from pathlib import Path
 
 import msgspec
