@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 
@@ -16,7 +17,7 @@ from streamgate.edge.keys import CONFIG, DISCOVERY, READINESS_CHECKS, REDIS, STA
 from streamgate.edge.playback import routes as playback
 
 
-async def _redis_ctx(app: web.Application):  # type: ignore[no-untyped-def]
+async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
     url = app[CONFIG].cache.redis_url
     if not url:
         app[REDIS] = None
@@ -36,7 +37,7 @@ async def _redis_ctx(app: web.Application):  # type: ignore[no-untyped-def]
     await client.aclose()
 
 
-async def _discovery_ctx(app: web.Application):  # type: ignore[no-untyped-def]
+async def _discovery_ctx(app: web.Application) -> AsyncIterator[None]:
     """One Discovery per edge process (docs/control-plane.md), set before the parts that use it
     start and closed after they stopped (cleanup contexts unwind in reverse order)."""
     config = app[CONFIG]

@@ -16,7 +16,7 @@ from streamgate.common.config import RateLimitConfig
 from streamgate.edge.errors import HTTPError
 
 Kind = Literal["api", "upload"]
-RATE_LIMITER = web.AppKey("rate_limiter", Any)
+RATE_LIMITER: web.AppKey[RateLimiter] = web.AppKey("rate_limiter")
 
 
 class Buckets(Protocol):

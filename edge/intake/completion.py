@@ -18,6 +18,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -170,7 +171,7 @@ async def _every(interval_s: float, step: Any, app: web.Application, what: str) 
             log.exception("%s pass failed", what)
 
 
-async def _intake_ctx(app: web.Application):  # type: ignore[no-untyped-def]
+async def _intake_ctx(app: web.Application) -> AsyncIterator[None]:
     from streamgate.edge.intake.progress import follow_events
 
     config: Config = app[CONFIG]

@@ -24,7 +24,7 @@ log = logging.getLogger("streamgate.edge.intake.submission")
 
 # A broker that does not answer within this is treated as down for this attempt (tests lower it).
 BROKER_TIMEOUT_S = 3.0
-SUBMITTER = web.AppKey("job_submitter", Any)
+SUBMITTER: web.AppKey[JobSubmitter] = web.AppKey("job_submitter")
 
 
 class JobSubmitter:
