@@ -7,9 +7,11 @@ naming the key path (``transcoder.scaling_policy.max_workers``).
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import socket
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -17,6 +19,8 @@ from typing import Any, Literal
 import msgspec
 import yaml
 
+from streamgate.common import layout
+from streamgate.common.redis_keys import RedisKeys
 from streamgate.common.units import Bytes, Seconds, format_duration, format_size
 
 CONFIG_ENV = "STREAMGATE_CONFIG"
@@ -48,6 +52,12 @@ class ServerConfig(_Section):
     # Whole-node budget for an ordered stop; covers the farm drain (drain_timeout + abort_grace).
     shutdown_timeout: Seconds = Seconds(30)
     control_port: int = 8090
+    # A supervised process that dies (a role under `streamgate run`, an edge copy, a farm worker) is
+    # restarted after restart_delay, doubling per restart up to restart_delay_max; one that had
+    # stayed up restart_reset_after starts again from restart_delay (common/supervision.py).
+    restart_delay: Seconds = Seconds(0.5)
+    restart_delay_max: Seconds = Seconds(10)
+    restart_reset_after: Seconds = Seconds(60)
 
 
 class RateLimitConfig(_Section):
@@ -93,6 +103,9 @@ class UploadsConfig(_Section):
     default_priority: int = 0
     # How often queued videos the broker has not accepted yet (down, full) are submitted again.
     resubmit_interval: Seconds = Seconds(5)
+    # A client that reconnects may find its previous PATCH still holding the upload's lock for a
+    # moment: wait this long for it, then answer 423.
+    lock_wait: Seconds = Seconds(10)
 
 
 class StorageConfig(_Section):
@@ -105,32 +118,34 @@ class StorageConfig(_Section):
 
     @property
     def uploads_dir(self) -> Path:
-        return self.root / "uploads"
+        return self.root / layout.UPLOADS
 
     @property
     def sources_dir(self) -> Path:
-        return self.root / "sources"
+        return self.root / layout.SOURCES
 
     @property
     def media_dir(self) -> Path:
-        return self.root / "media"
+        return self.root / layout.MEDIA
 
     @property
     def cache_dir(self) -> Path:
-        return self.root / "cache"
+        return self.root / layout.CACHE
 
     @property
     def state_dir(self) -> Path:
-        return self.root / "state"
+        return self.root / layout.STATE
 
     @property
     def run_dir(self) -> Path:
-        return self.root / "run"
+        return self.root / layout.RUN
 
 
 class CacheConfig(_Section):
     # Empty: no Redis (single node keeps catalog, limits and hot cache in-process and SQLite).
     redis_url: str = ""
+    # Every Redis key StreamGate writes starts with this (common/redis_keys.py).
+    redis_prefix: str = "sg:"
     hot_ttl: Seconds = Seconds(300)
     redis_max_object_size: Bytes = Bytes(1 * 2**20)
 
@@ -282,21 +297,25 @@ class Config(_Section):
         return self.broker.endpoints(self.deployment, self.storage)
 
     @property
+    def redis_keys(self) -> RedisKeys:
+        return RedisKeys(self.cache.redis_prefix)
+
+    @property
     def journal_path(self) -> Path:
         return Path(self.broker.journal_path) if self.broker.journal_path else (
-            self.storage.state_dir / "broker-journal.sqlite3"
+            self.storage.state_dir / layout.JOURNAL_DB
         )
 
     @property
     def auth_secret_file(self) -> Path:
         return Path(self.auth.secret_file) if self.auth.secret_file else (
-            self.storage.state_dir / "auth-secret"
+            self.storage.state_dir / layout.AUTH_SECRET
         )
 
     @property
     def metrics_dir(self) -> Path:
         return Path(self.metrics.multiproc_dir) if self.metrics.multiproc_dir else (
-            self.storage.run_dir / "prometheus"
+            self.storage.run_dir / layout.PROMETHEUS
         )
 
 
@@ -355,16 +374,35 @@ def _set_path(tree: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
 def _apply_env(tree: dict[str, Any], env: Mapping[str, str]) -> None:
     for name, path in ENV_OVERRIDES.items():
         if name in env:
-            value = env[name]
-            # Strings stay strings for free-text keys (a data dir of "123" stays a path).
-            _set_path(tree, path, value if path[-1] in _TEXT_KEYS else _env_value(value))
+            _set_path(tree, path, _env_for(path, env[name]))
     for name, value in env.items():
         if name.startswith(_GENERIC_PREFIX) and len(name) > len(_GENERIC_PREFIX):
             path = tuple(p.lower() for p in name[len(_GENERIC_PREFIX):].split("__"))
-            _set_path(tree, path, _env_value(value))
+            _set_path(tree, path, _env_for(path, value))
 
 
-_TEXT_KEYS = {"service_name", "consul_address", "redis_url", "data_dir", "mode", "type"}
+def _env_for(path: tuple[str, ...], raw: str) -> Any:
+    """A text key's value stays the text as written (a secret of ``12345`` or a data dir of
+    ``123`` is a string); any other key's is read as a YAML scalar (``8``, ``false``, ``[1, 2]``)."""
+    return raw if _is_text(path) else _env_value(raw)
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _is_text(path: tuple[str, ...]) -> bool:
+    kind: Any = Config
+    for part in path:
+        if not (isinstance(kind, type) and issubclass(kind, msgspec.Struct)):
+            return False
+        kind = _hints(kind).get(part)
+        if kind is None:
+            return False  # an unknown key: decoding names it
+    if typing.get_origin(kind) is typing.Literal:
+        return all(isinstance(arg, str) for arg in typing.get_args(kind))
+    return kind is str
 
 
 def config_path(explicit: str | os.PathLike[str] | None = None,

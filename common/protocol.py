@@ -63,6 +63,11 @@ class JobSpec(msgspec.Struct, kw_only=True, frozen=True):
     # Overrides of config.transcoder for this job (TranscodeSettings.from_config(**settings)).
     settings: dict[str, Any] = msgspec.field(default_factory=dict)
     submitted_at: float = 0.0  # unix time, set by the submitter
+    # In a fleet (storage.backend: s3) jobs name objects, not paths: the source object and the
+    # prefix the ladder is published under (common/layout.py source_key, media_prefix). Empty on
+    # a single node, where ``source`` and ``out_dir`` are this host's paths.
+    source_key: str = ""
+    media_prefix: str = ""
 
 
 # -- workers <-> broker ------------------------------------------------------------------------

@@ -39,7 +39,7 @@ def lock_key(config: Config) -> str:
 
 
 def journal_prefix(config: Config) -> str:
-    return f"{config.registry.kv_prefix.strip('/')}:broker"
+    return config.redis_keys.broker
 
 
 def failover_enabled(config: Config) -> bool:

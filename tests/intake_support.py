@@ -46,10 +46,6 @@ class Edge:
 async def edge(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Callable[..., Awaitable[Edge]]]:
     """Factory: ``await edge(config=None, **make_config kwargs)`` -> a running in-process edge."""
     from streamgate.edge.app import build_app
-    from streamgate.edge.intake import submission
-
-    # No broker runs in these tests unless one is started: give up on it quickly.
-    monkeypatch.setattr(submission, "BROKER_TIMEOUT_S", 0.3)
 
     started: list[Edge] = []
 

@@ -117,6 +117,5 @@ async def verify(request: web.Request) -> web.Response:
 
 
 def setup(app: web.Application) -> None:
-    stores.setup(app)
     app.router.add_get("/api/v1/auth/nonce", nonce)
     app.router.add_post("/api/v1/auth/verify", verify)

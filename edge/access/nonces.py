@@ -7,7 +7,8 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
-from streamgate.edge.catalog import open_sqlite
+from streamgate.common.redis_keys import DEFAULT_PREFIX
+from streamgate.common.sqlite import connect
 
 
 class NonceStore(Protocol):
@@ -19,7 +20,7 @@ class NonceStore(Protocol):
 
 class SqliteNonceStore:
     def __init__(self, path: Path) -> None:
-        self._db: sqlite3.Connection = open_sqlite(path)
+        self._db: sqlite3.Connection = connect(path)
         self._db.execute("CREATE TABLE IF NOT EXISTS nonces (nonce TEXT PRIMARY KEY, expires_at REAL NOT NULL)")
 
     async def issue(self, nonce: str, ttl_s: float) -> None:
@@ -37,7 +38,7 @@ class SqliteNonceStore:
 
 
 class RedisNonceStore:
-    def __init__(self, redis: Any, prefix: str = "sg:") -> None:
+    def __init__(self, redis: Any, prefix: str = DEFAULT_PREFIX) -> None:
         self._r = redis
         self._p = prefix
 

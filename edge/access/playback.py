@@ -25,6 +25,22 @@ from streamgate.edge.errors import HTTPError
 CACHE_TTL_S = 2.0
 _CACHE_MAX = 100_000
 
+def is_owner(owner: str, caller: str) -> bool:
+    """The one owner rule: a video uploaded without a wallet (``auth.required: false``) has no
+    owner and is every caller's; otherwise only its owner's."""
+    return not owner or caller == owner
+
+
+def require_owner(owner: str, caller: str, what: str) -> None:
+    """401 (sign in) or 403 (another wallet) unless ``caller`` may ``what`` on a video of ``owner``."""
+    if is_owner(owner, caller):
+        return
+    if not caller:
+        raise HTTPError(401, "unauthorized", f"sign in: only the owner may {what}",
+                        {"WWW-Authenticate": "Bearer"})
+    raise HTTPError(403, "forbidden", f"only the owner may {what}")
+
+
 async def _lookup(app: web.Application, video_id: str) -> tuple[str | None, str]:
     cache = app[stores.ACCESS_CACHE]
     now = time.monotonic()
@@ -61,10 +77,4 @@ async def authorize_playback(request: web.Request, video_id: str) -> None:
     visibility, owner = await _lookup(app, video_id)
     if visibility != "private":
         return  # public, or unknown (the playback path answers 404)
-    caller = identity(request)
-    if not caller:
-        raise HTTPError(401, "unauthorized",
-                        "a private video: use the owner's bearer token or a signed playback URL",
-                        {"WWW-Authenticate": "Bearer"})
-    if caller != owner:
-        raise HTTPError(403, "forbidden", "a private video of another wallet")
+    require_owner(owner, identity(request), "play this private video (or use a signed playback URL)")

@@ -13,6 +13,7 @@ from typing import Any, Literal, Protocol
 from aiohttp import web
 
 from streamgate.common.config import RateLimitConfig
+from streamgate.common.redis_keys import RedisKeys
 from streamgate.edge.errors import HTTPError
 
 Kind = Literal["api", "upload"]
@@ -65,7 +66,7 @@ return tostring(wait)
 
 
 class RedisBuckets:
-    def __init__(self, redis: Any, prefix: str = "sg:rl:") -> None:
+    def __init__(self, redis: Any, prefix: str = RedisKeys().rate_limits) -> None:
         self._r = redis
         self._p = prefix
 

@@ -79,6 +79,25 @@ def parse_message(text: str) -> SiweMessage:
     )
 
 
+def _rfc3339(value: datetime) -> str:
+    return value.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def format_message(message: SiweMessage) -> str:
+    """The EIP-4361 text of ``message``: the one format this module also parses."""
+    head = f"{message.scheme}://{message.domain}" if message.scheme else message.domain
+    lines = [f"{head} wants you to sign in with your Ethereum account:", message.address, ""]
+    if message.statement:
+        lines.append(message.statement)
+    lines += ["", f"URI: {message.uri}", "Version: 1", f"Chain ID: {message.chain_id}",
+              f"Nonce: {message.nonce}", f"Issued At: {_rfc3339(message.issued_at)}"]
+    if message.expiration_time is not None:
+        lines.append(f"Expiration Time: {_rfc3339(message.expiration_time)}")
+    if message.not_before is not None:
+        lines.append(f"Not Before: {_rfc3339(message.not_before)}")
+    return "\n".join(lines)
+
+
 def recover_signer(text: str, signature: str) -> str | None:
     """The EIP-55 address that signed ``text`` with EIP-191 ``personal_sign``; None if unreadable."""
     from eth_account import Account

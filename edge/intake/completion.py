@@ -29,6 +29,9 @@ from streamgate.common.config import Config
 from streamgate.edge import stores
 from streamgate.edge.access import playback as access
 from streamgate.edge.intake import farm_link as farm_api
+from streamgate.edge.intake.metadata import metadata_text
+from streamgate.edge.intake.paths import partial_path, source_path
+from streamgate.edge.intake.progress import follow_events
 from streamgate.edge.intake.state import Upload, UploadLocked
 from streamgate.edge.intake.submission import SUBMITTER, JobSubmitter
 from streamgate.edge.keys import CONFIG
@@ -36,7 +39,6 @@ from streamgate.edge.keys import CONFIG
 log = logging.getLogger("streamgate.edge.intake.completion")
 
 _TASKS = web.AppKey("intake_tasks", set[asyncio.Task[Any]])
-_REGISTERED = web.AppKey("intake_registered", bool)
 
 
 def _hash_file(path: Path) -> str:
@@ -63,16 +65,8 @@ def _move_durably(src: Path, dst: Path) -> None:
         os.close(fd)
 
 
-def source_path(config: Config, video_id: str, filename: str) -> Path:
-    from streamgate.edge.intake.tus import source_extension
-
-    return config.storage.sources_dir / video_id / f"source.{source_extension(filename)}"
-
-
 async def complete_upload(app: web.Application, upload: Upload) -> Upload:
     """Idempotent; run under the upload's lock once ``offset == length``."""
-    from streamgate.edge.intake.tus import metadata_text, partial_path
-
     config: Config = app[CONFIG]
     catalog = app[stores.CATALOG]
     video = await catalog.get(upload.id)
@@ -116,8 +110,6 @@ async def submit(app: web.Application, video_id: str) -> bool:
 
 async def discard_upload(app: web.Application, upload: Upload) -> None:
     """tus termination: the partial file, the state (a tombstone answers 410) and, if unfinished, the video."""
-    from streamgate.edge.intake.tus import partial_path
-
     config: Config = app[CONFIG]
     with contextlib.suppress(FileNotFoundError):
         partial_path(config, upload.id).unlink()
@@ -171,12 +163,11 @@ async def _every(interval_s: float, step: Any, app: web.Application, what: str) 
             log.exception("%s pass failed", what)
 
 
-async def _intake_ctx(app: web.Application) -> AsyncIterator[None]:
-    from streamgate.edge.intake.progress import follow_events
-
+async def intake_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The submitter and the background loops: resubmit, sweep, follow the broker's events."""
     config: Config = app[CONFIG]
     # The process's one broker client (it follows the leader in a fleet); its context runs first.
-    app[SUBMITTER] = submitter = JobSubmitter(config, app[farm_api.FARM_CLIENT])
+    app[SUBMITTER] = JobSubmitter(config, app[farm_api.FARM_CLIENT])
     tasks: set[asyncio.Task[Any]] = set()
     app[_TASKS] = tasks
     loops = [
@@ -190,7 +181,6 @@ async def _intake_ctx(app: web.Application) -> AsyncIterator[None]:
     for task in list(tasks):
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
-    await submitter.close()
 
 
 def _spawn(app: web.Application, coro: Any, name: str) -> None:
@@ -207,11 +197,3 @@ def _spawn(app: web.Application, coro: Any, name: str) -> None:
 def _reap(task: asyncio.Task[Any]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("intake task %s failed", task.get_name(), exc_info=task.exception())
-
-
-def setup(app: web.Application) -> None:
-    if app.get(_REGISTERED):
-        return
-    app[_REGISTERED] = True
-    farm_api.setup_client(app)  # before _intake_ctx: the submitter uses its client at startup
-    app.cleanup_ctx.append(_intake_ctx)

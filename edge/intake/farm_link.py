@@ -20,7 +20,6 @@ from streamgate.edge.errors import HTTPError
 from streamgate.edge.keys import CONFIG, DISCOVERY, READINESS_CHECKS
 
 FARM_CLIENT = web.AppKey("farm_client", BrokerClient)
-_CLIENT_REGISTERED = web.AppKey("farm_client_registered", bool)
 # The figures answer quickly or not at all: a health probe must not wait out a long timeout.
 TIMEOUT_S = 2.0
 
@@ -62,7 +61,9 @@ def follows_leader(config: Config) -> bool:
     return config.deployment.mode == "fleet" and config.registry.type == "consul"
 
 
-async def _client_ctx(app: web.Application) -> AsyncIterator[None]:
+async def client_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The process's one broker client; the intake context (its submitter, its events follower)
+    runs after it."""
     config = app[CONFIG]
     broker = config.broker
     # Silent for two heartbeat expiries is down (capped: a probe must answer fast).
@@ -84,15 +85,5 @@ async def _client_ctx(app: web.Application) -> AsyncIterator[None]:
     await client.close()
 
 
-def setup_client(app: web.Application) -> None:
-    """Register the shared client's context once; parts that use the client at startup
-    (edge/intake/completion.py) call this before adding their own context, so the client exists first."""
-    if app.get(_CLIENT_REGISTERED):
-        return
-    app[_CLIENT_REGISTERED] = True
-    app.cleanup_ctx.append(_client_ctx)
-
-
 def setup(app: web.Application) -> None:
-    setup_client(app)
     app.router.add_get("/api/v1/farm/metrics", farm_metrics)

@@ -19,7 +19,8 @@ from typing import Any, Protocol
 
 import msgspec
 
-from streamgate.edge.catalog import open_sqlite
+from streamgate.common.redis_keys import DEFAULT_PREFIX
+from streamgate.common.sqlite import connect
 
 # How long a terminated or expired upload answers 410 Gone instead of 404 (tus 1.0 termination).
 TOMBSTONE_TTL_S = 7 * 24 * 3600
@@ -66,7 +67,7 @@ class SqliteUploadStore:
     """
 
     def __init__(self, path: Path, lock_dir: Path) -> None:
-        self._db = open_sqlite(path)
+        self._db = connect(path)
         self._db.execute("CREATE TABLE IF NOT EXISTS uploads (id TEXT PRIMARY KEY,"
                          " expires_at REAL NOT NULL, done INTEGER NOT NULL, body BLOB NOT NULL)")
         self._db.execute("CREATE TABLE IF NOT EXISTS upload_tombstones (id TEXT PRIMARY KEY, at REAL NOT NULL)")
@@ -143,7 +144,7 @@ class RedisUploadStore:
     The lock expires unless renewed, so an edge killed mid-PATCH frees it within ``lock_ttl_s``.
     """
 
-    def __init__(self, redis: Any, prefix: str = "sg:", lock_ttl_s: float = 15.0) -> None:
+    def __init__(self, redis: Any, prefix: str = DEFAULT_PREFIX, lock_ttl_s: float = 15.0) -> None:
         self._r = redis
         self._p = prefix
         self._lock_ttl_ms = int(lock_ttl_s * 1000)

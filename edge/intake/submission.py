@@ -1,8 +1,7 @@
 """The edge's link to the farm broker: submit a queued video's job, cancel it, follow its events.
 
-In the edge app the submitter uses the process's one broker client (``FARM_CLIENT``, edge/intake/farm_link.py),
-which follows the broker leader in a fleet with Consul; on its own it creates a client lazily from
-``config.broker_endpoints``. A failure to reach the broker is a reason, never an exception that
+The submitter uses the process's one broker client (``FARM_CLIENT``, edge/intake/farm_link.py, which
+owns and closes it), so it follows the broker leader in a fleet with Consul. A failure to reach the broker is a reason, never an exception that
 loses a video: the caller leaves the video queued and the resubmitter (edge/intake/completion.py) tries again
 (submits are idempotent by job id, so a retry against a new leader is safe).
 """
@@ -17,41 +16,28 @@ from typing import Any
 
 from aiohttp import web
 
+from streamgate.common.broker_client import BrokerClient, BrokerError, BrokerUnavailable
 from streamgate.common.config import Config
+from streamgate.common.protocol import JobSpec
 from streamgate.edge.catalog import Video
 
 log = logging.getLogger("streamgate.edge.intake.submission")
 
-# A broker that does not answer within this is treated as down for this attempt (tests lower it).
-BROKER_TIMEOUT_S = 3.0
 SUBMITTER: web.AppKey[JobSubmitter] = web.AppKey("job_submitter")
 
 
 class JobSubmitter:
-    def __init__(self, config: Config, client: Any = None) -> None:
+    def __init__(self, config: Config, client: BrokerClient) -> None:
         self._config = config
-        # A client handed in belongs to its giver (closed there); one made here is closed here.
-        self._client: Any = client
-        self._owns_client = client is None
-
-    def _connect(self) -> Any:
-        if self._client is None:
-            from streamgate.common.broker_client import BrokerClient
-
-            self._client = BrokerClient(self._config.broker_endpoints, timeout_s=BROKER_TIMEOUT_S)
-        return self._client
+        self._client = client
 
     async def submit(self, video: Video) -> str | None:
         """None when the broker accepted the job, else why not (the video stays queued)."""
-        from streamgate.common.protocol import JobSpec
-
         job = JobSpec(job_id=video.id, source=video.source,
                       out_dir=str(self._config.storage.media_dir / video.id),
                       priority=video.priority, submitted_at=time.time())
-        from streamgate.common.broker_client import BrokerError, BrokerUnavailable
-
         try:
-            reply = await self._connect().submit(job)
+            reply = await self._client.submit(job)
         except (BrokerUnavailable, BrokerError, OSError) as exc:
             return f"{type(exc).__name__}: {exc}"
         if reply.accepted:
@@ -59,10 +45,8 @@ class JobSubmitter:
         return reply.reason or "refused"
 
     async def cancel(self, video_id: str) -> None:
-        from streamgate.common.broker_client import BrokerError, BrokerUnavailable
-
         try:
-            await self._connect().cancel(video_id)
+            await self._client.cancel(video_id)
         except (BrokerUnavailable, BrokerError, OSError) as exc:
             # Best effort: the media is removed either way, and a job whose video is gone is
             # ignored by the progress follower.
@@ -70,15 +54,11 @@ class JobSubmitter:
 
     async def job(self, video_id: str) -> Any:
         """The broker's JobInfo for a video, or None; raises BrokerUnavailable when down."""
-        return await self._connect().job(video_id)
+        return await self._client.job(video_id)
 
     @contextlib.asynccontextmanager
     async def events(self) -> AsyncIterator[AsyncIterator[Any]]:
         """A live event stream (the subscription confirmed by the broker's first tick)."""
-        async with self._connect().events() as stream:
+        async with self._client.events() as stream:
             await stream.live()
             yield stream
-
-    async def close(self) -> None:
-        if self._client is not None and self._owns_client:
-            await self._client.close()

@@ -18,7 +18,6 @@ import re
 import time
 import uuid
 from email.utils import formatdate
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -31,6 +30,8 @@ from streamgate.edge.access.ratelimit import enforce
 from streamgate.edge.catalog import Video
 from streamgate.edge.errors import HTTPError
 from streamgate.edge.intake import completion as intake
+from streamgate.edge.intake.metadata import parse_metadata, video_fields
+from streamgate.edge.intake.paths import partial_path
 from streamgate.edge.intake.state import Upload, UploadLocked
 from streamgate.edge.keys import CONFIG
 
@@ -42,15 +43,11 @@ CHECKSUMS = {"sha1": hashlib.sha1, "md5": hashlib.md5, "sha256": hashlib.sha256}
 OFFSET_TYPE = "application/offset+octet-stream"
 # A checkpoint (fsync + saved offset) every this many bytes bounds what a kill -9 can cost.
 CHECKPOINT_BYTES = 4 * 2**20
-# A client that reconnects may find its previous PATCH still holding the lock for a moment.
-LOCK_WAIT_S = 10.0
 _EXPOSE = ("Location, Upload-Offset, Upload-Length, Upload-Metadata, Upload-Expires, Tus-Resumable, "
            "Tus-Version, Tus-Extension, Tus-Max-Size, Tus-Checksum-Algorithm")
 _ALLOW_HEADERS = ("Authorization, Content-Type, Upload-Offset, Upload-Length, Upload-Metadata, "
                   "Upload-Checksum, Upload-Defer-Length, Upload-Concat, Tus-Resumable, X-HTTP-Method-Override")
 _DIGITS = re.compile(r"\A[0-9]{1,19}\Z")
-_EXTENSION = re.compile(r"\A[a-z0-9]{1,8}\Z")
-_METADATA_KEY = re.compile(r"\A[^\s,]+\Z")
 
 
 def _headers(config: Config, **extra: str) -> dict[str, str]:
@@ -65,57 +62,6 @@ def _error(config: Config, status: int, error: str, detail: str, **extra: str) -
 
 def _http_date(ts: float) -> str:
     return formatdate(ts, usegmt=True)  # tus 1.0 expiration: RFC 7231 datetime
-
-
-def parse_metadata(header: str) -> dict[str, str]:
-    """``key base64,key base64`` -> {key: base64 as sent}; raises ValueError naming the fault."""
-    pairs: dict[str, str] = {}
-    if not header.strip():
-        return pairs
-    for item in header.split(","):
-        parts = item.strip().split(" ")
-        key, value = parts[0], parts[1] if len(parts) > 1 else ""
-        if len(parts) > 2 or not _METADATA_KEY.match(key):
-            raise ValueError(f"bad Upload-Metadata pair {item.strip()!r}")
-        if key in pairs:
-            raise ValueError(f"Upload-Metadata key {key!r} appears twice")
-        try:
-            base64.b64decode(value, validate=True)
-        except (binascii.Error, ValueError):
-            raise ValueError(f"Upload-Metadata value of {key!r} is not Base64") from None
-        pairs[key] = value
-    return pairs
-
-
-def metadata_text(metadata: dict[str, str], key: str) -> str:
-    try:
-        return base64.b64decode(metadata.get(key, "")).decode("utf-8")
-    except UnicodeDecodeError:
-        raise ValueError(f"Upload-Metadata {key!r} is not UTF-8 text") from None
-
-
-def video_fields(metadata: dict[str, str], config: Config) -> dict[str, Any]:
-    """filename, title, visibility and priority (bounded by uploads.max_priority) from the metadata."""
-    filename = os.path.basename(metadata_text(metadata, "filename"))
-    title = metadata_text(metadata, "title") or Path(filename).stem or "untitled"
-    visibility = metadata_text(metadata, "visibility") or "public"
-    if visibility not in ("public", "private"):
-        raise ValueError("Upload-Metadata visibility must be 'public' or 'private'")
-    raw_priority = metadata_text(metadata, "priority").strip()
-    if raw_priority and not re.fullmatch(r"-?[0-9]{1,9}", raw_priority):
-        raise ValueError("Upload-Metadata priority must be an integer")
-    priority = int(raw_priority) if raw_priority else config.uploads.default_priority
-    priority = max(0, min(priority, config.uploads.max_priority))
-    return {"filename": filename, "title": title[:500], "visibility": visibility, "priority": priority}
-
-
-def source_extension(filename: str) -> str:
-    ext = Path(filename).suffix.lower().lstrip(".")
-    return ext if _EXTENSION.match(ext) else "bin"
-
-
-def partial_path(config: Config, upload_id: str) -> Path:
-    return config.storage.uploads_dir / f"{upload_id}.part"
 
 
 def _check_resumable(request: web.Request, config: Config) -> None:
@@ -261,7 +207,7 @@ async def _receive_locked(request: web.Request, config: Config, upload_id: str, 
                           offset: int | None, checksum: tuple[Any, bytes] | None) -> Upload:
     """Under the upload's lock: check the offset, write the body, complete when whole."""
     try:
-        async with request.app[stores.UPLOAD_STORE].lock(upload_id, LOCK_WAIT_S):
+        async with request.app[stores.UPLOAD_STORE].lock(upload_id, float(config.uploads.lock_wait)):
             upload = await _load(request, config, upload_id, owner)  # fresh, under the lock
             if offset is not None and offset != upload.offset:
                 raise _error(config, 409, "conflict",
@@ -351,7 +297,7 @@ async def terminate(request: web.Request) -> web.Response:
     await enforce(request, "upload", owner)
     upload_id = request.match_info["upload_id"]
     try:
-        async with request.app[stores.UPLOAD_STORE].lock(upload_id, LOCK_WAIT_S):
+        async with request.app[stores.UPLOAD_STORE].lock(upload_id, float(config.uploads.lock_wait)):
             upload = await _load(request, config, upload_id, owner)
             await intake.discard_upload(request.app, upload)
     except UploadLocked:
@@ -383,8 +329,6 @@ async def method_override(request: web.Request) -> web.StreamResponse:
 
 
 def setup(app: web.Application) -> None:
-    stores.setup(app)
-    intake.setup(app)
     app.router.add_post("/api/v1/uploads", create)
     app.router.add_route("OPTIONS", "/api/v1/uploads", options)
     item = "/api/v1/uploads/{upload_id:[0-9a-f]{32}}"

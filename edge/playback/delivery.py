@@ -49,7 +49,8 @@ class Delivery:
         self.files = OpenFileCache(edge)
         self.memory = MemoryLRU(int(edge.memory_cache_size))
         self.hot_ttl_s = float(config.cache.hot_ttl)
-        self.redis = (RedisTier(redis_client, int(config.cache.redis_max_object_size), self.hot_ttl_s)
+        self.redis = (RedisTier(redis_client, int(config.cache.redis_max_object_size), self.hot_ttl_s,
+                                config.redis_keys.hot)
                       if redis_client is not None else None)
         self.disk = DiskCache(config.storage.cache_dir / "media", int(edge.disk_cache_size))
         self.resolver = resolver

@@ -18,11 +18,11 @@ from typing import Any
 
 import msgspec
 
+from streamgate.common.redis_keys import RedisKeys
 from streamgate.edge.playback.files import Servable
 
 log = logging.getLogger("streamgate.edge.cache")
 
-REDIS_PREFIX = "streamgate:hot:"
 
 
 class HotRecord(msgspec.Struct, array_like=True, frozen=True):
@@ -104,8 +104,9 @@ class RedisTier:
     the client for a burst of requests, and concurrent lookups of one key share a reply.
     """
 
-    def __init__(self, client: Any, max_object_size: int, max_ttl_s: float) -> None:
+    def __init__(self, client: Any, max_object_size: int, max_ttl_s: float, prefix: str = RedisKeys().hot) -> None:
         self.client = client
+        self.prefix = prefix
         self.max_object_size = max_object_size
         self.max_ttl_s = max_ttl_s
         self._failing = False
@@ -132,7 +133,7 @@ class RedisTier:
         keys = list(batch)
         self.round_trips += 1
         try:
-            values = await self.client.mget([REDIS_PREFIX + key for key in keys])
+            values = await self.client.mget([self.prefix + key for key in keys])
         except BaseException as exc:  # redis down: serve from the next tier
             if isinstance(exc, Exception):
                 self._failed(exc)
@@ -154,7 +155,7 @@ class RedisTier:
         if len(record.body) > self.max_object_size or ttl_ms <= 0:
             return False
         try:
-            await self.client.set(REDIS_PREFIX + key, _encode(record), px=ttl_ms)
+            await self.client.set(self.prefix + key, _encode(record), px=ttl_ms)
         except Exception as exc:
             self._failed(exc)
             return False

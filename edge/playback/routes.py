@@ -139,7 +139,8 @@ async def preflight(request: web.Request) -> web.Response:
     return web.Response(status=204, headers=preflight_headers(request.app[CONFIG]))
 
 
-async def _delivery_ctx(app: web.Application) -> AsyncIterator[None]:
+async def delivery_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The delivery tiers (memory, Redis hot tier, disk cache, origin) and the metrics flusher."""
     config = app[CONFIG]
     if ORIGIN_RESOLVER not in app:
         # The Discovery belongs to its own context (edge/app.py), which closes it after this one.
@@ -156,8 +157,6 @@ async def _delivery_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 def setup(app: web.Application) -> None:
-    # After the Redis context (registered by build_app before the parts), so app[REDIS] is set.
-    app.cleanup_ctx.append(_delivery_ctx)
     for prefix in ("", "/s/{token}"):
         app.router.add_get(prefix + "/videos/{id}/{path:.+}", serve_file, allow_head=True)
         app.router.add_route("OPTIONS", prefix + "/videos/{id}/{path:.+}", preflight)

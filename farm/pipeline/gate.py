@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 import msgspec
 
+from streamgate.common import layout
 from streamgate.farm.pipeline.cmaf import iter_boxes, read_fragment
 from streamgate.farm.pipeline.errors import GateError
 
@@ -195,7 +196,7 @@ def check_ladder(out_dir: Path, *, schema: str | Path | None = None) -> GateRepo
     """Check the ladder in ``out_dir``; raise :class:`GateError` on the first broken rule."""
     out_dir = Path(out_dir)
     report = GateReport()
-    master_path = out_dir / "master.m3u8"
+    master_path = out_dir / layout.MASTER
     if not master_path.is_file():
         _fail("hls.missing-master", "master.m3u8 does not exist")
     lines = [line.strip() for line in master_path.read_text().splitlines() if line.strip()]
@@ -213,7 +214,7 @@ def check_ladder(out_dir: Path, *, schema: str | Path | None = None) -> GateRepo
             if attrs.get("TYPE") == "AUDIO":
                 if "URI" not in attrs:
                     _fail("hls.audio-group", "EXT-X-MEDIA TYPE=AUDIO without URI")
-                _relative(attrs["URI"], "master.m3u8")
+                _relative(attrs["URI"], layout.MASTER)
                 media_groups[attrs.get("GROUP-ID", "")] = attrs["URI"]
     variants: list[tuple[dict[str, str], str]] = []
     for index, line in enumerate(lines):
@@ -237,7 +238,7 @@ def check_ladder(out_dir: Path, *, schema: str | Path | None = None) -> GateRepo
             _fail("hls.audio-group", f"{uri}: AUDIO={attrs['AUDIO']!r} names no EXT-X-MEDIA group")
         if media_groups and "AUDIO" not in attrs:
             _fail("hls.audio-group", f"{uri}: variant does not reference the audio group")
-        _relative(uri, "master.m3u8")
+        _relative(uri, layout.MASTER)
         checked = _check_media(out_dir, uri, report)
         peak = checked.peak_bps + (audio.peak_bps if audio else 0)
         if int(attrs["BANDWIDTH"]) < peak * 0.99:
@@ -263,7 +264,7 @@ def check_ladder(out_dir: Path, *, schema: str | Path | None = None) -> GateRepo
                   f"audio starts at {audio.starts[0]:.3f} s, video at {first.starts[0]:.3f} s (more than one frame apart)")
         report.rules.append("av.starts")
     _check_mpd(out_dir, schema, report, {uri.split("/")[0]: c for uri, c in videos}, audio)
-    poster = out_dir / "poster.jpg"
+    poster = out_dir / layout.POSTER
     if not poster.is_file() or not poster.read_bytes()[:2] == b"\xff\xd8":
         _fail("poster", "poster.jpg is missing or not a JPEG")
     return report
@@ -292,7 +293,7 @@ def _check_mpd(out_dir: Path, schema: str | Path | None, report: GateReport,
                videos: dict[str, _Checked], audio: _Checked | None) -> None:
     from lxml import etree
 
-    path = out_dir / "manifest.mpd"
+    path = out_dir / layout.MANIFEST
     if not path.is_file():
         _fail("dash.missing-mpd", "manifest.mpd does not exist")
     parser = etree.XMLParser(no_network=True, resolve_entities=False)
@@ -320,7 +321,7 @@ def _check_mpd(out_dir: Path, schema: str | Path | None, report: GateReport,
             _fail("dash.timescale", f"AdaptationSet {aset.get('id')} mixes timescales {sorted(scales)}")
         for template in templates:
             for attr in ("initialization", "media"):
-                _relative((template.get(attr) or "").replace("$RepresentationID$", "x"), "manifest.mpd")
+                _relative((template.get(attr) or "").replace("$RepresentationID$", "x"), layout.MANIFEST)
         if kind == "video":
             if aset.get("segmentAlignment") not in ("true", "1"):
                 _fail("dash.segment-alignment", "video AdaptationSet lacks segmentAlignment=\"true\"")

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import msgspec
 
+from streamgate.common import layout
 from streamgate.farm.pipeline.cmaf import Sample, media_segment
 
 SEGMENT_NAME = "seg-{:05d}.m4s"
-INIT_NAME = "init.mp4"
+INIT_NAME = layout.INIT
 
 
 def write_atomic(path: Path, data: bytes | str) -> None:

@@ -21,6 +21,8 @@ from typing import Any
 import msgspec
 
 from streamgate.common.config import TranscoderConfig
+from streamgate.common.layout import AUDIO_FOLDER, MANIFEST, MASTER, POSTER
+from streamgate.common.layout import MEDIA_PLAYLIST as PLAYLIST
 from streamgate.common.media import Rendition, TranscodeProgress, TranscodeResult
 from streamgate.farm.pipeline.audio import AudioTrack
 from streamgate.farm.pipeline.dash import (
@@ -53,11 +55,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-AUDIO_FOLDER = "audio"
-MASTER = "master.m3u8"
-MANIFEST = "manifest.mpd"
-POSTER = "poster.jpg"
-PLAYLIST = "index.m3u8"
 _MAX_SPARES = 8  # encoder processes started before the ladder is known
 
 

@@ -47,13 +47,13 @@ async def test_one_edges_pull_serves_another_edge_from_redis(fast_path, tmp_path
         assert not (tmp_path / "b" / "cache" / "media" / VIDEO_ID / rel).exists()
         client_r = redis.Redis.from_url(redis_url)
         try:
-            ttl_ms = await client_r.pttl(f"streamgate:hot:{VIDEO_ID}/{rel}")
+            ttl_ms = await client_r.pttl(f"sg:hot:{VIDEO_ID}/{rel}")
             # The origin said max-age=60, under cache.hot_ttl: the object lives 60 s.
             assert 0 < ttl_ms <= 60_000
             # Segments above cache.redis_max_object_size stay out of Redis.
             status, _, _ = await fetch(client, a, "240p/90.m4s")
             assert status == 200
-            assert await client_r.exists(f"streamgate:hot:{VIDEO_ID}/240p/90.m4s") == 0
+            assert await client_r.exists(f"sg:hot:{VIDEO_ID}/240p/90.m4s") == 0
         finally:
             await client_r.aclose()
 

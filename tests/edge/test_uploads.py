@@ -13,7 +13,7 @@ from intake_support import TUS, edge  # noqa: F401  (fixture)
 
 from streamgate.edge import stores
 from streamgate.edge.intake import completion as intake
-from streamgate.edge.intake.tus import partial_path
+from streamgate.edge.intake.paths import partial_path
 
 
 def _meta(**pairs: str) -> str:
@@ -293,11 +293,8 @@ async def test_x_http_method_override(edge) -> None:  # noqa: F811
         assert r.status == 204 and r.headers["Upload-Offset"] == "4"
 
 
-async def test_a_second_writer_waits_then_gets_423(edge, monkeypatch) -> None:  # noqa: F811
-    from streamgate.edge.intake import tus as uploads
-
-    monkeypatch.setattr(uploads, "LOCK_WAIT_S", 0.3)
-    e = await edge()
+async def test_a_second_writer_waits_then_gets_423(edge) -> None:  # noqa: F811
+    e = await edge(uploads={"lock_wait": "300ms"})
     url = await _create(e, 10_000)
     path = url.split("://", 1)[1].split("/", 1)[1]
     reader, writer = await asyncio.open_connection(e.server.host, e.server.port)

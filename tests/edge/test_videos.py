@@ -16,8 +16,8 @@ from streamgate.common.media import TranscodeResult
 from streamgate.common.protocol import JobDone, JobFailed, JobProgress, JobStarted
 from streamgate.edge import stores
 from streamgate.edge.intake import completion as intake
+from streamgate.edge.intake.paths import partial_path
 from streamgate.edge.intake.progress import ProgressApplier
-from streamgate.edge.intake.tus import partial_path
 from streamgate.edge.keys import CONFIG
 
 
