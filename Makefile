@@ -55,8 +55,15 @@ test: system-deps $(TEST_STAMP) node_modules/.installed  ## the whole suite (slo
 test-slow: system-deps $(TEST_STAMP)  ## long fault and load runs
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)
 
+# mypy checks the product as the `streamgate` package it is installed as (see [tool.mypy] in
+# pyproject.toml): build/mypy/streamgate/ links streamgate/'s files and the four code folders.
+MYPY_TREE := build/mypy/streamgate
+
 lint: $(TEST_STAMP)
 	$(VENV)/bin/ruff check edge farm control common streamgate tests bench loadtests
+	rm -rf $(MYPY_TREE) && mkdir -p $(MYPY_TREE)
+	ln -s $(abspath streamgate)/*.py $(abspath edge farm control common) $(MYPY_TREE)/
+	$(VENV)/bin/mypy
 
 clean:
 	rm -rf $(VENV) build *.egg-info node_modules
