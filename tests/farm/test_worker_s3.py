@@ -13,6 +13,7 @@ import m3u8
 import msgspec
 import pytest
 from storage_support import SeaweedFS
+from support import async_wait_until
 
 from streamgate.common.layout import media_prefix, source_key
 from streamgate.common.protocol import JobDone, JobFailed, JobStarted
@@ -154,3 +155,96 @@ async def test_a_store_that_is_down_fails_the_job_retryably(
     finally:
         worker.drain()
         await task
+
+
+class Proxy:
+    """A TCP forwarder to the store that the test can take down and bring back (same port)."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target = (target_host, target_port)
+        self.port = 0
+        self.server: asyncio.Server | None = None
+        self.writers: set[asyncio.StreamWriter] = set()
+
+    async def up(self) -> None:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", self.port, reuse_address=True)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def down(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        for writer in list(self.writers):
+            writer.transport.abort()
+        await self.server.wait_closed()
+        self.server = None
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.transport.abort()
+            return
+        self.writers |= {writer, up_writer}
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                dst.transport.abort()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        self.writers -= {writer, up_writer}
+
+
+async def test_a_store_going_down_mid_job_fails_the_attempt_and_the_retry_completes(
+        farm, seaweedfs: SeaweedFS, start_broker, client, events, video_factory: Callable[..., Path]) -> None:
+    from urllib.parse import urlsplit
+
+    target = urlsplit(seaweedfs.endpoint)
+    proxy = Proxy(target.hostname or "127.0.0.1", target.port or 80)
+    await proxy.up()
+    prefix_ns = f"t{uuid.uuid4().hex[:8]}"
+    farm.configure(broker={"max_retries": 2, "retry_backoff": "1s"}, storage=seaweedfs.storage_tree(
+        prefix=prefix_ns, endpoint=f"http://127.0.0.1:{proxy.port}", connect_timeout="500ms",
+        request_timeout="2s"))
+    storage = farm.config.storage  # the test's own view goes straight to the store
+    direct = msgspec.structs.replace(storage, s3=msgspec.structs.replace(storage.s3, endpoint=seaweedfs.endpoint))
+    store = await open_store(direct)
+    clip = video_factory("s3down.mp4", seconds=10.0, width=320, height=240, fps=15)
+    worker = Worker(farm.config, runner=run_pipeline, worker_id="s3-flaky")
+    task: asyncio.Task[None] | None = None
+    try:
+        video = "v" + uuid.uuid4().hex[:8]
+        await store.put(source_key(video, "mp4"), clip)
+        prefix = media_prefix(video)
+        job = msgspec.structs.replace(farm.job(clip, job_id=video), source="", out_dir="",
+                                      source_key=source_key(video, "mp4"), media_prefix=prefix)
+        await start_broker()
+        log = await events()
+        task = asyncio.create_task(worker.run())
+        await client.submit(job)
+        # The first published object: the job is mid-way. The store goes away under it.
+        await async_wait_until(lambda: keys_under(store, prefix), timeout=60, interval=0.01,
+                               what="the first published object")
+        await proxy.down()
+        failed = (await log.wait(JobFailed, video, timeout=60))[0]
+        assert not failed.final and "unavailable" in failed.reason, failed
+        assert list(scratch_root(farm.config).iterdir()) == []  # the failed attempt cleaned up
+        await proxy.up()
+        done = (await log.wait(JobDone, video, timeout=90))[0]
+        assert done.attempts >= 2
+        checked, problems = await check_consistent(store, prefix)
+        assert checked >= 4 and not problems, problems
+        assert "#EXT-X-ENDLIST" in (await store.get(f"{prefix}/240p/index.m3u8")).decode()
+        assert list(scratch_root(farm.config).iterdir()) == []
+    finally:
+        worker.drain()
+        if task is not None:
+            await task
+        if proxy.server is not None:
+            await proxy.down()
+        await store.close()
