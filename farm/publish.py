@@ -163,7 +163,7 @@ class Publisher:
             if pending:
                 await asyncio.gather(*pending)
         except BaseException as exc:
-            self.error = exc
+            self._failed(exc)
             for task in pending:
                 task.cancel()
             raise
@@ -172,9 +172,14 @@ class Publisher:
         try:
             await self.store.put(self.key(rel), data if data is not None else self.out_dir / rel)
         except BaseException as exc:
-            self.error = exc
+            self._failed(exc)
             raise
         self.published.append(rel)
+
+    def _failed(self, exc: BaseException) -> None:
+        # The first failure is the job's reason; uploads cancelled because of it are not.
+        if self.error is None and not isinstance(exc, asyncio.CancelledError):
+            self.error = exc
 
 
 def fetch_source(store_loop: StoreLoop, config: Config, key: str, scratch: Path) -> Path:
@@ -196,6 +201,8 @@ def run_store_pipeline(run: Any) -> TranscodeResult:
     from streamgate.farm.pipeline.transcode import TranscodeSettings, transcode
 
     job, config = run.job, run.config
+    if not job.media_prefix:
+        raise StoreFailed(f"job {job.job_id} names a source object but no media_prefix", retryable=False)
     scratch = scratch_root(config) / f"{job.job_id}-{run.attempt}"
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
@@ -230,8 +237,8 @@ def run_store_pipeline(run: Any) -> TranscodeResult:
                 raise StoreFailed(f"object store unavailable: {cause}", retryable=True) from exc
             raise
     finally:
-        if publisher is not None and publisher.error is None and not publisher._done.done():
-            publisher.abandon()
+        if publisher is not None and not publisher._done.done():
+            publisher.abandon()  # the transcode stopped early: let the uploader end before the loop does
         if store_loop is not None:
             store_loop.close()
         shutil.rmtree(scratch, ignore_errors=True)

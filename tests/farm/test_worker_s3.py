@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -16,10 +18,11 @@ from storage_support import SeaweedFS
 from support import async_wait_until
 
 from streamgate.common.layout import media_prefix, source_key
+from streamgate.common.media import TranscodeProgress, TranscodeResult
 from streamgate.common.protocol import JobDone, JobFailed, JobStarted
 from streamgate.common.storage import ObjectStore, open_store
 from streamgate.farm.publish import scratch_root
-from streamgate.farm.worker import Worker, run_pipeline
+from streamgate.farm.worker import JobRun, Worker, run_pipeline
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 
@@ -215,7 +218,20 @@ async def test_a_store_going_down_mid_job_fails_the_attempt_and_the_retry_comple
     direct = msgspec.structs.replace(storage, s3=msgspec.structs.replace(storage.s3, endpoint=seaweedfs.endpoint))
     store = await open_store(direct)
     clip = video_factory("s3down.mp4", seconds=10.0, width=320, height=240, fps=15)
-    worker = Worker(farm.config, runner=run_pipeline, worker_id="s3-flaky")
+    reached, release = threading.Event(), threading.Event()
+
+    def held(run: JobRun) -> TranscodeResult:
+        """The real pipeline; attempt 1 holds at its first encode progress (source read, nothing
+        published yet) until the test has taken the store down."""
+        def on_progress(p: TranscodeProgress) -> None:
+            run.on_progress(p)
+            if run.attempt == 1 and p.stage == "encode" and not reached.is_set():
+                reached.set()
+                release.wait(30)
+
+        return run_pipeline(dataclasses.replace(run, on_progress=on_progress))
+
+    worker = Worker(farm.config, runner=held, worker_id="s3-flaky")
     task: asyncio.Task[None] | None = None
     try:
         video = "v" + uuid.uuid4().hex[:8]
@@ -227,10 +243,10 @@ async def test_a_store_going_down_mid_job_fails_the_attempt_and_the_retry_comple
         log = await events()
         task = asyncio.create_task(worker.run())
         await client.submit(job)
-        # The first published object: the job is mid-way. The store goes away under it.
-        await async_wait_until(lambda: keys_under(store, prefix), timeout=60, interval=0.01,
-                               what="the first published object")
+        # Mid-job: the source was read, the encoders run; the store goes away under them.
+        await async_wait_until(lambda: _true(reached.is_set()), timeout=60, what="the run encoding")
         await proxy.down()
+        release.set()
         failed = (await log.wait(JobFailed, video, timeout=60))[0]
         assert not failed.final and "unavailable" in failed.reason, failed
         assert list(scratch_root(farm.config).iterdir()) == []  # the failed attempt cleaned up
@@ -242,9 +258,14 @@ async def test_a_store_going_down_mid_job_fails_the_attempt_and_the_retry_comple
         assert "#EXT-X-ENDLIST" in (await store.get(f"{prefix}/240p/index.m3u8")).decode()
         assert list(scratch_root(farm.config).iterdir()) == []
     finally:
+        release.set()
         worker.drain()
         if task is not None:
             await task
         if proxy.server is not None:
             await proxy.down()
         await store.close()
+
+
+async def _true(value: bool) -> bool:
+    return value
