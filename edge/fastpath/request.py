@@ -147,6 +147,10 @@ def parse_head(head: bytes, targets: dict[bytes, Target]) -> Request | None:
     for marker in _HANDOFF_MARKERS:
         if marker in lower:
             return None
+    # RFC 9112 section 3.2: exactly one Host in 1.1 (aiohttp answers 400 otherwise), at most one in 1.0.
+    hosts = lower.count(b"\r\nhost:")
+    if hosts > 1 or (hosts == 0 and version == b"HTTP/1.1"):
+        return None
     parsed = targets.get(target)
     if parsed is None:
         parsed = parse_target(target)
