@@ -7,6 +7,7 @@ is the reference for what aiohttp answers.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import select
@@ -144,5 +145,46 @@ def test_fastpath_unsupported_is_not_an_attribute_error() -> None:
         getattr(view, "remote", None)
 
 
-def _no_error_records(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+def _errors_logged(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [f"{r.name}: {r.getMessage()}" for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+MARK = b"ECHO-MARK"
+
+
+@pytest.mark.parametrize("fast_path", [True, False], ids=["fast", "aiohttp"])
+@pytest.mark.parametrize("head", [
+    b"GET /videos/vid-1/master.m3u8 HTTP/1.1\r\nHost: x\nX-ECHO-MARK: y\r\n\r\n",
+    b"GET /videos/vid-1/master.m3u8 HTTP/1.1\r\nHost: x\r\nX ECHO-MARK: y\r\n\r\n",
+    b"GET /videos/vid-1/master.m3u8 HTTP/1.1\r\nHost: ECHO-MARK\x00\r\n\r\n",
+    b"GET /videos/vid-1/master.m3u8 HTTP/1.1\r\n\r\n",  # no Host; and none of ECHO-MARK to echo
+    b"GET /videos/vid-1/ECHO-MARK HTTP/7.1\r\nHost: x\r\n\r\n",
+    b"GET /videos/vid-1/master.m3u8 HTTP/1.1\r\nHost: x\r\nX-ECHO-MARK: " + b"v" * 9000 + b"\r\n\r\n",
+    b"G\x00T /videos/ECHO-MARK HTTP/1.1\r\nHost: x\r\n\r\n",
+], ids=["bare-lf", "space-name", "nul", "no-host", "version", "long-field", "method"])
+async def test_refused_heads_get_json_without_echo_or_error_log(fast_path: bool, head: bytes, data_dir: Path,
+                                                                make_config, start_edge,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    async with start_edge(make_config(data_dir, fast_path=fast_path)) as server:
+        answer, open_after = await exchange(server.port, head)
+    assert answer is not None and answer.status_line.split()[1] in ("400", "431"), answer
+    assert answer.headers["content-type"].startswith("application/json")
+    assert set(json.loads(answer.body)) == {"error", "detail"}
+    assert MARK not in answer.body and b"\\x" not in answer.body, answer.body
+    assert not open_after
+    assert _errors_logged(caplog) == []
+
+
+async def test_client_gone_mid_answer_logs_no_error(data_dir: Path, make_config, start_edge,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    async with start_edge(make_config(data_dir, fast_path=True, socket_send_buffer=65536)) as server:
+        for target in (SEG, "/videos/vid-1/240p/90.m4s?x=1"):  # the fast path, then aiohttp's route
+            for _ in range(3):
+                reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+                writer.write(f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+                await reader.readuntil(b"\r\n\r\n")
+                writer.transport.abort()  # gone with megabytes unsent
+        # The edge still answers, and noticed nothing worth an ERROR.
+        answer, _ = await exchange(server.port, f"GET {PLAYLIST} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        assert answer is not None and answer.status_line == "HTTP/1.1 200 OK"
+    assert _errors_logged(caplog) == []
