@@ -30,7 +30,8 @@ PLAYLIST = "/videos/vid-1/master.m3u8"
     b"GET /videos/vid-1/master.m3u8 HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\r\n\r\n",  # NUL in a value
     b"GET /videos/vid-1/master.m3u8 HTTP/1.1\r\nHo\x00st: x\r\n\r\n",          # NUL in a name
     b"GET /videos/vid-1/master.m3u8 HTTP/1.1\r\nX A: y\r\n\r\n",               # space in a name
-], ids=["lf-inside", "lf-line", "cr", "nul-value", "nul-name", "space-name"])
+    b"GET /videos/vid-1/master.m3u8 HTTP/1.1\nHost: x\n\n",                      # LF only: no CRLF CRLF
+], ids=["lf-inside", "lf-line", "cr", "nul-value", "nul-name", "space-name", "lf-only"])
 async def test_malformed_heads_get_aiohttps_answer(head: bytes, data_dir: Path, make_config,
                                                   start_edge) -> None:
     async with start_edge(make_config(data_dir, fast_path=False)) as plain, \
