@@ -19,7 +19,7 @@ from typing import Literal
 
 import msgspec
 
-from streamgate.common.config import Config
+from streamgate.common.config import Config, ConfigError
 
 
 class Claims(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -80,6 +80,16 @@ def load_secret(config: Config) -> bytes:
     if config.auth.secret:
         return config.auth.secret.encode()
     path: Path = config.auth_secret_file
+    if config.deployment.mode == "fleet":
+        # Every edge of a fleet must sign with the one secret: one made here on its own would
+        # turn every other edge's tokens into 401s.
+        if not config.auth.secret_file:
+            raise ConfigError("auth.secret / auth.secret_file: an edge in a fleet (deployment.mode: "
+                              "fleet) needs the fleet's one signing secret; set auth.secret or "
+                              "auth.secret_file (the Ansible roles write the same file to every edge)")
+        if not path.is_file():
+            raise ConfigError(f"auth.secret_file: {path} does not exist; in a fleet it is made once "
+                              "for all edges (or set auth.secret), never per host")
     path.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(FileExistsError):
         fd = os.open(path.with_suffix(".tmp" + secrets.token_hex(4)),
