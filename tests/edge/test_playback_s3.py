@@ -75,9 +75,9 @@ def count_gets(e: Edge) -> CountingStore:
 
 
 async def fetch(e: Edge, rel: str, method: str = "GET", video: str = VIDEO,
-                **headers: str) -> tuple[int, dict[str, str], bytes]:
+                **headers: str) -> tuple[int, Any, bytes]:
     async with e.session.request(method, f"{e.url}/videos/{video}/{rel}", headers=headers) as r:
-        return r.status, dict(r.headers), await r.read()
+        return r.status, r.headers.copy(), await r.read()
 
 
 @pytest.fixture
