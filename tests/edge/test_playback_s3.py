@@ -214,3 +214,18 @@ async def test_store_down_serves_what_it_holds_and_503s_the_rest(
         health = await r.json()
         assert r.status == 503 and health["status"] == "degraded"
         assert health["checks"]["storage"]["ok"] is False, health
+
+
+def test_streamgate_edge_in_a_fleet_without_a_secret_exits_2(tmp_path: Path) -> None:
+    import os
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMGATE")}
+    env.update(DEPLOYMENT_MODE="fleet", REDIS_URL="redis://127.0.0.1:1/0",
+               STREAMGATE_DATA_DIR=str(tmp_path / "data"), SERVER_PORT="1")
+    result = subprocess.run([sys.executable, "-m", "streamgate", "edge", "--workers", "1"], env=env,
+                            cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert "auth.secret" in result.stderr and "auth.secret_file" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "data/state/auth-secret").exists()
