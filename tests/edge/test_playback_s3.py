@@ -112,6 +112,15 @@ async def test_ladder_plays_byte_identical_from_both_edges(fleet: tuple[Edge, Ed
                 part = await fetch(e, rel, Range="bytes=3-9")
                 assert part[0] == 206 and part[2] == data[3:10]
                 assert part[1]["Content-Range"] == f"bytes 3-9/{len(data)}"
+    # The ETag is the object's own, the same from every edge.
+    store = await open_store(a.app[DELIVERY].config)
+    try:
+        info = await store.head(layout.media_key(VIDEO, "240p/0.m4s"))
+    finally:
+        await store.close()
+    assert info is not None
+    for e in (a, b):
+        assert (await fetch(e, "240p/0.m4s", "HEAD"))[1]["ETag"].strip('"') == info.etag.strip('"')
     # A finished video: its playlists take the VOD lifetime, not the live one.
     _, headers, _ = await fetch(b, "master.m3u8")
     assert headers["Cache-Control"] == f"public, max-age={int(b.app[DELIVERY].config.edge.vod_playlist_max_age)}"
