@@ -99,9 +99,15 @@ def main(argv: list[str] | None = None) -> int:
 
         direct(keys[0])  # the client's connection pool warmed, as the edge's is after its first GET
         cold_edge, cold_direct = [], []
-        for rel in keys:
-            cold_direct.append(direct(rel))
-            cold_edge.append(ttlb(edge, f"/videos/{rel}"))
+        for n, rel in enumerate(keys):
+            # Alternate which one reads the object first: SeaweedFS's own page cache then favours
+            # each side equally.
+            if n % 2:
+                cold_direct.append(direct(rel))
+                cold_edge.append(ttlb(edge, f"/videos/{rel}"))
+            else:
+                cold_edge.append(ttlb(edge, f"/videos/{rel}"))
+                cold_direct.append(direct(rel))
         warm = {"edge": [], "nginx": []}
         for _ in range(3):  # alternated, so a noisy neighbour hurts both
             for name, conn in (("edge", edge), ("nginx", nginx)):
