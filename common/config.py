@@ -108,9 +108,26 @@ class UploadsConfig(_Section):
     lock_wait: Seconds = Seconds(10)
 
 
+class S3Config(_Section):
+    endpoint: str = ""  # empty: AWS's endpoint for the region; SeaweedFS, MinIO: http://host:port
+    bucket: str = ""
+    region: str = "us-east-1"
+    prefix: str = ""  # joined before every key: one bucket can hold several fleets
+    access_key_id: str = ""
+    secret_access_key: str = ""
+    credentials_file: str = ""  # AWS shared-credentials INI ([default]) read when the keys are empty
+    part_size: Bytes = Bytes(8 * 2**20)  # S3 refuses parts under 5 MiB (all but the last)
+    connect_timeout: Seconds = Seconds(5)
+    request_timeout: Seconds = Seconds(30)  # one call; a streamed read waits this long per chunk
+    create_bucket: bool = False  # make the bucket at start when missing (tests, dev)
+
+
 class StorageConfig(_Section):
+    # Where sources and media live: disk (data_dir, one node) or an S3-compatible object store.
+    backend: Literal["disk", "s3"] = "disk"
     data_dir: str = "./data"
     min_free_space: Bytes = Bytes(512 * 2**20)
+    s3: S3Config = msgspec.field(default_factory=S3Config)
 
     @property
     def root(self) -> Path:
@@ -330,6 +347,11 @@ ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     "TRANSCODER_MAX_TASKS": ("transcoder", "max_concurrent_tasks"),
     "REDIS_URL": ("cache", "redis_url"),
     "STREAMGATE_DATA_DIR": ("storage", "data_dir"),
+    "AWS_ACCESS_KEY_ID": ("storage", "s3", "access_key_id"),
+    "AWS_SECRET_ACCESS_KEY": ("storage", "s3", "secret_access_key"),
+    "AWS_REGION": ("storage", "s3", "region"),
+    "S3_ENDPOINT": ("storage", "s3", "endpoint"),
+    "S3_BUCKET": ("storage", "s3", "bucket"),
     "AUTH_REQUIRED": ("auth", "required"),
 }
 _GENERIC_PREFIX = "STREAMGATE__"
@@ -476,6 +498,11 @@ def _check(config: Config, origin: str) -> None:
         (config.transcoder.ring_slots >= 2, "transcoder.ring_slots", "must be >= 2"),
         (config.broker.heartbeat_liveness >= 1, "broker.heartbeat_liveness", "must be >= 1"),
         (config.broker.max_retries >= 0, "broker.max_retries", "must be >= 0"),
+        (config.storage.backend != "s3" or bool(config.storage.s3.bucket), "storage.s3.bucket",
+         "the s3 backend needs a bucket (or S3_BUCKET)"),
+        (config.storage.s3.part_size >= 5 * 2**20, "storage.s3.part_size", "must be at least 5MiB (S3's minimum part)"),
+        (config.storage.s3.request_timeout > 0 and config.storage.s3.connect_timeout > 0,
+         "storage.s3.request_timeout", "timeouts must be positive"),
         (config.deployment.mode == "single" or bool(config.cache.redis_url), "cache.redis_url",
          "a fleet shares Redis: set cache.redis_url (or REDIS_URL)"),
     ]
