@@ -1,0 +1,34 @@
+"""The object store of the intake (``storage.backend: s3``): opened once per edge process.
+
+On disk (the single-node default) nothing is opened and the intake keeps its partial files.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from streamgate.common.config import Config
+from streamgate.common.storage import open_store
+from streamgate.edge.keys import CONFIG
+
+OBJECT_STORE = web.AppKey("intake_object_store", Any)
+
+
+def uses_store(config: Config) -> bool:
+    return config.storage.backend == "s3"
+
+
+async def objects_ctx(app: web.Application):  # type: ignore[no-untyped-def]
+    config: Config = app[CONFIG]
+    if not uses_store(config):
+        yield
+        return
+    # Opening makes no request (unless create_bucket): a store down at start gives 503s, not a dead edge.
+    store = await open_store(config)
+    app[OBJECT_STORE] = store
+    try:
+        yield
+    finally:
+        await store.close()
