@@ -32,8 +32,8 @@ class JobSubmitter:
         self._config = config
         self._client = client
 
-    async def submit(self, video: Video) -> str | None:
-        """None when the broker accepted the job, else why not (the video stays queued)."""
+    def spec(self, video: Video) -> JobSpec:
+        """The job of a queued video."""
         # In a fleet (storage.backend: s3) the job names objects: video.source is the source's key.
         fleet = self._config.storage.backend == "s3"
         job = JobSpec(job_id=video.id, source=video.source,
@@ -41,6 +41,11 @@ class JobSubmitter:
                       priority=video.priority, submitted_at=time.time(),
                       source_key=video.source if fleet else "",
                       media_prefix=layout.media_prefix(video.id) if fleet else "")
+        return job
+
+    async def submit(self, video: Video) -> str | None:
+        """None when the broker accepted the job, else why not (the video stays queued)."""
+        job = self.spec(video)
         try:
             reply = await self._client.submit(job)
         except (BrokerUnavailable, BrokerError, OSError) as exc:
