@@ -7,6 +7,9 @@ import asyncio
 import base64
 import hashlib
 import io
+import socket
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -14,8 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import free_port, streamgate_env
 from intake_support import TUS, edge  # noqa: F401  (fixture)
 from storage_support import SeaweedFS, start_seaweedfs, stop_seaweedfs
+from support import wait_until
 
 from streamgate.common import layout
 from streamgate.common.config import Config, config_from_tree
@@ -227,3 +232,84 @@ async def test_a_stopped_store_answers_503_with_retry_after_and_keeps_what_was_a
     assert await _offset(a, upload_id) == 6 * MiB
     async with a.session.post(a.url + "/api/v1/uploads", headers={**TUS, "Upload-Length": "10"}) as r:
         assert r.status == 503 and int(r.headers["Retry-After"]) > 0
+
+
+def _edge_process(data_dir: Path, log: Path, redis_url: str, server: SeaweedFS, prefix: str):  # type: ignore[no-untyped-def]
+    """A real ``streamgate edge`` in s3 mode (its config from the environment, as on a host)."""
+    port = free_port()
+    env = streamgate_env(data_dir, port, REDIS_URL=redis_url, STREAMGATE__METRICS__ENABLED="false",
+                         STREAMGATE__UPLOADS__RESUBMIT_INTERVAL="1h",
+                         STREAMGATE__STORAGE__BACKEND="s3", S3_ENDPOINT=server.endpoint,
+                         S3_BUCKET=server.bucket, AWS_ACCESS_KEY_ID=server.access_key_id,
+                         AWS_SECRET_ACCESS_KEY=server.secret_access_key, AWS_REGION=server.region,
+                         STREAMGATE__STORAGE__S3__PREFIX=prefix,
+                         STREAMGATE__STORAGE__S3__PART_SIZE="5MiB")
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "streamgate", "edge", "--port", str(port)],
+                                env=env, stdout=out, stderr=subprocess.STDOUT)
+
+    def healthy() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"edge exited {proc.returncode}:\n{log.read_text()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                return s.recv(64).startswith(b"HTTP/1.1 200")
+        except OSError:
+            return False
+
+    try:
+        wait_until(healthy, timeout=30, what=f"edge on {port}")
+    except BaseException:
+        proc.kill()
+        proc.wait(30)
+        raise
+    return proc, port
+
+
+async def test_kill_9_of_the_edge_mid_patch_loses_no_acknowledged_part(
+        edge, tmp_path: Path, redis_url: str, seaweedfs: SeaweedFS, prefix: str,  # noqa: F811
+        objects: ObjectStore) -> None:
+    import redis.asyncio as aioredis
+
+    data = hashlib.shake_256(b"kill-9").digest(12 * MiB)
+    source = tmp_path / "kill.mp4"
+    await asyncio.to_thread(source.write_bytes, data)
+    proc, port = await asyncio.to_thread(_edge_process, tmp_path / "a", tmp_path / "a.log",
+                                         redis_url, seaweedfs, prefix)
+    b = await edge(_config(tmp_path / "b", redis_url, seaweedfs, prefix))
+    try:
+        upload_id = await _create(b, len(data))
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write((f"PATCH /api/v1/uploads/{upload_id} HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\n"
+                      "Upload-Offset: 0\r\nContent-Type: application/offset+octet-stream\r\n"
+                      f"Content-Length: {len(data)}\r\n\r\n").encode() + data[:7 * MiB])
+        await writer.drain()
+        # Past one part, then the edge dies mid-body (no checksum: whole parts are acknowledged).
+        deadline = time.monotonic() + 30
+        while await _offset(b, upload_id) < 5 * MiB:
+            assert time.monotonic() < deadline, "no part acknowledged in time"
+            await asyncio.sleep(0.05)
+        proc.kill()
+        await asyncio.to_thread(proc.wait, 30)
+        writer.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            await asyncio.to_thread(proc.wait, 30)
+    acknowledged = await _offset(b, upload_id)
+    state = await b.app[stores.UPLOAD_STORE].get(upload_id)
+    assert state is not None and acknowledged == 5 * MiB and [p.size for p in state.parts] == [5 * MiB]
+    # The dead edge's lock lapses (it is renewed by its holder only); then edge B continues.
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        deadline = time.monotonic() + 45
+        while await client.keys(f"*upload-lock:{upload_id}"):
+            assert time.monotonic() < deadline, "the dead edge's lock never lapsed"
+            await asyncio.sleep(0.1)
+    finally:
+        await client.aclose()
+    resumed = await asyncio.to_thread(_tus_upload, b.url, source, chunk_size=4 * MiB,
+                                      url=f"{b.url}/api/v1/uploads/{upload_id}")
+    assert resumed.resumed_from == acknowledged and resumed.offset == len(data)
+    assert _sha256(await objects.get(layout.source_key(upload_id, "mp4"))) == _sha256(data)
