@@ -132,7 +132,10 @@ class ObjectStore(Protocol):
         """A part copied server side from (a range of) another object: nothing passes through us."""
 
     async def list_parts(self, key: str, upload_id: str) -> list[PartInfo]:
-        """The parts stored so far, by part number. Raises UploadNotFound."""
+        """The parts stored so far, by part number. Raises UploadNotFound.
+
+        Complete with the PartInfos upload_part returned when a part was sent twice: SeaweedFS
+        lists both versions and the newest is told apart only to the second."""
 
     async def complete_multipart(self, key: str, upload_id: str, parts: Sequence[PartInfo]) -> str:
         """Join ``parts`` (ascending part numbers) into the object; returns its ETag."""

@@ -220,7 +220,7 @@ class DiskStore:
         found.sort(key=lambda i: i.key)
         return found
 
-    async def list(self, prefix: str = "") -> AsyncIterator[ObjectInfo]:  # type: ignore[override]
+    async def list(self, prefix: str = "") -> AsyncIterator[ObjectInfo]:
         for info in await asyncio.to_thread(self._scan, prefix):
             yield info
 
@@ -388,7 +388,7 @@ class DiskStore:
         found.sort(key=lambda u: (u.key, u.initiated))
         return found
 
-    async def list_multipart_uploads(self, prefix: str = "") -> AsyncIterator[MultipartUpload]:  # type: ignore[override]
+    async def list_multipart_uploads(self, prefix: str = "") -> AsyncIterator[MultipartUpload]:
         for upload in await asyncio.to_thread(self._uploads, prefix):
             yield upload
 

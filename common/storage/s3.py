@@ -1,9 +1,10 @@
-"""The fleet backend: an S3-compatible object store (SeaweedFS, MinIO, Ceph RGW, AWS) via aiobotocore.
+"""The fleet backend: an S3-compatible object store (SeaweedFS, MinIO, Ceph RGW, AWS).
 
-aiobotocore was chosen over obstore on the figures of bench/storage_client.py (docs/storage.md):
-it is the one of the two that exposes the whole multipart API (an upload continued by another
-process from its upload id, ListParts, ListMultipartUploads, UploadPartCopy), which resumable tus
-uploads and the sweeper need.
+Two clients, each where bench/storage_client.py measured it best (docs/storage.md has the
+figures): obstore (Rust, object_store) for whole-object reads and writes, the hot path of edges
+and farms, at about a third of aiobotocore's CPU per request and 4-5x its concurrent GET rate; aiobotocore
+for what obstore does not offer: multipart by upload id (an upload continued by another process),
+ListParts, ListMultipartUploads, UploadPartCopy, and listing and batch deletes.
 
 Every call runs under ``request_timeout`` (a streamed read: per chunk); a refused or broken
 connection, a timeout or a 5xx from the store raises StorageUnavailable, so callers can answer 503.
@@ -13,7 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import configparser
+import datetime
 import os
+import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
@@ -21,9 +24,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
+import obstore
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
-from botocore.exceptions import BotoCoreError, ClientError, ConnectionError, HTTPClientError
+from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
+from obstore.exceptions import BaseError as ObstoreError
+from obstore.exceptions import PermissionDeniedError, UnauthenticatedError
+from obstore.store import S3Store as ObstoreS3
 
 from streamgate.common.storage.base import (
     MultipartUpload,
@@ -45,6 +52,31 @@ _UNAVAILABLE = {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeo
 # Uploads of put_file in flight at once; more buys nothing on one link and costs memory (parts).
 _PUT_CONCURRENCY = 4
 _DOWNLOAD_CHUNK = 1 << 20
+_STATUS = re.compile(r"status code: (\d{3})")
+# obstore's own timeout covers a whole request, body included: a big streamed read would be cut.
+# Stalls are caught per chunk by our request_timeout instead.
+_OBSTORE_BODY_TIMEOUT = "24h"
+
+
+class _RangeNotSatisfiable(Exception):
+    """A start at or past the end of the object (HTTP 416)."""
+
+
+def _obstore_error(op: str, key: str, exc: BaseException) -> StorageError | _RangeNotSatisfiable:
+    if isinstance(exc, FileNotFoundError):  # obstore's NotFoundError is one
+        return ObjectNotFound(key)
+    if isinstance(exc, (PermissionDeniedError, UnauthenticatedError)):
+        return StorageError(f"{op} {key}: refused by the store: {str(exc).splitlines()[0]}")
+    if isinstance(exc, ValueError):  # a path obstore cannot parse
+        return StorageError(f"{op} {key}: bad object key: {exc}")
+    status = _STATUS.search(str(exc))
+    code = int(status.group(1)) if status else 0
+    if code == 416:
+        return _RangeNotSatisfiable()
+    if 400 <= code < 500 and code not in (408, 429):
+        return StorageError(f"{op} {key}: the store answered {code}: {str(exc).splitlines()[0]}")
+    # No status: connection refused or reset, a timeout; or a 5xx, 408, 429.
+    return StorageUnavailable(f"{op} {key}: store unreachable or failing: {str(exc).splitlines()[0]}")
 
 
 def _code(exc: ClientError) -> str:
@@ -68,30 +100,33 @@ def read_credentials_file(path: str | os.PathLike[str]) -> tuple[str, str]:
 
 
 class S3Stream:
-    """The body of one GetObject, read in chunks, each under the request timeout."""
+    """The body of one GET, read in chunks, each under the request timeout."""
 
-    def __init__(self, body: Any, info: ObjectInfo, start: int, end: int, chunk_size: int,
-                 timeout: float) -> None:
-        self._body = body
+    def __init__(self, body: Any, info: ObjectInfo, start: int, end: int, timeout: float) -> None:
+        self._body = body  # an obstore BytesStream, or None for an empty range
         self.info = info
         self.start = start
         self.end = end
-        self._chunk = chunk_size
         self._timeout = timeout
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
+        if self._body is None:
+            return
         while True:
             try:
                 async with asyncio.timeout(self._timeout):
-                    data = await self._body.read(self._chunk)
-            except (TimeoutError, aiohttp.ClientError, BotoCoreError) as exc:
-                raise StorageUnavailable(f"reading {self.info.key}: {exc!r}") from exc
-            if not data:
+                    data = await anext(self._body, None)
+            except TimeoutError as exc:
+                raise StorageUnavailable(f"reading {self.info.key}: no data for {self._timeout}s") from exc
+            except (ObstoreError, OSError) as exc:
+                error = _obstore_error("read", self.info.key, exc)
+                raise (error if isinstance(error, StorageError) else StorageError(str(exc))) from exc
+            if data is None:
                 return
             yield data
 
     async def aclose(self) -> None:
-        self._body.close()
+        self._body = None  # dropping the stream closes its connection
 
     async def __aenter__(self) -> S3Stream:
         return self
@@ -103,9 +138,10 @@ class S3Stream:
 class S3Store:
     name = "s3"
 
-    def __init__(self, client: Any, exit_stack: AsyncExitStack, *, bucket: str, prefix: str,
-                 part_size: int, request_timeout: float) -> None:
+    def __init__(self, client: Any, reader: ObstoreS3, exit_stack: AsyncExitStack, *, bucket: str,
+                 prefix: str, part_size: int, request_timeout: float) -> None:
         self._client = client
+        self._obs = reader
         self._exit = exit_stack
         self.bucket = bucket
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
@@ -132,10 +168,20 @@ class S3Store:
             # Only what S3 requires: newer botocore adds CRC checksums some S3 servers refuse.
             request_checksum_calculation="when_required", response_checksum_validation="when_required",
         )
+        prefix = check_prefix(prefix.strip("/"))
+        reader = ObstoreS3(
+            bucket, prefix=prefix or None, region=region, virtual_hosted_style_request=False,
+            **({"endpoint": endpoint} if endpoint else {}),
+            **({"access_key_id": access_key_id, "secret_access_key": secret_access_key} if keys else {}),
+            client_options={"allow_http": True, "connect_timeout": f"{int(connect_timeout * 1000)}ms",
+                            "timeout": _OBSTORE_BODY_TIMEOUT},
+            retry_config={"max_retries": 2, "retry_timeout": datetime.timedelta(seconds=request_timeout),
+                          "backoff": {"init_backoff": datetime.timedelta(milliseconds=100),
+                                      "max_backoff": datetime.timedelta(seconds=1), "base": 2}})
         stack = AsyncExitStack()
         client = await stack.enter_async_context(get_session().create_client(
             "s3", endpoint_url=endpoint or None, region_name=region, config=config, **keys))
-        store = cls(client, stack, bucket=bucket, prefix=check_prefix(prefix.strip("/")),
+        store = cls(client, reader, stack, bucket=bucket, prefix=prefix,
                     part_size=part_size, request_timeout=request_timeout)
         try:
             if create_bucket:
@@ -177,6 +223,15 @@ class S3Store:
         except (TimeoutError, ConnectionError, HTTPClientError, aiohttp.ClientError, OSError) as exc:
             raise StorageUnavailable(f"{op} {key}: store unreachable or too slow: {exc!r}") from exc
 
+    async def _obs_call(self, op: str, key: str, call: Callable[[], Awaitable[T]]) -> T:
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await call()
+        except TimeoutError as exc:
+            raise StorageUnavailable(f"{op} {key}: no answer in {self.timeout}s") from exc
+        except (ObstoreError, OSError, ValueError) as exc:
+            raise _obstore_error(op, key, exc) from exc
+
     def _full(self, key: str) -> str:
         return self.prefix + check_key(key)
 
@@ -188,8 +243,10 @@ class S3Store:
     async def put(self, key: str, data: bytes | Path) -> str:
         if isinstance(data, Path):
             return await self.put_file(key, data)
-        reply = await self._call("put_object", Bucket=self.bucket, Key=self._full(key), Body=bytes(data))
-        return _etag(reply["ETag"])
+        check_key(key)
+        reply = await self._obs_call("put", key, lambda: obstore.put_async(
+            self._obs, key, bytes(data), use_multipart=False))
+        return _etag(reply["e_tag"] or "")
 
     async def put_file(self, key: str, path: Path) -> str:
         size = (await asyncio.to_thread(os.stat, path)).st_size
@@ -220,74 +277,59 @@ class S3Store:
         except StorageError:
             pass  # the sweeper aborts what is left (list_multipart_uploads)
 
-    def _range_header(self, start: int | None, end: int | None) -> str | None:
+    @staticmethod
+    def _range(start: int | None, end: int | None) -> Any:
         if start is not None and start < 0:
             if end is not None:
                 raise StorageError("a suffix range (negative start) takes no end")
-            return f"bytes={start}"
-        if start is None and end is None:
-            return None
-        return f"bytes={start or 0}-{'' if end is None else end - 1}"
+            return {"suffix": -start}
+        if end is None:
+            return {"offset": start} if start else None
+        return (start or 0, end)
 
-    async def _get_object(self, key: str, start: int | None, end: int | None) -> tuple[dict[str, Any], int, int, int]:
-        """GetObject of a range: (reply, first byte, one past the last, object size)."""
-        if start is not None and start >= 0 and end is not None and end <= start:
+    async def _open(self, key: str, start: int | None, end: int | None) -> tuple[Any, ObjectInfo, int, int]:
+        """One GET of a range: (obstore result or None when empty, info, first byte, one past the last)."""
+        check_key(key)
+        if end is not None and (start or 0) >= 0 and end <= (start or 0):
             info = await self.head(key)
             if info is None:
                 raise ObjectNotFound(key)
-            lo = min(start, info.size)
-            return {}, lo, lo, info.size
-        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": self._full(key)}
-        header = self._range_header(start, end)
-        if header:
-            kwargs["Range"] = header
+            lo = min(start or 0, info.size)
+            return None, info, lo, lo
+        spec = self._range(start, end)
+        options: dict[str, Any] = {"range": spec} if spec is not None else {}
         try:
-            reply = await self._call("get_object", **kwargs)
-        except StorageError as exc:
-            if "InvalidRange" not in str(exc):
-                raise
+            result = await self._obs_call("get", key, lambda: obstore.get_async(self._obs, key, options=options))
+        except _RangeNotSatisfiable:
             # A start at or past the end: empty, as a slice would be (416 for HTTP callers to make).
             info = await self.head(key)
             if info is None:
                 raise ObjectNotFound(key) from None
-            return {}, info.size, info.size, info.size
-        content_range = reply.get("ContentRange")
-        length = int(reply["ContentLength"])
-        if content_range:  # "bytes 0-99/1234"
-            span, _, total = content_range.removeprefix("bytes ").partition("/")
-            first = int(span.split("-")[0])
-            return reply, first, first + length, int(total)
-        return reply, 0, length, length
+            return None, info, info.size, info.size
+        meta = result.meta
+        info = ObjectInfo(key=key, size=int(meta["size"]), etag=_etag(meta["e_tag"] or ""),
+                          mtime=meta["last_modified"].timestamp())
+        lo, hi = result.range
+        return result, info, lo, hi
 
     async def get(self, key: str, start: int | None = None, end: int | None = None) -> bytes:
-        reply, lo, hi, _ = await self._get_object(key, start, end)
-        if not reply:
+        result, _, _, _ = await self._open(key, start, end)
+        if result is None:
             return b""
-        body = reply["Body"]
-        try:
-            async with asyncio.timeout(self.timeout):
-                return await body.read()
-        except (TimeoutError, aiohttp.ClientError, BotoCoreError) as exc:
-            raise StorageUnavailable(f"get {key}: {exc!r}") from exc
-        finally:
-            body.close()
+        return bytes(await self._obs_call("get", key, result.bytes_async))
 
     async def open_read(self, key: str, start: int | None = None, end: int | None = None,
                         chunk_size: int = 256 * 1024) -> S3Stream:
-        reply, lo, hi, size = await self._get_object(key, start, end)
-        if not reply:
-            info = await self.head(key)
-            assert info is not None
-            return S3Stream(_EmptyBody(), info, lo, hi, chunk_size, self.timeout)
-        info = ObjectInfo(key=key, size=size, etag=_etag(reply["ETag"]), mtime=reply["LastModified"].timestamp())
-        return S3Stream(reply["Body"], info, lo, hi, chunk_size, self.timeout)
+        result, info, lo, hi = await self._open(key, start, end)
+        body = result.stream(min_chunk_size=chunk_size) if result is not None else None
+        return S3Stream(body, info, lo, hi, self.timeout)
 
     async def download(self, key: str, path: Path) -> ObjectInfo:
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.sg-tmp")
         try:
             async with await self.open_read(key, chunk_size=_DOWNLOAD_CHUNK) as stream:
+                await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
                 out = await asyncio.to_thread(open, tmp, "wb")
                 try:
                     async for chunk in stream:
@@ -302,14 +344,15 @@ class S3Store:
         return stream.info
 
     async def head(self, key: str) -> ObjectInfo | None:
+        check_key(key)
         try:
-            reply = await self._call("head_object", Bucket=self.bucket, Key=self._full(key))
+            meta = await self._obs_call("head", key, lambda: obstore.head_async(self._obs, key))
         except ObjectNotFound:
             return None
-        return ObjectInfo(key=key, size=int(reply["ContentLength"]), etag=_etag(reply["ETag"]),
-                          mtime=reply["LastModified"].timestamp())
+        return ObjectInfo(key=key, size=int(meta["size"]), etag=_etag(meta["e_tag"] or ""),
+                          mtime=meta["last_modified"].timestamp())
 
-    async def list(self, prefix: str = "") -> AsyncIterator[ObjectInfo]:  # type: ignore[override]
+    async def list(self, prefix: str = "") -> AsyncIterator[ObjectInfo]:
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self.prefix + check_prefix(prefix)}
         while True:
             page = await self._call("list_objects_v2", **kwargs)
@@ -403,7 +446,7 @@ class S3Store:
         except ObjectNotFound:
             pass
 
-    async def list_multipart_uploads(self, prefix: str = "") -> AsyncIterator[MultipartUpload]:  # type: ignore[override]
+    async def list_multipart_uploads(self, prefix: str = "") -> AsyncIterator[MultipartUpload]:
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self.prefix + check_prefix(prefix)}
         while True:
             page = await self._call("list_multipart_uploads", **kwargs)
@@ -417,14 +460,6 @@ class S3Store:
 
     async def close(self) -> None:
         await self._exit.aclose()
-
-
-class _EmptyBody:
-    async def read(self, n: int = -1) -> bytes:
-        return b""
-
-    def close(self) -> None:
-        pass
 
 
 def _read_at(path: Path, offset: int, size: int) -> bytes:

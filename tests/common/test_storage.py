@@ -19,6 +19,7 @@ from streamgate.common.storage import (
     MIN_PART_SIZE,
     ObjectNotFound,
     ObjectStore,
+    ObjectStream,
     PartInfo,
     StorageError,
     StorageUnavailable,
@@ -49,6 +50,7 @@ def blob(size: int, seed: int = 0) -> bytes:
 
 
 async def test_put_get_and_ranges(store: ObjectStore) -> None:
+    assert isinstance(store, ObjectStore)
     data = blob(100_000)
     etag = await store.put("media/v1/720p/seg-1.m4s", data)
     assert etag
@@ -59,6 +61,9 @@ async def test_put_get_and_ranges(store: ObjectStore) -> None:
     assert await store.get("media/v1/720p/seg-1.m4s", -300) == data[-300:]  # suffix (bytes=-300)
     assert await store.get("media/v1/720p/seg-1.m4s", 99_000, 10**9) == data[99_000:]  # clipped
     assert await store.get("media/v1/720p/seg-1.m4s", len(data)) == b""  # past the end
+    assert await store.get("media/v1/720p/seg-1.m4s", None, 10) == data[:10]
+    assert await store.get("media/v1/720p/seg-1.m4s", None, 0) == b""
+    assert await store.get("media/v1/720p/seg-1.m4s", 50, 40) == b""
     info = await store.head("media/v1/720p/seg-1.m4s")
     assert info is not None and info.size == len(data) and info.etag == etag
     assert abs(info.mtime - time.time()) < 120
@@ -66,7 +71,7 @@ async def test_put_get_and_ranges(store: ObjectStore) -> None:
     assert await store.put("media/v1/720p/seg-1.m4s", data[:10]) != etag
 
 
-async def test_missing_objects(store: ObjectStore) -> None:
+async def test_missing_objects(store: ObjectStore, tmp_path: Path) -> None:
     assert await store.head("media/nothing/here") is None
     with pytest.raises(ObjectNotFound):
         await store.get("media/nothing/here")
@@ -75,7 +80,8 @@ async def test_missing_objects(store: ObjectStore) -> None:
     with pytest.raises(ObjectNotFound):
         await store.open_read("media/nothing/here")
     with pytest.raises(ObjectNotFound):
-        await store.download("media/nothing/here", Path("/nonexistent/never-written"))
+        await store.download("media/nothing/here", tmp_path / "never" / "written")
+    assert not (tmp_path / "never").exists()
     await store.delete("media/nothing/here")  # deleting a missing object is not an error
 
 
@@ -89,6 +95,7 @@ async def test_streaming_read_and_download(store: ObjectStore, tmp_path: Path) -
     data = blob(3 * MiB + 17, seed=1)
     await store.put("sources/v2/source.mp4", data)
     async with await store.open_read("sources/v2/source.mp4", chunk_size=64 * 1024) as stream:
+        assert isinstance(stream, ObjectStream)
         assert stream.info.size == len(data)
         assert (stream.start, stream.end) == (0, len(data))
         chunks = [c async for c in stream]
