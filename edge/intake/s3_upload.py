@@ -16,6 +16,7 @@ the first ``tail_size`` bytes of the tail object are ever read).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hashlib
 import logging
@@ -42,6 +43,9 @@ log = logging.getLogger("streamgate.edge.intake.s3_upload")
 # then in a scratch file under data_dir/uploads (per-host scratch, never shared).
 _SPOOL_MEMORY = 8 * 2**20
 _READ = 1 << 20
+# Parts of one PATCH in flight at once: the body keeps arriving while earlier parts go up (one at a
+# time the client would idle for every part's round trip). Bounds memory to this many parts.
+PARTS_IN_FLIGHT = 4
 
 
 def upload_prefix(upload_id: str) -> str:
@@ -69,6 +73,10 @@ class _Writer:
         self.upload = upload
         self.part_size = int(config.storage.s3.part_size)
         self.buffer = bytearray()
+        # Parts sent, in part-number order. Each is recorded (acknowledged) as soon as it and every
+        # part before it are stored, so the saved offset always covers a contiguous run of bytes.
+        self.in_flight: collections.deque[asyncio.Task[None]] = collections.deque()
+        self.next_number = len(upload.parts) + 1
 
     async def start(self) -> None:
         if self.upload.tail_size:
@@ -79,22 +87,43 @@ class _Writer:
     async def feed(self, chunk: bytes) -> None:
         self.buffer += chunk
         while len(self.buffer) >= self.part_size:
-            await self._part(bytes(self.buffer[:self.part_size]))
+            self._send(bytes(self.buffer[:self.part_size]))
             del self.buffer[:self.part_size]
+            if len(self.in_flight) >= PARTS_IN_FLIGHT:
+                await self.in_flight.popleft()
 
     async def finish(self) -> None:
-        """Store what is buffered: the last part when the upload is whole, else the tail."""
+        """Record the parts in flight, then store what is buffered: the last part when the upload
+        is whole, else the tail."""
+        while self.in_flight:
+            await self.in_flight.popleft()
         stored = sum(p.size for p in self.upload.parts)
         if stored + len(self.buffer) == self.upload.length and self.buffer:
-            await self._part(bytes(self.buffer))
+            self._send(bytes(self.buffer))
             self.buffer.clear()
+            await self.in_flight.popleft()
         elif len(self.buffer) > self.upload.tail_size:
             await self.objects.put(tail_key(self.upload.id), bytes(self.buffer))
             await self._save(tail_size=len(self.buffer))
 
-    async def _part(self, data: bytes) -> None:
-        number = len(self.upload.parts) + 1
+    async def abandon(self) -> None:
+        """An error: parts still in flight are not recorded (the next PATCH sends them again)."""
+        for task in self.in_flight:
+            task.cancel()
+        await asyncio.gather(*self.in_flight, return_exceptions=True)
+        self.in_flight.clear()
+
+    def _send(self, data: bytes) -> None:
+        number = self.next_number
+        self.next_number += 1
+        previous = self.in_flight[-1] if self.in_flight else None
+        self.in_flight.append(asyncio.create_task(
+            self._store_part(number, data, previous), name=f"upload-{self.upload.id}-part-{number}"))
+
+    async def _store_part(self, number: int, data: bytes, previous: asyncio.Task[None] | None) -> None:
         info = await self.objects.upload_part(self.upload.source_key, self.upload.multipart_id, number, data)
+        if previous is not None:
+            await previous  # recorded in order (its failure fails this one: nothing past a gap)
         parts = [*self.upload.parts, StoredPart(number=number, etag=info.etag, size=len(data))]
         await self._save(parts=parts, tail_size=0)
 
@@ -152,17 +181,24 @@ async def receive(request: web.Request, config: Config, upload: Upload,
                 if received > room:
                     raise error(413, "payload too large", f"the body runs past Upload-Length {upload.length}")
                 await writer.feed(chunk)
+        await writer.finish()
     except (ClientPayloadError, ConnectionError) as exc:
         log.info("upload %s: body interrupted at %d bytes: %s", upload.id, writer.upload.offset, exc)
         if checksum is None:
-            await writer.finish()  # keep what arrived whole: it goes to the tail
+            try:
+                await writer.finish()  # keep what arrived whole: it goes to the tail
+            finally:
+                await writer.abandon()
         raise web.HTTPBadRequest(text="body interrupted") from None
     except asyncio.CancelledError:
         if checksum is None:
             with contextlib.suppress(Exception):
                 await writer.finish()
+        await writer.abandon()
         raise
-    await writer.finish()
+    except BaseException:
+        await writer.abandon()
+        raise
     return writer.upload
 
 

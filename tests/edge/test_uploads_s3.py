@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import io
 import socket
@@ -293,6 +294,8 @@ async def test_kill_9_of_the_edge_mid_patch_loses_no_acknowledged_part(
         proc.kill()
         await asyncio.to_thread(proc.wait, 30)
         writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
     finally:
         if proc.poll() is None:
             proc.kill()
