@@ -236,6 +236,14 @@ async def discard(objects: ObjectStore, upload: Upload) -> None:
     await objects.delete_prefix(upload_prefix(upload.id))
 
 
+async def delete_video(objects: ObjectStore, video_id: str, upload: Upload | None) -> None:
+    """DELETE of a video in s3 mode: its upload (multipart, tail), its source and its media."""
+    if upload is not None and upload.source_key:
+        await discard(objects, upload)
+    for prefix in (f"{layout.SOURCES}/{video_id}/", f"{layout.media_prefix(video_id)}/"):
+        await objects.delete_prefix(prefix)
+
+
 async def abort_stale(app: web.Application, now: float) -> int:
     """Abort multipart uploads of sources older than uploads.expiration that no live upload owns
     (one whose state was lost, or an edge killed between opening it and saving the state)."""

@@ -173,6 +173,10 @@ async def test_checksum_mismatch_stores_nothing_and_keeps_the_offset(
     status, headers = await _patch(a, upload_id, MiB, data[MiB:], **{"Upload-Checksum": right})
     assert status == 204 and headers["Upload-Offset"] == str(len(data))
     assert _sha256(await objects.get(state.source_key)) == _sha256(data)
+    # Deleting the video deletes its source object.
+    async with a.session.delete(f"{a.url}/api/v1/videos/{upload_id}") as r:
+        assert r.status == 204
+    assert await objects.head(state.source_key) is None
 
 
 async def test_sweeper_aborts_expired_and_stale_multipart_uploads(
