@@ -9,9 +9,10 @@ from typing import Any
 
 from aiohttp import web
 
+from streamgate.common import layout
 from streamgate.common.config import Config
-from streamgate.common.storage import open_store
-from streamgate.edge.keys import CONFIG
+from streamgate.common.storage import StorageUnavailable, open_store
+from streamgate.edge.keys import CONFIG, READINESS_CHECKS
 
 OBJECT_STORE = web.AppKey("intake_object_store", Any)
 
@@ -28,6 +29,17 @@ async def objects_ctx(app: web.Application):  # type: ignore[no-untyped-def]
     # Opening makes no request (unless create_bucket): a store down at start gives 503s, not a dead edge.
     store = await open_store(config)
     app[OBJECT_STORE] = store
+
+    async def storage_check(app: web.Application) -> tuple[bool, str]:
+        # A HEAD of a key that need not exist: any answer means the store is reachable.
+        try:
+            await store.head(f"{layout.UPLOADS}/.readiness")
+        except StorageUnavailable as exc:
+            return False, f"unavailable: {exc}"
+        return True, f"{store.name} reachable"
+
+    # setdefault: whichever part of the edge opens a store first reports on it.
+    app[READINESS_CHECKS].setdefault("storage", storage_check)
     try:
         yield
     finally:

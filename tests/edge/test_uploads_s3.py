@@ -226,6 +226,8 @@ async def test_a_stopped_store_answers_503_with_retry_after_and_keeps_what_was_a
         assert (await _patch(a, upload_id, 0, data[:6 * MiB]))[0] == 204
         before = await a.app[stores.UPLOAD_STORE].get(upload_id)
         assert before is not None and before.offset == 6 * MiB
+        async with a.session.get(a.url + "/api/v1/health") as r:
+            assert (await r.json())["checks"]["storage"]["ok"] is True
     finally:
         await asyncio.to_thread(stop_seaweedfs, proc, server)
 
@@ -237,6 +239,9 @@ async def test_a_stopped_store_answers_503_with_retry_after_and_keeps_what_was_a
     assert await _offset(a, upload_id) == 6 * MiB
     async with a.session.post(a.url + "/api/v1/uploads", headers={**TUS, "Upload-Length": "10"}) as r:
         assert r.status == 503 and int(r.headers["Retry-After"]) > 0
+    async with a.session.get(a.url + "/api/v1/health") as r:
+        health = await r.json()
+    assert r.status == 503 and health["checks"]["storage"]["ok"] is False
 
 
 def _edge_process(data_dir: Path, log: Path, redis_url: str, server: SeaweedFS, prefix: str):  # type: ignore[no-untyped-def]
