@@ -325,3 +325,33 @@ async def test_kill_9_of_the_edge_mid_patch_loses_no_acknowledged_part(
                                       url=f"{b.url}/api/v1/uploads/{upload_id}")
     assert resumed.resumed_from == acknowledged and resumed.offset == len(data)
     assert _sha256(await objects.get(layout.source_key(upload_id, "mp4"))) == _sha256(data)
+
+
+async def test_a_body_cut_short_keeps_its_whole_parts_and_its_tail(
+        edge, tmp_path: Path, redis_url: str, seaweedfs: SeaweedFS, prefix: str,  # noqa: F811
+        objects: ObjectStore) -> None:
+    a = await edge(_config(tmp_path / "a", redis_url, seaweedfs, prefix))
+    data = hashlib.shake_256(b"cut").digest(9 * MiB)
+    upload_id = await _create(a, len(data))
+    sent = 6 * MiB + 12345
+    reader, writer = await asyncio.open_connection("127.0.0.1", a.server.port)
+    writer.write((f"PATCH /api/v1/uploads/{upload_id} HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\n"
+                  "Upload-Offset: 0\r\nContent-Type: application/offset+octet-stream\r\n"
+                  f"Content-Length: {len(data)}\r\n\r\n").encode() + data[:sent])
+    await writer.drain()
+    deadline = time.monotonic() + 30
+    while await _offset(a, upload_id) < 5 * MiB:  # the first part is in
+        assert time.monotonic() < deadline, "no part acknowledged in time"
+        await asyncio.sleep(0.05)
+    writer.close()  # the client goes away mid-body: what arrived is kept (no checksum)
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    deadline = time.monotonic() + 30
+    while await _offset(a, upload_id) != sent:
+        assert time.monotonic() < deadline, f"offset {await _offset(a, upload_id)}, wanted {sent}"
+        await asyncio.sleep(0.05)
+    state = await a.app[stores.UPLOAD_STORE].get(upload_id)
+    assert state is not None and [p.size for p in state.parts] == [5 * MiB] and state.tail_size == sent - 5 * MiB
+    status, headers = await _patch(a, upload_id, sent, data[sent:])
+    assert status == 204 and headers["Upload-Offset"] == str(len(data))
+    assert _sha256(await objects.get(state.source_key)) == _sha256(data)
