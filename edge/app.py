@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 
@@ -13,9 +14,11 @@ from streamgate.edge.errors import error_middleware
 from streamgate.edge.intake import completion, farm_link, objects, tus
 from streamgate.edge.keys import CONFIG, DISCOVERY, READINESS_CHECKS, REDIS, STARTED_AT
 from streamgate.edge.playback import routes
+from streamgate.edge.web import dashboard
+from streamgate.edge.web import routes as web_routes
 
 
-async def _redis_ctx(app: web.Application):  # type: ignore[no-untyped-def]
+async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
     url = app[CONFIG].cache.redis_url
     if not url:
         app[REDIS] = None
@@ -35,7 +38,7 @@ async def _redis_ctx(app: web.Application):  # type: ignore[no-untyped-def]
     await client.aclose()
 
 
-async def _discovery_ctx(app: web.Application):  # type: ignore[no-untyped-def]
+async def _discovery_ctx(app: web.Application) -> AsyncIterator[None]:
     """One Discovery per edge process (docs/control-plane.md), set before the parts that use it
     start and closed after they stopped (cleanup contexts unwind in reverse order)."""
     config = app[CONFIG]
@@ -69,9 +72,10 @@ def build_app(config: Config) -> web.Application:
         farm_link.client_ctx,  # the one broker client (follows the leader through DISCOVERY)
         routes.delivery_ctx,  # playback tiers over REDIS and the origins from DISCOVERY
         completion.intake_ctx,  # submitter on the broker client; resubmit, sweep, events loops
+        dashboard.sampler_ctx,  # the web dashboard's throughput history, sampled from the broker
     ):
         app.cleanup_ctx.append(ctx)
     # Routes only: no part registers a context of its own.
-    for part in (health, routes, tus, videos, auth, farm_link):
+    for part in (health, routes, tus, videos, auth, farm_link, web_routes):
         part.setup(app)
     return app

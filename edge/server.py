@@ -45,15 +45,17 @@ class EdgeServer:
                                     shutdown_timeout=float(config.server.shutdown_timeout),
                                     keepalive_timeout=float(config.edge.client_timeout))
         self.fast: FastPath | None = None
-        self.server: asyncio.AbstractServer | None = None
+        self.server: asyncio.Server | None = None
         self._sweep: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         config = self.config
         await self.runner.setup()
-        factory: Any = self.runner.server
+        handler = self.runner.server
+        assert handler is not None  # made by setup()
+        factory: Any = handler
         if config.edge.fast_path:
-            self.fast = FastPath(self.app, self.app[DELIVERY], self.runner.server,
+            self.fast = FastPath(self.app, self.app[DELIVERY], handler,
                                  float(config.edge.client_timeout), int(config.edge.max_header_size))
             factory = self.fast
             self._sweep = asyncio.create_task(self.fast.sweep(), name="fast-path-sweep")

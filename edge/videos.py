@@ -41,7 +41,7 @@ def _base(request: web.Request, config: Config) -> str:
     return config.server.public_url.rstrip("/") or f"{request.scheme}://{request.host}"
 
 
-def _eta(video: Video, now: float) -> float | None:
+def eta(video: Video, now: float) -> float | None:
     if video.status == "ready":
         return 0.0
     if video.status != "transcoding":
@@ -60,7 +60,7 @@ def video_json(video: Video, base: str) -> dict[str, Any]:
     root = f"{base}/videos/{video.id}"
     return {
         "id": video.id, "title": video.title, "filename": video.filename, "status": video.status,
-        "progress": round(video.progress, 4), "eta_s": _eta(video, time.time()),
+        "progress": round(video.progress, 4), "eta_s": eta(video, time.time()),
         "error": video.error or None, "duration": video.duration,
         "renditions": [{"name": r.name, "width": r.width, "height": r.height, "bandwidth": r.bandwidth}
                        for r in video.renditions],

@@ -23,6 +23,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
+from typing import cast
 
 from aiohttp import web
 
@@ -41,7 +42,7 @@ from streamgate.edge.fastpath.request import (
 )
 from streamgate.edge.fastpath.sendfile import DirectWrite, socket_fd
 from streamgate.edge.playback.conditional import RangeNotSatisfiable, parse_range
-from streamgate.edge.playback.delivery import REMOTE, Delivery
+from streamgate.edge.playback.delivery import Delivery
 from streamgate.edge.playback.files import Servable
 from streamgate.edge.playback.names import http_date
 
@@ -139,7 +140,8 @@ class FastConnection(asyncio.Protocol):
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        # A stream server's protocol: its transport is a Transport (the ABC types the hook wider).
+        self.transport = cast(asyncio.Transport, transport)
         self.sock_fd = socket_fd(transport)
         # A dup kept for the connection's life: the writability watch (no dup/close per request)
         # and a socket object for send flags.
@@ -172,6 +174,7 @@ class FastConnection(asyncio.Protocol):
     def _close_wait_fd(self) -> None:
         if self.wait_fd >= 0:
             self.loop.remove_writer(self.wait_fd)
+            assert self.sock is not None  # made together with wait_fd in connection_made
             self.sock.close()
             self.wait_fd = -1
 
@@ -247,7 +250,7 @@ class FastConnection(asyncio.Protocol):
         size = entry.size if request.is_get else 0
         body = entry.body
         if body is not None or not size:
-            chunks = (head, body) if size else (head,)
+            chunks = (head, body) if size and body is not None else (head,)
             try:
                 n = os.writev(self.sock_fd, chunks)
             except BlockingIOError:
@@ -257,20 +260,23 @@ class FastConnection(asyncio.Protocol):
                 return True
             if n < len(head) + size:  # the socket is full: the general writer sends the rest
                 rest = [head[n:]] if n < len(head) else []
-                if size:
-                    rest.append(body[max(0, n - len(head)):])  # type: ignore[index]
+                if size and body is not None:
+                    rest.append(body[max(0, n - len(head)):])
                 self.send(request, 200, rest, None, 0, size, None, started)
                 return True
             self.shared.metrics.observe(request.route, 200, size, time.perf_counter() - started)
             return True
         fd = entry.fd
+        # No body and a size: the file's descriptor is open (checked above); the socket is the
+        # connection's dup, made in connection_made.
+        assert fd is not None and self.sock is not None
         try:
-            n = self.sock.sendmsg((head,), (), socket.MSG_MORE)  # type: ignore[union-attr]
+            n = self.sock.sendmsg((head,), (), socket.MSG_MORE)
             if n < len(head):
                 entry.acquire()
                 self.send(request, 200, [head[n:]], fd, 0, size, entry, started)
                 return True
-            n = os.sendfile(self.sock_fd, fd, 0, size)  # type: ignore[arg-type]
+            n = os.sendfile(self.sock_fd, fd, 0, size)
         except BlockingIOError:
             # Nothing of the header went out: the general writer waits for the socket.
             entry.acquire()
@@ -314,12 +320,13 @@ class FastConnection(asyncio.Protocol):
         view = PlaybackRequest(self.shared.app, METHODS[request.method], request.target,
                                request.head, match_info)
         try:
-            await access.authorize_playback(view, request.video_id)  # type: ignore[arg-type]
+            # The view stands in for web.Request (see the module's docstring).
+            await access.authorize_playback(cast(web.Request, view), request.video_id)
             found = self.shared.delivery.lookup_now(request.video_id, request.rel)
-            if found is REMOTE:
-                found = await self.shared.delivery.lookup_remote(request.video_id, request.rel)
-            elif found is None:
+            if found is None:
                 raise HTTPError(404, "not found", f"video {request.video_id} has no file {request.rel}")
+            if not isinstance(found, Servable):  # REMOTE: the async tiers answer
+                found = await self.shared.delivery.lookup_remote(request.video_id, request.rel)
         except FastPathUnsupported:
             self.task = None
             self.busy = False
@@ -338,7 +345,7 @@ class FastConnection(asyncio.Protocol):
         else:
             self.task = None
             self.busy = False
-            self.respond(request, found, started)  # type: ignore[arg-type]
+            self.respond(request, found, started)
         if not self.busy and not self.inline:
             # Finished in a task: the next request starts from a loop callback, not this task.
             self.loop.call_soon(self.process)

@@ -72,6 +72,21 @@ class Request:
     __slots__ = ("method", "target", "keep_alive", "head", "lower", "connection", "video_id", "rel",
                  "token", "route", "plain", "tail", "is_get", "local")
 
+    method: bytes
+    target: bytes
+    keep_alive: bool
+    head: bytes
+    lower: bytes
+    connection: bytes
+    video_id: str
+    rel: str
+    token: str | None
+    route: str
+    plain: bool
+    tail: bytes
+    is_get: bool
+    local: tuple[str, str] | None  # (file path, video dir), filled on first local answer
+
 
 # Heads with none of these (and no token) are "plain": the answer is the entry's 200 as built.
 _CONDITIONAL_MARKERS = (b"\r\nrange:", b"\r\nif-none-match:", b"\r\nif-range:")

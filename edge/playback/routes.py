@@ -117,13 +117,13 @@ async def respond(request: web.Request, entry: Servable) -> tuple[web.StreamResp
     try:
         writer = await response.prepare(request)
         assert writer is not None
-        writer.send_headers()  # type: ignore[attr-defined]
+        writer.send_headers()
         transport = request.transport
         if transport is None:
             raise ConnectionResetError("client went away")
         if entry.fd is None:
             raise HTTPError(503, "file closed", "retry", {"Retry-After": "1"})
-        sent = await sendfile.send(transport, [], entry.fd, start, end - start)  # type: ignore[arg-type]
+        sent = await sendfile.send(transport, [], entry.fd, start, end - start)
     finally:
         entry.release()
     await response.write_eof()
