@@ -5,16 +5,14 @@ On disk (the single-node default) nothing is opened and the intake keeps its par
 
 from __future__ import annotations
 
-from typing import Any
-
 from aiohttp import web
 
 from streamgate.common import layout
 from streamgate.common.config import Config
-from streamgate.common.storage import StorageUnavailable, open_store
+from streamgate.common.storage import ObjectStore, StorageUnavailable, open_store
 from streamgate.edge.keys import CONFIG, READINESS_CHECKS
 
-OBJECT_STORE = web.AppKey("intake_object_store", Any)
+OBJECT_STORE: web.AppKey[ObjectStore] = web.AppKey("intake_object_store")
 
 
 def uses_store(config: Config) -> bool:

@@ -138,7 +138,7 @@ class _Writer:
 async def _spooled(request: web.Request, config: Config, room: int, hasher: Any, digest: bytes,
                    error: Callable[..., HTTPError], base: int) -> AsyncIterator[bytes]:
     """A checksummed body: read whole and verified first (460 stores nothing), then replayed."""
-    spool = tempfile.SpooledTemporaryFile(max_size=_SPOOL_MEMORY, dir=config.storage.uploads_dir)
+    spool = tempfile.SpooledTemporaryFile(max_size=_SPOOL_MEMORY, dir=str(config.storage.uploads_dir))
     try:
         size = 0
         async for chunk in request.content.iter_any():
