@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from streamgate.common import layout
 from streamgate.common.config import Config
-from streamgate.common.storage import ObjectStore, StorageUnavailable, open_store
+from streamgate.common.storage import ObjectStore, open_store
+from streamgate.edge.health import storage_check
 from streamgate.edge.keys import CONFIG, READINESS_CHECKS
 
 OBJECT_STORE: web.AppKey[ObjectStore] = web.AppKey("intake_object_store")
@@ -28,16 +28,8 @@ async def objects_ctx(app: web.Application):  # type: ignore[no-untyped-def]
     store = await open_store(config)
     app[OBJECT_STORE] = store
 
-    async def storage_check(app: web.Application) -> tuple[bool, str]:
-        # A HEAD of a key that need not exist: any answer means the store is reachable.
-        try:
-            await store.head(f"{layout.UPLOADS}/.readiness")
-        except StorageUnavailable as exc:
-            return False, f"unavailable: {exc}"
-        return True, f"{store.name} reachable"
-
-    # setdefault: whichever part of the edge opens a store first reports on it.
-    app[READINESS_CHECKS].setdefault("storage", storage_check)
+    # Playback (edge/playback/routes.py) opens its own store and sets the same check after this.
+    app[READINESS_CHECKS].setdefault("storage", storage_check(store))
     try:
         yield
     finally:
