@@ -25,6 +25,7 @@ from streamgate.common.metrics import mark_process_dead
 from streamgate.common.service import ServiceContext
 from streamgate.common.supervision import Backoff, Subprocess, pause, stop_in_order
 from streamgate.edge.app import build_app
+from streamgate.edge.fastpath.fallback import json_errors
 from streamgate.edge.fastpath.protocol import FastPath
 from streamgate.edge.playback.routes import DELIVERY
 
@@ -53,9 +54,9 @@ class EdgeServer:
         await self.runner.setup()
         handler = self.runner.server
         assert handler is not None  # made by setup()
-        factory: Any = handler
+        factory: Any = json_errors(handler)
         if config.edge.fast_path:
-            self.fast = FastPath(self.app, self.app[DELIVERY], handler,
+            self.fast = FastPath(self.app, self.app[DELIVERY], factory,
                                  float(config.edge.client_timeout), int(config.edge.max_header_size))
             factory = self.fast
             self._sweep = asyncio.create_task(self.fast.sweep(), name="fast-path-sweep")
