@@ -24,10 +24,10 @@ from streamgate.edge.access.tokens import Claims
 from streamgate.edge.catalog import Video
 from streamgate.edge.errors import HTTPError
 from streamgate.edge.intake import s3_upload
-from streamgate.edge.intake.objects import OBJECT_STORE, uses_store
 from streamgate.edge.intake.paths import partial_path
 from streamgate.edge.intake.submission import SUBMITTER
 from streamgate.edge.keys import CONFIG
+from streamgate.edge.objects import OBJECT_STORE, uses_store
 
 MAX_PAGE = 100
 _VIDEO_ID = "{video_id:[0-9a-f]{32}}"

@@ -33,10 +33,10 @@ from streamgate.edge.errors import HTTPError
 from streamgate.edge.intake import completion as intake
 from streamgate.edge.intake import s3_upload
 from streamgate.edge.intake.metadata import metadata_text, parse_metadata, video_fields
-from streamgate.edge.intake.objects import OBJECT_STORE, uses_store
 from streamgate.edge.intake.paths import partial_path, source_extension
 from streamgate.edge.intake.state import Upload, UploadLocked
 from streamgate.edge.keys import CONFIG
+from streamgate.edge.objects import OBJECT_STORE, uses_store
 
 log = logging.getLogger("streamgate.edge.intake.tus")
 
