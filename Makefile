@@ -10,7 +10,7 @@ DEB_PACKAGES := redis-server ffmpeg
 # Debian packages the tests run for real: the binaries they provide.
 DEB_BINARIES := redis-server ffmpeg ffprobe
 
-.PHONY: install run test test-slow lint bench bench-transcode bench-edge loadtest system-deps bench-deps clean
+.PHONY: install run test test-slow lint lint-deps dashboards test-container bench bench-transcode bench-edge loadtest system-deps bench-deps clean
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python >= 3.11) on PATH"; exit 1; }
@@ -55,8 +55,21 @@ test: system-deps $(TEST_STAMP)  ## the whole suite (slow fault and load runs ex
 test-slow: system-deps $(TEST_STAMP)  ## long fault and load runs
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)
 
-lint: $(TEST_STAMP)
-	$(VENV)/bin/ruff check edge farm control common streamgate tests bench loadtests
+# Debian packages `make lint` runs: promtool (from prometheus) checks and unit-tests the alert rules.
+LINT_DEB_PACKAGES := prometheus
+LINT_DEB_BINARIES := promtool
+
+lint-deps:  ## the linters' Debian packages (installed with apt when root)
+	$(call ensure-debs,$(LINT_DEB_BINARIES),$(LINT_DEB_PACKAGES))
+
+lint: lint-deps $(TEST_STAMP)  ## ruff, the monitoring rules, the Dockerfile, compose.yaml, the Kubernetes manifests
+	$(VENV)/bin/ruff check edge farm control common streamgate tests bench loadtests deploy
+	promtool check rules deploy/monitoring/rules.yml
+	cd deploy/monitoring && promtool test rules rules_test.yml
+	$(PY) deploy/monitoring/dashboards.py --check
+
+dashboards: $(TEST_STAMP)  ## regenerate deploy/monitoring/dashboards/*.json (grafana-foundation-sdk)
+	$(PY) deploy/monitoring/dashboards.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
