@@ -50,7 +50,7 @@ bench-deps: system-deps  ## the references the benchmarks compare against
 	$(call ensure-debs,nginx wrk,nginx wrk)
 
 test: system-deps $(TEST_STAMP)  ## the whole suite (slow fault and load runs excluded: make test-slow)
-	$(PY) -m pytest -m "not slow and not consul" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow and not consul and not container" $(PYTEST_ARGS)
 
 test-slow: system-deps $(TEST_STAMP)  ## long fault and load runs
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)
@@ -67,6 +67,17 @@ lint: lint-deps $(TEST_STAMP)  ## ruff, the monitoring rules, the Dockerfile, co
 	promtool check rules deploy/monitoring/rules.yml
 	cd deploy/monitoring && promtool test rules rules_test.yml
 	$(PY) deploy/monitoring/dashboards.py --check
+	$(VENV)/bin/hadolint Dockerfile
+	$(VENV)/bin/check-jsonschema --builtin-schema vendor.compose-spec compose.yaml
+
+# Debian packages the container test runs: podman with runc (crun refuses this kernel's hybrid
+# cgroups) and mmdebstrap to build the base image from Debian's packages.
+CONTAINER_DEB_PACKAGES := podman runc mmdebstrap
+CONTAINER_DEB_BINARIES := podman runc mmdebstrap
+
+test-container: system-deps $(TEST_STAMP)  ## build the Dockerfile with podman, run it, upload and play a clip (root)
+	$(call ensure-debs,$(CONTAINER_DEB_BINARIES),$(CONTAINER_DEB_PACKAGES))
+	$(PY) -m pytest -m container tests/deploy/test_container.py -s $(PYTEST_ARGS)
 
 dashboards: $(TEST_STAMP)  ## regenerate deploy/monitoring/dashboards/*.json (grafana-foundation-sdk)
 	$(PY) deploy/monitoring/dashboards.py
