@@ -69,6 +69,16 @@ lint: lint-deps $(TEST_STAMP)  ## ruff, the monitoring rules, the Dockerfile, co
 	$(PY) deploy/monitoring/dashboards.py --check
 	$(VENV)/bin/hadolint Dockerfile
 	$(VENV)/bin/check-jsonschema --builtin-schema vendor.compose-spec compose.yaml
+	@# Kubernetes: the overlays rendered (kubectl's built-in kustomize) when kubectl is on PATH,
+	@# else the base's complete manifests one by one (overlay patches are partial objects).
+	@if command -v kubectl >/dev/null; then \
+	  for o in single fleet; do echo "kubernetes-validate --strict overlays/$$o"; \
+	    kubectl kustomize deploy/kubernetes/overlays/$$o | $(VENV)/bin/kubernetes-validate --strict --quiet /dev/stdin || exit 1; \
+	  done; \
+	else \
+	  echo "no kubectl: validating the base manifests without rendering the overlays"; \
+	  $(VENV)/bin/kubernetes-validate --strict --quiet $$(ls deploy/kubernetes/base/*.yaml | grep -v -e kustomization -e /config.yaml); \
+	fi
 
 # Debian packages the container test runs: podman with runc (crun refuses this kernel's hybrid
 # cgroups) and mmdebstrap to build the base image from Debian's packages.

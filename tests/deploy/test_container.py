@@ -75,7 +75,9 @@ def base_tarball() -> Path:
 def wheelhouse() -> Path:
     """Wheels of every dependency (and the build backend) for an offline image build."""
     project = tomllib.loads((REPO / "pyproject.toml").read_text())
-    requirements = [*project["project"]["dependencies"], *project["build-system"]["requires"]]
+    # Debian's python3 is 3.11.2: redis wants async-timeout below 3.11.3, this host's pip would skip it.
+    requirements = [*project["project"]["dependencies"], *project["build-system"]["requires"],
+                    "async-timeout>=4.0.3"]
     key = hashlib.sha256("\n".join(requirements).encode()).hexdigest()[:12]
     house = CACHE / f"wheels-{key}"
     if not house.exists():
