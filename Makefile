@@ -6,11 +6,11 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
-DEB_PACKAGES := redis-server ffmpeg
-# Debian packages the tests run for real: the binaries they provide.
-DEB_BINARIES := redis-server ffmpeg ffprobe
+DEB_PACKAGES := redis-server ffmpeg chromium nodejs npm
+# Debian packages the tests run for real: the binaries they provide (chromium, node: tests/web).
+DEB_BINARIES := redis-server ffmpeg ffprobe chromium node npm
 
-.PHONY: install run test test-slow lint lint-deps dashboards test-container bench bench-transcode bench-edge loadtest system-deps bench-deps clean
+.PHONY: vendor-js install run test test-slow lint lint-deps dashboards test-container bench bench-transcode bench-edge bench-storage loadtest system-deps bench-deps clean
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python >= 3.11) on PATH"; exit 1; }
@@ -49,7 +49,7 @@ system-deps:  ## Debian packages the tests use (installed with apt when root)
 bench-deps: system-deps  ## the references the benchmarks compare against
 	$(call ensure-debs,nginx wrk,nginx wrk)
 
-test: system-deps $(TEST_STAMP)  ## the whole suite (slow fault and load runs excluded: make test-slow)
+test: system-deps $(TEST_STAMP) node_modules/.installed  ## the whole suite (slow fault and load runs excluded: make test-slow)
 	$(PY) -m pytest -m "not slow and not consul and not container" $(PYTEST_ARGS)
 
 test-slow: system-deps $(TEST_STAMP)  ## long fault and load runs
@@ -93,7 +93,25 @@ dashboards: $(TEST_STAMP)  ## regenerate deploy/monitoring/dashboards/*.json (gr
 	$(PY) deploy/monitoring/dashboards.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info node_modules
+
+# JavaScript: the web UI's libraries and the browser tests' Playwright, pinned in package-lock.json.
+# npm ci runs again only when the lock file is newer than the last install.
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+WEB_VENDOR := edge/web/static/vendor
+vendor-js: node_modules/.installed  ## copy hls.js, dash.js, tus-js-client and their licences into the web UI (committed)
+	mkdir -p $(WEB_VENDOR)
+	cp node_modules/hls.js/dist/hls.min.js $(WEB_VENDOR)/hls.min.js
+	cp node_modules/hls.js/LICENSE $(WEB_VENDOR)/hls.js.LICENSE.txt
+	cp node_modules/dashjs/dist/modern/umd/dash.mediaplayer.min.js $(WEB_VENDOR)/dash.mediaplayer.min.js
+	cp node_modules/dashjs/LICENSE.md $(WEB_VENDOR)/dashjs.LICENSE.txt
+	cp node_modules/dashjs/dist/modern/umd/dash.mediaplayer.min.js.LICENSE.txt $(WEB_VENDOR)/dash.mediaplayer.min.js.LICENSE.txt
+	cp node_modules/tus-js-client/dist/tus.min.js $(WEB_VENDOR)/tus.min.js
+	cp node_modules/tus-js-client/LICENSE $(WEB_VENDOR)/tus-js-client.LICENSE.txt
+	node -e 'const l=require("./package-lock.json").packages; for (const p of ["hls.js","dashjs","tus-js-client"]) console.log(p, l["node_modules/"+p].version)' > $(WEB_VENDOR)/VERSIONS.txt
 
 LOAD_STAMP := $(VENV)/.installed-load
 
@@ -109,5 +127,8 @@ bench-transcode: bench-deps $(STAMP)  ## streamgate transcode vs the ffmpeg comm
 
 bench-edge: bench-deps $(STAMP)  ## edge vs nginx under wrk (needs nginx, wrk): bytes/s, req/s, CPU per request; BENCH_ARGS="--rounds 5"
 	$(PY) bench/edge.py $(BENCH_ARGS)
+
+bench-storage: $(TEST_STAMP)  ## aiobotocore vs obstore vs S3Store against a local SeaweedFS (the s3 backend's clients); BENCH_ARGS="--rounds 5"
+	$(PY) bench/storage_client.py $(BENCH_ARGS)
 
 bench: bench-transcode bench-edge  ## every benchmark, each printing its ratios against its reference

@@ -256,8 +256,9 @@ def fill_redis(sock: Path, media: Path, paths: list[str]) -> None:
     import redis
 
     from streamgate.common.config import EdgeConfig
-    from streamgate.edge import media as media_rules
-    from streamgate.edge.hotcache import REDIS_PREFIX, HotRecord, _encode
+    from streamgate.common.redis_keys import RedisKeys
+    from streamgate.edge.playback import names as media_rules
+    from streamgate.edge.playback.hotcache import HotRecord, _encode
 
     client = redis.Redis(unix_socket_path=str(sock))
     for path in paths:
@@ -269,7 +270,7 @@ def fill_redis(sock: Path, media: Path, paths: list[str]) -> None:
                            media_rules.content_type(key.split("/", 1)[1]),
                            media_rules.cache_control(key, False, EdgeConfig()),
                            media_rules.http_date(st.st_mtime))
-        client.set(REDIS_PREFIX + key, _encode(record), ex=3600)
+        client.set(RedisKeys().hot + key, _encode(record), ex=3600)
     client.close()
 
 

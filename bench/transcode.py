@@ -117,8 +117,8 @@ def measure(commands: list[list[str]], cwd: Path) -> Run:
 
 def ladder_plan(renditions: list[int], preset: str):  # type: ignore[no-untyped-def]
     from streamgate.common.config import TranscoderConfig
-    from streamgate.farm.ladder import plan_ladder
-    from streamgate.farm.pipeline import TranscodeSettings
+    from streamgate.farm.pipeline.ladder import plan_ladder
+    from streamgate.farm.pipeline.transcode import TranscodeSettings
 
     settings = TranscodeSettings.from_config(TranscoderConfig(), ladder=renditions, preset=preset)
     rungs = plan_ladder(WIDTH, HEIGHT, FPS, settings.ladder, peak_bitrate_1080p=settings.peak_bitrate_1080p,

@@ -7,9 +7,11 @@ naming the key path (``transcoder.scaling_policy.max_workers``).
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import socket
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -17,8 +19,10 @@ from typing import Any, Literal
 import msgspec
 import yaml
 
-from .seed import SeedConfigError, check_service_name, normalise_tree
-from .units import Bytes, Seconds, format_duration, format_size
+from streamgate.common import layout
+from streamgate.common.redis_keys import RedisKeys
+from streamgate.common.seed import SeedConfigError, check_service_name, normalise_tree
+from streamgate.common.units import Bytes, Seconds, format_duration, format_size
 
 CONFIG_ENV = "STREAMGATE_CONFIG"
 
@@ -52,6 +56,12 @@ class ServerConfig(_Section):
     # Whole-node budget for an ordered stop; covers the farm drain (drain_timeout + abort_grace).
     shutdown_timeout: Seconds = Seconds(30)
     control_port: int = 8090
+    # A supervised process that dies (a role under `streamgate run`, an edge copy, a farm worker) is
+    # restarted after restart_delay, doubling per restart up to restart_delay_max; one that had
+    # stayed up restart_reset_after starts again from restart_delay (common/supervision.py).
+    restart_delay: Seconds = Seconds(0.5)
+    restart_delay_max: Seconds = Seconds(10)
+    restart_reset_after: Seconds = Seconds(60)
     # The seed's timeouts, as stall timeouts on the edge (a request head not arriving, a response
     # write not moving); 0: edge.client_timeout.
     read_timeout: Seconds = Seconds(0)
@@ -104,7 +114,7 @@ class EdgeConfig(_Section):
     # Open-file cache (fd + stat + prebuilt headers per path) and how long a stat stays trusted.
     open_file_cache_entries: int = 2048
     open_file_cache_valid: Seconds = Seconds(1)
-    # The raw HTTP/1.1 fast path for plain playback GET/HEAD (edge/fastpath.py); false: aiohttp only.
+    # The raw HTTP/1.1 fast path for plain playback GET/HEAD (edge/fastpath/protocol.py); false: aiohttp only.
     fast_path: bool = True
     # Local files up to this size (and every playlist) are answered from memory; bigger ones by
     # sendfile, which copies less than a write from memory does.
@@ -122,11 +132,31 @@ class UploadsConfig(_Section):
     default_priority: int = 0
     # How often queued videos the broker has not accepted yet (down, full) are submitted again.
     resubmit_interval: Seconds = Seconds(5)
+    # A client that reconnects may find its previous PATCH still holding the upload's lock for a
+    # moment: wait this long for it, then answer 423.
+    lock_wait: Seconds = Seconds(10)
+
+
+class S3Config(_Section):
+    endpoint: str = ""  # empty: AWS's endpoint for the region; SeaweedFS, MinIO: http://host:port
+    bucket: str = ""
+    region: str = "us-east-1"
+    prefix: str = ""  # joined before every key: one bucket can hold several fleets
+    access_key_id: str = ""
+    secret_access_key: str = ""
+    credentials_file: str = ""  # AWS shared-credentials INI ([default]) read when the keys are empty
+    part_size: Bytes = Bytes(8 * 2**20)  # S3 refuses parts under 5 MiB (all but the last)
+    connect_timeout: Seconds = Seconds(5)
+    request_timeout: Seconds = Seconds(30)  # one call; a streamed read waits this long per chunk
+    create_bucket: bool = False  # make the bucket at start when missing (tests, dev)
 
 
 class StorageConfig(_Section):
+    # Where sources and media live: disk (data_dir, one node) or an S3-compatible object store.
+    backend: Literal["disk", "s3"] = "disk"
     data_dir: str = "./data"
     min_free_space: Bytes = Bytes(512 * 2**20)
+    s3: S3Config = msgspec.field(default_factory=S3Config)
 
     @property
     def root(self) -> Path:
@@ -134,32 +164,34 @@ class StorageConfig(_Section):
 
     @property
     def uploads_dir(self) -> Path:
-        return self.root / "uploads"
+        return self.root / layout.UPLOADS
 
     @property
     def sources_dir(self) -> Path:
-        return self.root / "sources"
+        return self.root / layout.SOURCES
 
     @property
     def media_dir(self) -> Path:
-        return self.root / "media"
+        return self.root / layout.MEDIA
 
     @property
     def cache_dir(self) -> Path:
-        return self.root / "cache"
+        return self.root / layout.CACHE
 
     @property
     def state_dir(self) -> Path:
-        return self.root / "state"
+        return self.root / layout.STATE
 
     @property
     def run_dir(self) -> Path:
-        return self.root / "run"
+        return self.root / layout.RUN
 
 
 class CacheConfig(_Section):
     # Empty: no Redis (single node keeps catalog, limits and hot cache in-process and SQLite).
     redis_url: str = ""
+    # Every Redis key StreamGate writes starts with this (common/redis_keys.py).
+    redis_prefix: str = "sg:"
     hot_ttl: Seconds = Seconds(300)
     redis_max_object_size: Bytes = Bytes(1 * 2**20)
 
@@ -316,21 +348,25 @@ class Config(_Section):
         return self.broker.endpoints(self.deployment, self.storage)
 
     @property
+    def redis_keys(self) -> RedisKeys:
+        return RedisKeys(self.cache.redis_prefix)
+
+    @property
     def journal_path(self) -> Path:
         return Path(self.broker.journal_path) if self.broker.journal_path else (
-            self.storage.state_dir / "broker-journal.sqlite3"
+            self.storage.state_dir / layout.JOURNAL_DB
         )
 
     @property
     def auth_secret_file(self) -> Path:
         return Path(self.auth.secret_file) if self.auth.secret_file else (
-            self.storage.state_dir / "auth-secret"
+            self.storage.state_dir / layout.AUTH_SECRET
         )
 
     @property
     def metrics_dir(self) -> Path:
         return Path(self.metrics.multiproc_dir) if self.metrics.multiproc_dir else (
-            self.storage.run_dir / "prometheus"
+            self.storage.run_dir / layout.PROMETHEUS
         )
 
 
@@ -348,6 +384,11 @@ ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     "TRANSCODER_MAX_TASKS": ("transcoder", "max_concurrent_tasks"),
     "REDIS_URL": ("cache", "redis_url"),
     "STREAMGATE_DATA_DIR": ("storage", "data_dir"),
+    "AWS_ACCESS_KEY_ID": ("storage", "s3", "access_key_id"),
+    "AWS_SECRET_ACCESS_KEY": ("storage", "s3", "secret_access_key"),
+    "AWS_REGION": ("storage", "s3", "region"),
+    "S3_ENDPOINT": ("storage", "s3", "endpoint"),
+    "S3_BUCKET": ("storage", "s3", "bucket"),
     "AUTH_REQUIRED": ("auth", "required"),
 }
 _GENERIC_PREFIX = "STREAMGATE__"
@@ -392,16 +433,35 @@ def _set_path(tree: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
 def _apply_env(tree: dict[str, Any], env: Mapping[str, str]) -> None:
     for name, path in ENV_OVERRIDES.items():
         if name in env:
-            value = env[name]
-            # Strings stay strings for free-text keys (a data dir of "123" stays a path).
-            _set_path(tree, path, value if path[-1] in _TEXT_KEYS else _env_value(value))
+            _set_path(tree, path, _env_for(path, env[name]))
     for name, value in env.items():
         if name.startswith(_GENERIC_PREFIX) and len(name) > len(_GENERIC_PREFIX):
             path = tuple(p.lower() for p in name[len(_GENERIC_PREFIX):].split("__"))
-            _set_path(tree, path, _env_value(value))
+            _set_path(tree, path, _env_for(path, value))
 
 
-_TEXT_KEYS = {"service_name", "consul_address", "redis_url", "data_dir", "mode", "type", "url"}
+def _env_for(path: tuple[str, ...], raw: str) -> Any:
+    """A text key's value stays the text as written (a secret of ``12345`` or a data dir of
+    ``123`` is a string); any other key's is read as a YAML scalar (``8``, ``false``, ``[1, 2]``)."""
+    return raw if _is_text(path) else _env_value(raw)
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _is_text(path: tuple[str, ...]) -> bool:
+    kind: Any = Config
+    for part in path:
+        if not (isinstance(kind, type) and issubclass(kind, msgspec.Struct)):
+            return False
+        kind = _hints(kind).get(part)
+        if kind is None:
+            return False  # an unknown key: decoding names it
+    if typing.get_origin(kind) is typing.Literal:
+        return all(isinstance(arg, str) for arg in typing.get_args(kind))
+    return kind is str
 
 
 def config_path(explicit: str | os.PathLike[str] | None = None,
@@ -485,6 +545,11 @@ def _check(config: Config, origin: str) -> None:
         (config.transcoder.ring_slots >= 2, "transcoder.ring_slots", "must be >= 2"),
         (config.broker.heartbeat_liveness >= 1, "broker.heartbeat_liveness", "must be >= 1"),
         (config.broker.max_retries >= 0, "broker.max_retries", "must be >= 0"),
+        (config.storage.backend != "s3" or bool(config.storage.s3.bucket), "storage.s3.bucket",
+         "the s3 backend needs a bucket (or S3_BUCKET)"),
+        (config.storage.s3.part_size >= 5 * 2**20, "storage.s3.part_size", "must be at least 5MiB (S3's minimum part)"),
+        (config.storage.s3.request_timeout > 0 and config.storage.s3.connect_timeout > 0,
+         "storage.s3.request_timeout", "timeouts must be positive"),
         (config.deployment.mode == "single" or bool(config.cache.redis_url), "cache.redis_url",
          "a fleet shares Redis: set cache.redis_url (or REDIS_URL)"),
     ]

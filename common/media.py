@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import msgspec
 
+from streamgate.common import layout
+
 
 class Rendition(msgspec.Struct, frozen=True, kw_only=True):
     """One rung of the ladder as published in ``master.m3u8`` and ``manifest.mpd``."""
@@ -42,9 +44,9 @@ class TranscodeResult(msgspec.Struct, frozen=True, kw_only=True):
     renditions: list[Rendition]  # video rungs, highest first
     audio: bool = False
     audio_rendition: Rendition | None = None
-    poster: str = "poster.jpg"  # relative to the output dir
-    master: str = "master.m3u8"
-    manifest: str = "manifest.mpd"
+    poster: str = layout.POSTER  # relative to the output dir
+    master: str = layout.MASTER
+    manifest: str = layout.MANIFEST
     frames: int = 0
     source_width: int = 0
     source_height: int = 0

@@ -13,7 +13,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from .config import Config
+from streamgate.common.config import Config
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
 

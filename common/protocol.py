@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from .media import TranscodeResult
+from streamgate.common.media import TranscodeResult
 
 # Frame 1 of every worker / client message: the protocol and its version (as MDP's "MDPW01").
 WORKER = b"SGFW01"
@@ -63,6 +63,11 @@ class JobSpec(msgspec.Struct, kw_only=True, frozen=True):
     # Overrides of config.transcoder for this job (TranscodeSettings.from_config(**settings)).
     settings: dict[str, Any] = msgspec.field(default_factory=dict)
     submitted_at: float = 0.0  # unix time, set by the submitter
+    # In a fleet (storage.backend: s3) jobs name objects, not paths: the source object and the
+    # prefix the ladder is published under (common/layout.py source_key, media_prefix). Empty on
+    # a single node, where ``source`` and ``out_dir`` are this host's paths.
+    source_key: str = ""
+    media_prefix: str = ""
 
 
 # -- workers <-> broker ------------------------------------------------------------------------
@@ -296,3 +301,23 @@ def encode(message: msgspec.Struct) -> bytes:
 
 class ProtocolError(Exception):
     """A frame that does not decode as a message of its channel."""
+
+
+# The control plane's scaling decision (control/scaling.py decides, common/consul/discovery.py
+# follows it from Consul KV).
+Action = Literal["scale_up", "scale_down", "hold"]
+
+
+class ScalingDecision(msgspec.Struct, frozen=True, kw_only=True):
+    """What control answers on ``GET /api/v1/scaling`` and stores in Consul KV."""
+
+    farm_workers: int  # the fleet-wide target
+    per_farm: int  # the target of each farm (fleet target split across the farms, rounded up)
+    current_workers: int
+    active_workers: int
+    queue_length: int
+    farms: int
+    pressure: float  # waiting jobs per worker over target_queue_len
+    action: Action
+    reason: str
+    decided_at: float = 0.0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 
-from .config import SystemdEnvironment
+from streamgate.common.config import SystemdEnvironment
 
 
 class Notifier:

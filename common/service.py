@@ -13,10 +13,10 @@ import signal
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Literal
 
-from . import loops
-from .config import Config, systemd_environment
-from .process import die_with_parent, set_title
-from .sdnotify import Notifier
+from streamgate.common import loops
+from streamgate.common.config import Config, systemd_environment
+from streamgate.common.process import die_with_parent, set_title
+from streamgate.common.sdnotify import Notifier
 
 log = logging.getLogger("streamgate.service")
 
@@ -31,7 +31,7 @@ class ServiceContext:
         self.is_ready = asyncio.Event()
         self._notifier = notifier
         self._tasks: set[asyncio.Task[Any]] = set()
-        # Registration hints for the control plane (control/registry.py), set before ready() when
+        # Registration hints for the control plane (common/consul/registry.py), set before ready() when
         # the role's defaults do not fit: the port it serves, its check ("http": Consul polls
         # /health; "ttl": refreshed from this loop) and a probe answering (status, note).
         self.service_port: int | None = None
@@ -129,7 +129,7 @@ def run_service(role: str, serve: Serve, config: Config, *, prefer_uvloop: bool 
 
 async def _register_when_ready(ctx: ServiceContext) -> None:
     # Registered from the role's own loop: a wedged loop stops the TTL refreshes (issue 7).
-    from ..control.registry import keep_registered
+    from streamgate.common.consul.registry import keep_registered
 
     waiters = [asyncio.ensure_future(event.wait()) for event in (ctx.is_ready, ctx.stop)]
     try:

@@ -12,8 +12,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from ..common.config import ConfigError, load_config, supervisor_pid
-from ..common.service import configure_logging
+from streamgate.common.config import ConfigError, load_config, supervisor_pid
+from streamgate.common.service import configure_logging
 
 # Verbs that serve or check a config: they log the seed keys StreamGate does differently, once per
 # node (not again in the processes a supervisor or an edge starts, which carry its pid).
@@ -37,6 +37,13 @@ VERBS: dict[str, str] = {
 }
 
 
+def _global_options(parser: argparse.ArgumentParser, default: object = None) -> None:
+    parser.add_argument("--config", metavar="FILE", default=default,
+                        help="config file (default: $STREAMGATE_CONFIG, then ./config.yaml)")
+    parser.add_argument("--log-level", default="INFO" if default is None else default,
+                        help="DEBUG, INFO, WARNING or ERROR")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from streamgate import __version__
 
@@ -45,13 +52,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="StreamGate: tus uploads, a PyAV transcode farm and HLS/DASH edges.",
     )
     parser.add_argument("--version", action="version", version=f"streamgate {__version__}")
-    parser.add_argument("--config", metavar="FILE",
-                        help="config file (default: $STREAMGATE_CONFIG, then ./config.yaml)")
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    _global_options(parser)
+    # The same options after the verb (``streamgate run --config x.yaml`` is what people type):
+    # SUPPRESS keeps a value given before the verb when none is given after it.
+    after_verb = argparse.ArgumentParser(add_help=False)
+    _global_options(after_verb, default=argparse.SUPPRESS)
     verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
     for verb, module_name in VERBS.items():
         module = importlib.import_module(f"{__package__}.commands.{module_name}")
-        sub = verbs.add_parser(verb, help=module.HELP, description=module.HELP)
+        sub = verbs.add_parser(verb, help=module.HELP, description=module.HELP, parents=[after_verb])
         module.add_arguments(sub)
         sub.set_defaults(_command=module)
     return parser
@@ -67,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"streamgate: config error: {exc}", file=sys.stderr)
         return 2
     if args.verb in NOTICE_VERBS and supervisor_pid() is None:
-        from ..common.seed import notices
+        from streamgate.common.seed import notices
 
         for line in notices(config):
             logging.getLogger("streamgate.config").warning("%s", line)

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..common.config import Config
+from streamgate.common.config import Config
+from streamgate.edge.access.siwe import SiweMessage, format_message
 
 DEFAULT_WALLET = Path("~/.config/streamgate/wallet.key")
 TIMEOUT_S = 30
@@ -56,11 +57,10 @@ def load_or_create_wallet(path: Path) -> Any:
 
 
 def siwe_text(domain: str, uri: str, address: str, nonce: str, chain_id: int = 1) -> str:
-    """An EIP-4361 message (the "Message Format" section, without the optional fields)."""
-    issued = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-    return (f"{domain} wants you to sign in with your Ethereum account:\n{address}\n\n"
-            f"Sign in to StreamGate.\n\nURI: {uri}\nVersion: 1\nChain ID: {chain_id}\n"
-            f"Nonce: {nonce}\nIssued At: {issued}")
+    """An EIP-4361 message in the edge's own format (edge/access/siwe.py parses what it builds)."""
+    return format_message(SiweMessage(domain=domain, address=address, uri=uri, chain_id=chain_id,
+                                      nonce=nonce, issued_at=datetime.now(UTC),
+                                      statement="Sign in to StreamGate."))
 
 
 class EdgeClient:

@@ -3,7 +3,7 @@
 Instances come from Consul (``/v1/catalog/services`` for StreamGate's services, then
 ``/v1/health/service/<name>`` for every instance, passing or not) or, without a registry, from
 this node's config. The broker's figures come from the farm's client (``BrokerClient.stats()``,
-farm/client.py); each edge's traffic from its Prometheus ``/metrics``. A part that cannot be
+common/broker_client.py); each edge's traffic from its Prometheus ``/metrics``. A part that cannot be
 reached is reported as such (``up: false`` with the error), never as a failure of the view.
 """
 
@@ -16,13 +16,13 @@ import time
 import aiohttp
 import msgspec
 
-from ..common.config import BrokerEndpoints, Config
-from ..common.protocol import FarmStats
-from ..farm.client import BrokerClient
-from .consul_client import ConsulClient
-from .discovery import Discovery
-from .registry import CONSUL_ERRORS, REQUEST_TIMEOUT_S, registration_for
-from .scaling import ScalingDecision, decide
+from streamgate.common.broker_client import BrokerClient
+from streamgate.common.config import BrokerEndpoints, Config
+from streamgate.common.consul.client import ConsulClient
+from streamgate.common.consul.discovery import Discovery
+from streamgate.common.consul.registry import CONSUL_ERRORS, REQUEST_TIMEOUT_S, registration_for
+from streamgate.common.protocol import FarmStats, ScalingDecision
+from streamgate.control.scaling import decide
 
 log = logging.getLogger("streamgate.fleet")
 
@@ -52,7 +52,7 @@ class BrokerFigures(FarmStats, kw_only=True):
     up: bool = False
     endpoint: str = ""
     error: str = ""
-    leader: str = ""  # who holds the broker leader lock in a fleet (control/failover.py)
+    leader: str = ""  # who holds the broker leader lock in a fleet (farm/failover.py)
 
 
 class EdgeTraffic(msgspec.Struct, kw_only=True):
@@ -132,7 +132,7 @@ async def broker_figures(config: Config, discovery: Discovery) -> BrokerFigures:
 
 async def broker_leader(client: ConsulClient, config: Config) -> str:
     """The holder written in the broker leader lock, or "" when nobody holds it."""
-    from .failover import lock_key
+    from streamgate.farm.failover import lock_key
 
     try:
         _, entry = await asyncio.wait_for(client.kv.get(lock_key(config)), REQUEST_TIMEOUT_S)

@@ -12,29 +12,10 @@ whole fleet's figures and wrapped in a :class:`ScalingDecision` that the control
 from __future__ import annotations
 
 import math
-from typing import Literal
 
-import msgspec
-
-from ..common.config import Config, ScalingPolicy
-from ..farm.scaling import desired_workers
-
-Action = Literal["scale_up", "scale_down", "hold"]
-
-
-class ScalingDecision(msgspec.Struct, frozen=True, kw_only=True):
-    """What control answers on ``GET /api/v1/scaling`` and stores in Consul KV."""
-
-    farm_workers: int  # the fleet-wide target
-    per_farm: int  # the target of each farm (fleet target split across the farms, rounded up)
-    current_workers: int
-    active_workers: int
-    queue_length: int
-    farms: int
-    pressure: float  # waiting jobs per worker over target_queue_len
-    action: Action
-    reason: str
-    decided_at: float = 0.0
+from streamgate.common.config import ScalingPolicy
+from streamgate.common.protocol import Action, ScalingDecision
+from streamgate.farm.scaling import desired_workers
 
 
 def decide(queue_length: int, current_workers: int, active_workers: int, policy: ScalingPolicy,
@@ -55,9 +36,3 @@ def decide(queue_length: int, current_workers: int, active_workers: int, policy:
                            current_workers=current, active_workers=active, queue_length=queue_length,
                            farms=farms, pressure=round(pressure, 3), action=action, reason=reason,
                            decided_at=decided_at)
-
-
-def scaling_keys(config: Config) -> tuple[str, str]:
-    """Consul KV keys of the decision: the bare fleet-wide count, and the whole decision as JSON."""
-    prefix = config.registry.kv_prefix.strip("/")
-    return f"{prefix}/scaling/farm_workers", f"{prefix}/scaling/decision"

@@ -22,13 +22,12 @@ import aiohttp
 import msgspec
 from aiohttp import web
 
-from ..common.config import Config
-from ..common.service import ServiceContext
-from .consul_client import ConsulClient, consul_client
-from .discovery import Discovery
-from .fleet import FleetView, gather_fleet
-from .registry import CONSUL_ERRORS, REQUEST_TIMEOUT_S
-from .scaling import scaling_keys
+from streamgate.common.config import Config
+from streamgate.common.consul.client import ConsulClient, consul_client
+from streamgate.common.consul.discovery import Discovery, scaling_keys
+from streamgate.common.consul.registry import CONSUL_ERRORS, REQUEST_TIMEOUT_S
+from streamgate.common.service import ServiceContext
+from streamgate.control.fleet import FleetView, gather_fleet
 
 log = logging.getLogger("streamgate.control")
 

@@ -17,23 +17,23 @@ import sys
 import time
 from collections.abc import Sequence
 
-from ..common import loops
-from ..common.config import Config, child_environment
-from ..common.process import set_title
+from streamgate.common import loops
+from streamgate.common.config import Config, child_environment
+from streamgate.common.process import set_title
+from streamgate.common.supervision import Backoff, Subprocess, pause, stop_in_order
 
 log = logging.getLogger("streamgate.run")
 
 # Start order; shutdown is the reverse: the API stops taking work before the farm drains.
 ROLES: tuple[str, ...] = ("broker", "farm", "edge", "control")
-RESTART_BACKOFF_S = (0.5, 1, 2, 5, 10)
 
 
 class Child:
-    def __init__(self, role: str, argv: list[str]) -> None:
+    def __init__(self, role: str, argv: list[str], backoff: Backoff) -> None:
         self.role = role
         self.argv = argv
         self.process: asyncio.subprocess.Process | None = None
-        self.restarts = 0
+        self.backoff = backoff
         self.started_at = 0.0
 
 
@@ -42,7 +42,7 @@ class Supervisor:
         self.config = config
         self.stop = asyncio.Event()
         base = [sys.executable, "-m", "streamgate", *global_args]
-        self.children = [Child(role, [*base, role]) for role in roles]
+        self.children = [Child(role, [*base, role], Backoff.from_config(config.server)) for role in roles]
         self._env = child_environment(os.getpid())
         self._watchers: set[asyncio.Task[None]] = set()
 
@@ -62,17 +62,10 @@ class Supervisor:
         if self.stop.is_set():
             return
         # A quick death after a long run resets the backoff; a crash loop backs off.
-        if time.monotonic() - child.started_at > 60:
-            child.restarts = 0
-        delay = RESTART_BACKOFF_S[min(child.restarts, len(RESTART_BACKOFF_S) - 1)]
-        child.restarts += 1
+        delay = child.backoff.next_delay(time.monotonic() - child.started_at)
         log.error("%s exited with %s; restarting in %.1fs", child.role, code, delay)
-        try:
-            await asyncio.wait_for(self.stop.wait(), delay)
-            return
-        except TimeoutError:
-            pass
-        await self.start_child(child)
+        if not await pause(self.stop, delay):
+            await self.start_child(child)
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -84,20 +77,10 @@ class Supervisor:
         return await self.shutdown()
 
     async def shutdown(self) -> int:
-        deadline = time.monotonic() + float(self.config.server.shutdown_timeout)
-        killed = 0
-        for child in reversed(self.children):
-            proc = child.process
-            if proc is None or proc.returncode is not None:
-                continue
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), max(0.1, deadline - time.monotonic()))
-            except TimeoutError:
-                log.error("%s did not stop in time; killing it", child.role)
-                os.killpg(proc.pid, signal.SIGKILL)
-                await proc.wait()
-                killed += 1
+        # One stage per role, in start order: stop_in_order stops the last started first.
+        stages = [[Subprocess(child.role, child.process, group=True)]
+                  for child in self.children if child.process is not None]
+        killed = await stop_in_order(stages, float(self.config.server.shutdown_timeout))
         for task in list(self._watchers):
             task.cancel()
         await asyncio.gather(*self._watchers, return_exceptions=True)

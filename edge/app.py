@@ -6,10 +6,15 @@ import time
 
 from aiohttp import web
 
-from ..common.config import Config
-from . import auth, farm_api, health, playback, uploads, videos
-from .errors import error_middleware
-from .keys import CONFIG, DISCOVERY, READINESS_CHECKS, REDIS, STARTED_AT
+from streamgate.common.config import Config
+from streamgate.edge import health, stores, videos
+from streamgate.edge.access import auth
+from streamgate.edge.errors import error_middleware
+from streamgate.edge.intake import completion, farm_link, tus
+from streamgate.edge.keys import CONFIG, DISCOVERY, READINESS_CHECKS, REDIS, STARTED_AT
+from streamgate.edge.playback import routes
+from streamgate.edge.web import dashboard
+from streamgate.edge.web import routes as web_routes
 
 
 async def _redis_ctx(app: web.Application):  # type: ignore[no-untyped-def]
@@ -40,7 +45,7 @@ async def _discovery_ctx(app: web.Application):  # type: ignore[no-untyped-def]
         app[DISCOVERY] = None
         yield
         return
-    from ..control.discovery import Discovery
+    from streamgate.common.consul.discovery import Discovery
 
     async with Discovery(config) as discovery:
         app[DISCOVERY] = discovery
@@ -57,10 +62,18 @@ def build_app(config: Config) -> web.Application:
     app[CONFIG] = config
     app[STARTED_AT] = time.monotonic()
     app[READINESS_CHECKS] = {}
-    app.cleanup_ctx.append(_redis_ctx)
-    app.cleanup_ctx.append(_discovery_ctx)
-    health.setup(app)
-    # Each part registers its own routes, cleanup contexts and readiness checks.
-    for part in (playback, uploads, videos, auth, farm_api):
+    # The contexts in start order (they close in reverse): each may use what the ones above set.
+    for ctx in (
+        _redis_ctx,  # app[REDIS]: the shared client, or None on a single node
+        _discovery_ctx,  # app[DISCOVERY]: the one Consul watch (broker leader, origins)
+        stores.stores_ctx,  # catalog, upload state, nonces, rate limiter, token signer
+        farm_link.client_ctx,  # the one broker client (follows the leader through DISCOVERY)
+        routes.delivery_ctx,  # playback tiers over REDIS and the origins from DISCOVERY
+        completion.intake_ctx,  # submitter on the broker client; resubmit, sweep, events loops
+        dashboard.sampler_ctx,  # the web dashboard's throughput history, sampled from the broker
+    ):
+        app.cleanup_ctx.append(ctx)
+    # Routes only: no part registers a context of its own.
+    for part in (health, routes, tus, videos, auth, farm_link, web_routes):
         part.setup(app)
     return app

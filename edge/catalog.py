@@ -17,6 +17,9 @@ from typing import Any, Literal, Protocol
 
 import msgspec
 
+from streamgate.common.redis_keys import DEFAULT_PREFIX
+from streamgate.common.sqlite import connect
+
 Status = Literal["uploading", "queued", "transcoding", "ready", "failed"]
 STATUSES: tuple[str, ...] = ("uploading", "queued", "transcoding", "ready", "failed")
 Visibility = Literal["public", "private"]
@@ -85,22 +88,11 @@ def _apply(video: Video, changes: dict[str, Any]) -> Video:
     return msgspec.structs.replace(video, **changes)
 
 
-def open_sqlite(path: Path) -> sqlite3.Connection:
-    """A connection shared by the edge's SQLite stores; WAL so several edge processes share the file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
-    db.execute("PRAGMA journal_mode=WAL")
-    # FULL: a commit is on disk when it returns, so an acknowledged upload offset survives a power cut.
-    db.execute("PRAGMA synchronous=FULL")
-    db.execute("PRAGMA busy_timeout=10000")
-    return db
-
-
 class SqliteCatalog:
     """Single node: a table in the edge's SQLite file; queries are sub-millisecond, run inline."""
 
     def __init__(self, path: Path) -> None:
-        self._db = open_sqlite(path)
+        self._db = connect(path)
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS videos (id TEXT PRIMARY KEY, created_at REAL NOT NULL,"
             " status TEXT NOT NULL, owner TEXT NOT NULL, visibility TEXT NOT NULL, body BLOB NOT NULL)")
@@ -171,7 +163,7 @@ class RedisCatalog:
     video never lose each other's change.
     """
 
-    def __init__(self, redis: Any, prefix: str = "sg:") -> None:
+    def __init__(self, redis: Any, prefix: str = DEFAULT_PREFIX) -> None:
         self._r = redis
         self._p = prefix
 

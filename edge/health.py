@@ -8,8 +8,8 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from ..common.config import Config
-from .keys import CONFIG, READINESS_CHECKS, STARTED_AT
+from streamgate.common.config import Config
+from streamgate.edge.keys import CONFIG, READINESS_CHECKS, STARTED_AT
 
 # A readiness check answers (ok, detail); registered by the parts of the edge that have dependencies.
 Check = Callable[[web.Application], Awaitable[tuple[bool, str]]]

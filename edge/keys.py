@@ -7,7 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ..common.config import Config
+from streamgate.common.config import Config
 
 CONFIG = web.AppKey("config", Config)
 STARTED_AT = web.AppKey("started_at", float)
@@ -17,7 +17,7 @@ READINESS_CHECKS = web.AppKey(
 )
 # The shared Redis client, or None on a single node without Redis.
 REDIS = web.AppKey("redis", Any)
-# The process's control/discovery.py ``Discovery`` with registry.type consul, else None: the one
+# The process's common/consul/discovery.py ``Discovery`` with registry.type consul, else None: the one
 # Consul watch the edge's parts share (broker leader, origins). Typed Any so this module does
 # not import the control plane.
 DISCOVERY = web.AppKey("discovery", Any)

@@ -113,7 +113,7 @@ def route_class(rel: str) -> str:
 
 
 def render() -> tuple[bytes, str]:
-    from ..common.metrics import ENV, render_metrics
+    from streamgate.common.metrics import ENV, render_metrics
 
     if os.environ.get(ENV):
         return render_metrics()

@@ -5,7 +5,7 @@
 fails here, once), then starts ``workers - 1`` copies of itself (``streamgate edge`` with
 ``server.workers = 1``), which die with it and are restarted when they die. The kernel spreads
 new connections across the listeners. Every connection starts on the fast path
-(edge/fastpath.py) unless ``edge.fast_path`` is false.
+(edge/fastpath/protocol.py) unless ``edge.fast_path`` is false.
 """
 
 from __future__ import annotations
@@ -13,23 +13,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 import socket
 import sys
+import time
 from typing import Any
 
 from aiohttp import web
 
-from ..common.config import Config, child_environment
-from ..common.metrics import mark_process_dead
-from ..common.service import ServiceContext
-from .app import build_app
-from .fastpath import FastPath
-from .playback import DELIVERY
+from streamgate.common.config import Config, child_environment
+from streamgate.common.metrics import mark_process_dead
+from streamgate.common.service import ServiceContext
+from streamgate.common.supervision import Backoff, Subprocess, pause, stop_in_order
+from streamgate.edge.app import build_app
+from streamgate.edge.fastpath.protocol import FastPath
+from streamgate.edge.playback.routes import DELIVERY
 
 log = logging.getLogger("streamgate.edge")
 
-RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
 # Children of this process must not speak to systemd for the unit (sd_notify(3)).
 def worker_count(configured: int) -> int:
     return configured if configured > 0 else (os.cpu_count() or 1)
@@ -124,7 +124,7 @@ class WorkerPool:
         self.ctx = ctx
         self.count = count
         self.procs: dict[int, asyncio.subprocess.Process] = {}
-        self.stopping = False
+        self.stopping = asyncio.Event()
         self.env = child_environment(
             os.getpid(), STREAMGATE__SERVER__WORKERS="1", SERVER_PORT=str(ctx.config.server.port),
             # One registration per port: the first process's (docs/control-plane.md). A copy that
@@ -136,34 +136,29 @@ class WorkerPool:
         await asyncio.gather(*(self.keep(slot) for slot in range(self.count)))
 
     async def keep(self, slot: int) -> None:
-        restarts = 0
-        while not self.stopping:
+        backoff = Backoff.from_config(self.ctx.config.server)
+        while not self.stopping.is_set():
             proc = await asyncio.create_subprocess_exec(*self.argv, env=self.env,
                                                         stdin=asyncio.subprocess.DEVNULL)
             self.procs[slot] = proc
+            started = time.monotonic()
             code = await proc.wait()
             mark_process_dead(proc.pid)
-            if self.stopping:
+            if self.stopping.is_set():
                 return
-            delay = RESTART_BACKOFF_S[min(restarts, len(RESTART_BACKOFF_S) - 1)]
-            restarts += 1
+            delay = backoff.next_delay(time.monotonic() - started)
             log.error("edge worker %d (pid %d) exited with %s; restarting in %.1fs",
                       slot, proc.pid, code, delay)
-            await asyncio.sleep(delay)
+            if await pause(self.stopping, delay):
+                return
 
     async def stop(self, timeout_s: float) -> None:
-        self.stopping = True
-        live = [p for p in self.procs.values() if p.returncode is None]
-        for proc in live:
-            proc.send_signal(signal.SIGTERM)
-        for proc in live:
-            try:
-                await asyncio.wait_for(proc.wait(), timeout_s)
-            except TimeoutError:
-                log.error("edge worker %d did not stop in time; killing it", proc.pid)
-                proc.kill()
-                await proc.wait()
-            mark_process_dead(proc.pid)
+        self.stopping.set()
+        # The copies are peers: one stage, terminated together, under one deadline.
+        live = [Subprocess(f"edge worker {p.pid}", p) for p in self.procs.values() if p.returncode is None]
+        await stop_in_order([live], timeout_s)
+        for child in live:
+            mark_process_dead(child.process.pid)
 
 
 _GLOBAL_ARGS: list[str] = []

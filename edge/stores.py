@@ -10,38 +10,40 @@ from typing import Any
 
 from aiohttp import web
 
-from ..common.config import Config
-from .catalog import Catalog, RedisCatalog, SqliteCatalog
-from .keys import CONFIG, REDIS
-from .nonces import NonceStore, RedisNonceStore, SqliteNonceStore
-from .ratelimit import RATE_LIMITER, MemoryBuckets, RateLimiter, RedisBuckets
-from .tokens import TokenSigner, load_secret
-from .upload_state import RedisUploadStore, SqliteUploadStore, UploadStore
+from streamgate.common import layout
+from streamgate.common.config import Config
+from streamgate.edge.access.nonces import NonceStore, RedisNonceStore, SqliteNonceStore
+from streamgate.edge.access.ratelimit import RATE_LIMITER, MemoryBuckets, RateLimiter, RedisBuckets
+from streamgate.edge.access.tokens import TokenSigner, load_secret
+from streamgate.edge.catalog import Catalog, RedisCatalog, SqliteCatalog
+from streamgate.edge.intake.state import RedisUploadStore, SqliteUploadStore, UploadStore
+from streamgate.edge.keys import CONFIG, REDIS
 
 CATALOG = web.AppKey("catalog", Catalog)
 UPLOAD_STORE = web.AppKey("upload_store", UploadStore)
 NONCES = web.AppKey("nonces", NonceStore)
 SIGNER = web.AppKey("token_signer", TokenSigner)
-# edge/access.py: video id -> (expires at (monotonic), visibility or None if unknown, owner).
+# edge/access/playback.py: video id -> (expires at (monotonic), visibility or None if unknown, owner).
 ACCESS_CACHE = web.AppKey("access_cache", dict[str, tuple[float, str | None, str]])
-_REGISTERED = web.AppKey("intake_stores_registered", bool)
 
 
 def sqlite_path(config: Config) -> Any:
-    return config.storage.state_dir / "edge.sqlite3"
+    return config.storage.state_dir / layout.EDGE_DB
 
 
-async def _stores_ctx(app: web.Application):  # type: ignore[no-untyped-def]
+async def stores_ctx(app: web.Application):  # type: ignore[no-untyped-def]
+    """The catalog, upload state, nonces, rate limiter and token signer (Redis in a fleet)."""
     config: Config = app[CONFIG]
     redis = app[REDIS]
     for folder in (config.storage.uploads_dir, config.storage.sources_dir, config.storage.media_dir,
                    config.storage.state_dir):
         folder.mkdir(parents=True, exist_ok=True)
     if redis is not None:
-        app[CATALOG] = RedisCatalog(redis)
-        app[UPLOAD_STORE] = RedisUploadStore(redis)
-        app[NONCES] = RedisNonceStore(redis)
-        app[RATE_LIMITER] = RateLimiter(config.edge.rate_limit, RedisBuckets(redis))
+        keys = config.redis_keys
+        app[CATALOG] = RedisCatalog(redis, keys.records)
+        app[UPLOAD_STORE] = RedisUploadStore(redis, keys.records)
+        app[NONCES] = RedisNonceStore(redis, keys.records)
+        app[RATE_LIMITER] = RateLimiter(config.edge.rate_limit, RedisBuckets(redis, keys.rate_limits))
     else:
         path = sqlite_path(config)
         app[CATALOG] = SqliteCatalog(path)
@@ -49,14 +51,10 @@ async def _stores_ctx(app: web.Application):  # type: ignore[no-untyped-def]
         app[NONCES] = SqliteNonceStore(path)
         app[RATE_LIMITER] = RateLimiter(config.edge.rate_limit, MemoryBuckets())
     app[SIGNER] = TokenSigner(load_secret(config))
+    app[ACCESS_CACHE] = {}
     yield
     for store in (app[CATALOG], app[UPLOAD_STORE], app[NONCES]):
         await store.close()
 
 
-def setup(app: web.Application) -> None:
-    if app.get(_REGISTERED):
-        return
-    app[_REGISTERED] = True
-    app[ACCESS_CACHE] = {}
-    app.cleanup_ctx.append(_stores_ctx)
+

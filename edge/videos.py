@@ -12,16 +12,19 @@ from typing import Any
 
 from aiohttp import web
 
-from ..common.config import Config
-from . import access, intake, stores
-from .auth import identity, require_writer
-from .catalog import Video
-from .errors import HTTPError
-from .keys import CONFIG
-from .ratelimit import enforce
-from .submission import SUBMITTER
-from .tokens import Claims
-from .uploads import partial_path
+from streamgate.common import layout
+from streamgate.common.config import Config
+from streamgate.edge import stores
+from streamgate.edge.access import playback as access
+from streamgate.edge.access.auth import identity, require_writer
+from streamgate.edge.access.playback import require_owner
+from streamgate.edge.access.ratelimit import enforce
+from streamgate.edge.access.tokens import Claims
+from streamgate.edge.catalog import Video
+from streamgate.edge.errors import HTTPError
+from streamgate.edge.intake.paths import partial_path
+from streamgate.edge.intake.submission import SUBMITTER
+from streamgate.edge.keys import CONFIG
 
 MAX_PAGE = 100
 _VIDEO_ID = "{video_id:[0-9a-f]{32}}"
@@ -35,7 +38,7 @@ def _base(request: web.Request, config: Config) -> str:
     return config.server.public_url.rstrip("/") or f"{request.scheme}://{request.host}"
 
 
-def _eta(video: Video, now: float) -> float | None:
+def eta(video: Video, now: float) -> float | None:
     if video.status == "ready":
         return 0.0
     if video.status != "transcoding":
@@ -54,13 +57,13 @@ def video_json(video: Video, base: str) -> dict[str, Any]:
     root = f"{base}/videos/{video.id}"
     return {
         "id": video.id, "title": video.title, "filename": video.filename, "status": video.status,
-        "progress": round(video.progress, 4), "eta_s": _eta(video, time.time()),
+        "progress": round(video.progress, 4), "eta_s": eta(video, time.time()),
         "error": video.error or None, "duration": video.duration,
         "renditions": [{"name": r.name, "width": r.width, "height": r.height, "bandwidth": r.bandwidth}
                        for r in video.renditions],
-        "hls_url": f"{root}/master.m3u8" if playable else None,
-        "dash_url": f"{root}/manifest.mpd" if playable else None,
-        "poster_url": f"{root}/poster.jpg" if video.status == "ready" else None,
+        "hls_url": f"{root}/{layout.MASTER}" if playable else None,
+        "dash_url": f"{root}/{layout.MANIFEST}" if playable else None,
+        "poster_url": f"{root}/{layout.POSTER}" if video.status == "ready" else None,
         "visibility": video.visibility, "owner": video.owner or None, "priority": video.priority,
         "size": video.size, "sha256": video.sha256 or None, "created_at": _iso(video.created_at),
     }
@@ -102,10 +105,7 @@ async def _visible(request: web.Request, video_id: str) -> Video:
     if video is None:
         raise HTTPError(404, "not found", "no such video")
     if video.visibility == "private":
-        caller = identity(request)
-        if video.owner and caller != video.owner:
-            raise HTTPError(403 if caller else 401, "forbidden" if caller else "unauthorized",
-                            "a private video of another wallet" if caller else "a private video: sign in")
+        require_owner(video.owner, identity(request), "see this private video")
     return video
 
 
@@ -113,14 +113,6 @@ async def get_video(request: web.Request) -> web.Response:
     await enforce(request, "api", identity(request))
     video = await _visible(request, request.match_info["video_id"])
     return web.json_response(video_json(video, _base(request, request.app[CONFIG])))
-
-
-def _owner_only(request: web.Request, video: Video, caller: str, what: str) -> None:
-    if video.owner and caller != video.owner:
-        if not caller:
-            raise HTTPError(401, "unauthorized", f"{what} needs the owner's bearer token",
-                            {"WWW-Authenticate": "Bearer"})
-        raise HTTPError(403, "forbidden", f"only the owner may {what}")
 
 
 async def delete_video(request: web.Request) -> web.Response:
@@ -133,7 +125,7 @@ async def delete_video(request: web.Request) -> web.Response:
     video = await app[stores.CATALOG].get(video_id)
     if video is None:
         raise HTTPError(404, "not found", "no such video")
-    _owner_only(request, video, caller, "delete this video")
+    require_owner(video.owner, caller, "delete this video")
     await app[stores.CATALOG].delete(video_id)  # first: the resubmitter and events stop touching it
     access.forget(app, video_id)
     if video.status in ("queued", "transcoding"):
@@ -161,20 +153,18 @@ async def playback_url(request: web.Request) -> web.Response:
     video = await app[stores.CATALOG].get(request.match_info["video_id"])
     if video is None:
         raise HTTPError(404, "not found", "no such video")
-    _owner_only(request, video, caller, "sign playback URLs for this video")
+    require_owner(video.owner, caller, "sign playback URLs for this video")
     ttl = float(config.auth.signed_url_ttl)
     if "ttl" in request.query:
         ttl = float(_int_query(request, "ttl", 0, 1, int(config.auth.signed_url_ttl)))
     expires_at = time.time() + ttl
     token = app[stores.SIGNER].sign(Claims(kind="play", vid=video.id, exp=expires_at))
     root = f"{_base(request, config)}/s/{token}/videos/{video.id}"
-    return web.json_response({"hls_url": f"{root}/master.m3u8", "dash_url": f"{root}/manifest.mpd",
+    return web.json_response({"hls_url": f"{root}/{layout.MASTER}", "dash_url": f"{root}/{layout.MANIFEST}",
                               "token": token, "expires_at": _iso(expires_at)})
 
 
 def setup(app: web.Application) -> None:
-    stores.setup(app)
-    intake.setup(app)
     app.router.add_get("/api/v1/videos", list_videos)
     app.router.add_get(f"/api/v1/videos/{_VIDEO_ID}", get_video)
     app.router.add_delete(f"/api/v1/videos/{_VIDEO_ID}", delete_video)

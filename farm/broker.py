@@ -25,8 +25,8 @@ import msgspec
 import zmq
 import zmq.asyncio
 
-from ..common.config import BrokerEndpoints, Config
-from ..common.protocol import (
+from streamgate.common.config import BrokerEndpoints, Config
+from streamgate.common.protocol import (
     CLIENT,
     WORKER,
     Abort,
@@ -65,8 +65,8 @@ from ..common.protocol import (
     reconnect_max_s,
     topic,
 )
-from .journal import JobRecord, Journal, Totals
-from .queue import JobQueue
+from streamgate.farm.journal import JobRecord, Journal, Totals
+from streamgate.farm.queue import JobQueue
 
 log = logging.getLogger("streamgate.broker")
 
@@ -638,9 +638,9 @@ async def serve(ctx: Any) -> None:
     """The ``broker`` role (run by common.service.run_service)."""
     import os
 
-    from ..common.service import ServiceContext
-    from .journal import SqliteJournal
-    from .metrics import farm_metrics
+    from streamgate.common.service import ServiceContext
+    from streamgate.farm.journal import SqliteJournal
+    from streamgate.farm.metrics import farm_metrics
 
     assert isinstance(ctx, ServiceContext)
     config = ctx.config

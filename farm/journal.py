@@ -9,15 +9,15 @@ same records in Redis by implementing the same five methods.
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from pathlib import Path
 from typing import Protocol
 
 import msgspec
 
-from ..common.media import TranscodeResult
-from ..common.protocol import TERMINAL_STATES, JobInfo, JobSpec, JobState
+from streamgate.common.media import TranscodeResult
+from streamgate.common.protocol import TERMINAL_STATES, JobInfo, JobSpec, JobState
+from streamgate.common.sqlite import connect
 
 
 class JobRecord(msgspec.Struct, kw_only=True):
@@ -87,11 +87,8 @@ class SqliteJournal:
     """SQLite in WAL mode; each save is one fsynced transaction (a few ms: state changes only)."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+        self._db = connect(path)
         self._db.executescript(_SCHEMA)
         self._encode = msgspec.msgpack.Encoder().encode
         self._decode = msgspec.msgpack.Decoder(JobRecord).decode

@@ -28,7 +28,8 @@ from typing import Any
 
 import msgspec
 
-from .journal import JobRecord, Totals
+from streamgate.common.redis_keys import RedisKeys
+from streamgate.farm.journal import JobRecord, Totals
 
 
 class Fenced(Exception):
@@ -66,7 +67,7 @@ return 1
 class RedisJournal:
     """The broker journal in Redis; ``epoch`` (from :meth:`take_epoch`) fences a deposed leader."""
 
-    def __init__(self, redis: Any, prefix: str = "streamgate:broker", *, epoch: int | None = None,
+    def __init__(self, redis: Any, prefix: str = RedisKeys().broker, *, epoch: int | None = None,
                  owns_client: bool = False) -> None:
         self.redis = redis
         self.prefix = prefix
@@ -78,7 +79,7 @@ class RedisJournal:
         self._decode = msgspec.msgpack.Decoder(JobRecord).decode
 
     @classmethod
-    def from_url(cls, url: str, prefix: str = "streamgate:broker", *, epoch: int | None = None) -> RedisJournal:
+    def from_url(cls, url: str, prefix: str = RedisKeys().broker, *, epoch: int | None = None) -> RedisJournal:
         import redis.asyncio as redis
 
         return cls(redis.Redis.from_url(url), prefix, epoch=epoch, owns_client=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 
-from ..common.media import TranscodeResult
+from streamgate.common.media import TranscodeResult
 
 
 class FarmMetrics:

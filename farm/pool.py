@@ -3,8 +3,9 @@
 Shaped after uvicorn's ``supervisors/multiprocess.py``: the pool runs no CPU work of its own; it
 starts workers (``spawn``, not daemonic: each worker's pipeline starts encoder processes), pings
 each over a pipe every ``transcoder.health_check_interval`` and kills one that does not answer
-within another interval (a hung loop), replaces workers that die, and scales the count with the
-broker's queue per ``transcoder.scaling_policy`` (see ``scaling.py``), retiring idle workers only.
+within another interval (a hung loop), replaces workers that die after the restart backoff
+(common/supervision.py: a worker crashing at start does not respawn every tick), and scales the
+count with the broker's queue per ``transcoder.scaling_policy`` (see ``scaling.py``), retiring idle workers only.
 
 SIGTERM drains: every worker stops taking jobs, finishes or hands back its run within
 ``transcoder.drain_timeout`` (plus ``abort_grace`` for the cancel to land); what is still alive
@@ -14,9 +15,9 @@ after that is killed. One summary line at the end.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import multiprocessing
-import multiprocessing.connection
 import os
 import signal
 import time
@@ -24,10 +25,13 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from ..common.config import Config
-from .client import BrokerClient, BrokerError, BrokerUnavailable
-from .scaling import desired_workers
-from .worker import DEFAULT_RUNNER, worker_process
+import msgspec
+
+from streamgate.common.broker_client import BrokerClient, BrokerError, BrokerUnavailable
+from streamgate.common.config import Config
+from streamgate.common.supervision import Backoff, ChildProcess, Liveness, stop_in_order
+from streamgate.farm.scaling import desired_workers
+from streamgate.farm.worker import DEFAULT_RUNNER, worker_process
 
 log = logging.getLogger("streamgate.pool")
 
@@ -36,15 +40,19 @@ STARTUP_TIMEOUT_S = 60
 
 
 class WorkerHandle:
-    def __init__(self, process: BaseProcess, conn: Connection) -> None:
+    def __init__(self, process: BaseProcess, conn: Connection, health_s: float) -> None:
         self.process = process
         self.conn = conn
         self.state = "starting"  # starting, connecting, idle, busy (as the worker reports it)
         self.started = time.monotonic()
-        self.ping_sent: float | None = None
-        self.last_ping = 0.0
+        self.up_at: float | None = None  # its first message: imports done, runner loaded
+        self.liveness = Liveness(health_s, self.started)
         self.retiring = False
         self.killed = False
+
+    def uptime(self, now: float) -> float:
+        """How long it has been up; a worker that died before reporting was never up."""
+        return 0.0 if self.up_at is None else now - self.up_at
 
     @property
     def pid(self) -> int:
@@ -52,15 +60,30 @@ class WorkerHandle:
         return self.process.pid
 
 
+class Restart(msgspec.Struct, frozen=True):
+    """One replacement of a dead worker, as the pool timed it (monotonic seconds)."""
+
+    died_at: float
+    delay_s: float
+    started_at: float
+
+
 class Pool:
     def __init__(self, config: Config, *, runner: str = DEFAULT_RUNNER, metrics: Any = None,
-                 client: BrokerClient | None = None) -> None:
+                 client: BrokerClient | None = None, tick_s: float = TICK_S,
+                 startup_timeout_s: float = STARTUP_TIMEOUT_S) -> None:
         self.config = config
         self.runner = runner
         self.metrics = metrics
         self.client = client
         self.policy = config.transcoder.scaling_policy
         self.health_s = float(config.transcoder.health_check_interval)
+        self.tick_s = tick_s
+        self.startup_timeout_s = startup_timeout_s
+        # One backoff for the pool: a crash loop (a bad runner, a broken install) hits every worker.
+        self.backoff = Backoff.from_config(config.server)
+        self._due: list[tuple[float, float, float]] = []  # restarts waiting: (due, died_at, delay)
+        self.restarts: collections.deque[Restart] = collections.deque(maxlen=100)
         self._mp = multiprocessing.get_context("spawn")
         self.workers: list[WorkerHandle] = []
         self.started_total = 0
@@ -76,6 +99,10 @@ class Pool:
     def live(self) -> list[WorkerHandle]:
         return [w for w in self.workers if not w.retiring]
 
+    def headcount(self) -> int:
+        """Live workers plus replacements waiting out their backoff (scaling must not bypass it)."""
+        return len(self.live()) + len(self._due)
+
     # -- processes -----------------------------------------------------------------------------
 
     def start_worker(self) -> WorkerHandle:
@@ -86,7 +113,7 @@ class Pool:
         )
         process.start()
         child.close()
-        handle = WorkerHandle(process, parent)
+        handle = WorkerHandle(process, parent, self.health_s)
         self.workers.append(handle)
         self.started_total += 1
         log.info("pool: started worker pid %d (%d workers)", handle.pid, len(self.live()))
@@ -104,22 +131,32 @@ class Pool:
         except ProcessLookupError:
             pass
 
-    def reap(self) -> None:
-        """Collect exited workers; replace those that did not leave on purpose."""
+    def reap(self, now: float | None = None) -> None:
+        """Collect exited workers; schedule a replacement, after the backoff, for those that did
+        not leave on purpose."""
+        now = time.monotonic() if now is None else now
         for handle in [w for w in self.workers if w.process.exitcode is not None]:
             self.workers.remove(handle)
             handle.conn.close()
             handle.process.join()
             if self.metrics is not None:
-                from ..common.metrics import mark_process_dead
+                from streamgate.common.metrics import mark_process_dead
 
                 mark_process_dead(handle.pid)
             if handle.retiring or self.stopping:
                 continue
-            log.warning("pool: worker pid %d exited with %s; replacing it", handle.pid,
-                        handle.process.exitcode)
+            delay = self.backoff.next_delay(handle.uptime(now))
+            log.warning("pool: worker pid %d exited with %s; replacing it in %.1fs", handle.pid,
+                        handle.process.exitcode, delay)
+            self._due.append((now + delay, now, delay))
+
+    def restart_due(self, now: float) -> None:
+        for entry in [e for e in self._due if e[0] <= now]:
+            self._due.remove(entry)
+            _, died_at, delay = entry
             self.replaced += 1
             self.start_worker()
+            self.restarts.append(Restart(died_at=died_at, delay_s=delay, started_at=time.monotonic()))
 
     def read_pipes(self) -> None:
         for handle in self.workers:
@@ -127,8 +164,10 @@ class Pool:
                 while handle.conn.poll():
                     kind, state = handle.conn.recv()
                     handle.state = state
+                    if handle.up_at is None:
+                        handle.up_at = time.monotonic()
                     if kind == "pong":
-                        handle.ping_sent = None
+                        handle.liveness.answered()
             except (EOFError, OSError):
                 pass  # it died: reap() sees it
 
@@ -140,22 +179,22 @@ class Pool:
                 continue
             if handle.state == "starting":
                 # Importing and connecting (slow on a busy machine): not pinged yet, but bounded.
-                if now - handle.started > STARTUP_TIMEOUT_S:
-                    log.error("pool: worker pid %d did not start within %ds; killing it", handle.pid,
-                              STARTUP_TIMEOUT_S)
+                if now - handle.started > self.startup_timeout_s:
+                    log.error("pool: worker pid %d did not start within %.0fs; killing it", handle.pid,
+                              self.startup_timeout_s)
                     handle.killed = True
                     self._signal(handle, signal.SIGKILL)
                 continue
-            if handle.ping_sent is None:
-                if now - handle.started >= self.health_s and now - handle.last_ping >= self.health_s:
-                    try:
-                        handle.conn.send("ping")
-                    except (OSError, ValueError):
-                        continue
-                    handle.ping_sent = handle.last_ping = now
-            elif now - handle.ping_sent > self.health_s:
+            liveness = handle.liveness
+            if liveness.ping_due(now):
+                try:
+                    handle.conn.send("ping")
+                except (OSError, ValueError):
+                    continue
+                liveness.pinged(now)
+            elif liveness.hung(now):
                 log.error("pool: worker pid %d did not answer a ping for %.1fs; killing it",
-                          handle.pid, now - handle.ping_sent)
+                          handle.pid, liveness.silent_for(now))
                 handle.killed = True
                 self.killed_hung += 1
                 self._signal(handle, signal.SIGKILL)
@@ -170,20 +209,24 @@ class Pool:
             return
         live = self.live()
         busy = sum(1 for w in live if w.state == "busy")
-        want = desired_workers(self.policy, queue_length=stats.queue_length, workers=len(live),
+        want = desired_workers(self.policy, queue_length=stats.queue_length, workers=self.headcount(),
                                busy=busy)
         self.converge(want, f"queue {stats.queue_length}")
 
     def converge(self, want: int, why: str) -> None:
         """Start workers up to ``want``, or retire idle ones down to it; busy workers are never retired."""
-        live = self.live()
-        if want > len(live):
-            log.info("pool: %s: scaling up %d -> %d workers", why, len(live), want)
-            for _ in range(want - len(live)):
+        live, count = self.live(), self.headcount()
+        if want > count:
+            log.info("pool: %s: scaling up %d -> %d workers", why, count, want)
+            for _ in range(want - count):
                 self.start_worker()
-        elif want < len(live):
+        elif want < count:
+            # Fewer wanted: drop replacements still waiting out their backoff first.
+            while self._due and want < count:
+                self._due.pop()
+                count -= 1
             idle = [w for w in live if w.state == "idle"]
-            for handle in idle[: len(live) - want]:
+            for handle in idle[: count - want]:
                 self.retire(handle)
 
     # -- life ----------------------------------------------------------------------------------
@@ -198,7 +241,8 @@ class Pool:
             while not stop.is_set():
                 now = time.monotonic()
                 self.read_pipes()
-                self.reap()
+                self.reap(now)
+                self.restart_due(now)
                 self.check_health(now)
                 if now >= next_scale:
                     next_scale = now + float(self.policy.check_interval)
@@ -206,7 +250,7 @@ class Pool:
                 if self.metrics is not None:
                     self.metrics.workers.set(len(self.live()))
                 try:
-                    await asyncio.wait_for(stop.wait(), TICK_S)
+                    await asyncio.wait_for(stop.wait(), self.tick_s)
                 except TimeoutError:
                     pass
         finally:
@@ -215,23 +259,13 @@ class Pool:
     async def shutdown(self) -> None:
         """Drain every worker (SIGTERM), then kill what outlives the drain."""
         self.stopping = True
-        for handle in self.workers:
-            self._signal(handle, signal.SIGTERM)
+        self._due.clear()
         transcoder = self.config.transcoder
-        deadline = time.monotonic() + float(transcoder.drain_timeout) + float(transcoder.abort_grace) + 2
-        while (alive := [w.process.sentinel for w in self.workers if w.process.exitcode is None]):
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            await asyncio.to_thread(multiprocessing.connection.wait, alive, left)
-        killed = 0
-        for handle in self.workers:
-            if handle.process.exitcode is None:
-                killed += 1
-                self._signal(handle, signal.SIGKILL)
+        # Workers are peers: one stage, drained together; kill what outlives drain + abort grace.
+        stage = [ChildProcess(f"pool: worker pid {w.pid}", w.process) for w in self.workers]
+        killed = await stop_in_order(
+            [stage], float(transcoder.drain_timeout) + float(transcoder.abort_grace) + 2)
         stopped = len(self.workers)
-        for handle in self.workers:
-            await asyncio.to_thread(handle.process.join, 5)
         self.reap()
         log.info("pool stopped: %d workers drained, %d killed after the drain timeout; %d started, "
                  "%d replaced, %d hung killed", stopped - killed, killed, self.started_total,
@@ -240,7 +274,7 @@ class Pool:
 
 async def serve(ctx: Any, runner: str = DEFAULT_RUNNER) -> None:
     """The ``farm`` role (run by common.service.run_service)."""
-    from .metrics import farm_metrics
+    from streamgate.farm.metrics import farm_metrics
 
     config = ctx.config
     client = BrokerClient(config.broker_endpoints, timeout_s=max(1.0, float(config.broker.heartbeat_interval)))

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 
-from ..common.config import ScalingPolicy
+from streamgate.common.config import ScalingPolicy
 
 
 def desired_workers(policy: ScalingPolicy, *, queue_length: int, workers: int, busy: int) -> int:

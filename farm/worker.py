@@ -34,9 +34,9 @@ import msgspec
 import zmq
 import zmq.asyncio
 
-from ..common.config import Config
-from ..common.media import TranscodeProgress, TranscodeResult
-from ..common.protocol import (
+from streamgate.common.config import Config
+from streamgate.common.media import TranscodeProgress, TranscodeResult
+from streamgate.common.protocol import (
     WORKER,
     Abort,
     Assign,
@@ -80,8 +80,8 @@ class JobCancelled(Exception):
 
 
 def run_pipeline(run: JobRun) -> TranscodeResult:
-    """The default runner: the farm pipeline (farm/pipeline.py) on the job's source."""
-    from .pipeline import TranscodeSettings, transcode
+    """The default runner: the farm pipeline (farm/pipeline/transcode.py) on the job's source."""
+    from streamgate.farm.pipeline.transcode import TranscodeSettings, transcode
 
     settings = TranscodeSettings.from_config(run.config.transcoder, **run.job.settings)
     return transcode(Path(run.job.source), Path(run.job.out_dir), settings,
@@ -456,7 +456,7 @@ class Worker:
 
 
 def _observe(result: TranscodeResult, elapsed_s: float) -> None:
-    from .metrics import observe_result
+    from streamgate.farm.metrics import observe_result
 
     observe_result(result, elapsed_s)
 
@@ -485,9 +485,9 @@ def worker_process(config: Config, conn: Connection | None, runner_spec: str, pa
                    worker_id: str | None = None, metrics: bool = False) -> None:
     """Entry point of a worker process (multiprocessing ``spawn``, not daemonic: the pipeline
     starts encoder processes of its own)."""
-    from ..common import loops
-    from ..common.process import die_with_parent, set_title
-    from ..common.service import configure_logging
+    from streamgate.common import loops
+    from streamgate.common.process import die_with_parent, set_title
+    from streamgate.common.service import configure_logging
 
     set_title("farm-worker")
     if parent_pid is not None:
@@ -499,7 +499,7 @@ def worker_process(config: Config, conn: Connection | None, runner_spec: str, pa
 
     # Import the pipeline (PyAV, numpy, lxml) now, not in the first job's thread: an import holds
     # the GIL, and a loop that cannot run misses heartbeats and loses its lease.
-    from . import pipeline  # noqa: F401
+    from streamgate.farm import pipeline  # noqa: F401
 
     runner = load_runner(runner_spec)
 

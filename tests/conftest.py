@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from storage_support import SeaweedFS, start_seaweedfs, stop_seaweedfs
 from support import terminate, wait_healthy, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
@@ -49,6 +50,16 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
+    """A real SeaweedFS (master, volume, filer, S3 gateway) for the session, its bucket made."""
+    proc, server = start_seaweedfs(tmp_path_factory.mktemp("seaweedfs"))
+    try:
+        yield server
+    finally:
+        stop_seaweedfs(proc, server)
 
 
 @pytest.fixture

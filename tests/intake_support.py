@@ -45,11 +45,7 @@ class Edge:
 @pytest.fixture
 async def edge(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Callable[..., Awaitable[Edge]]]:
     """Factory: ``await edge(config=None, **make_config kwargs)`` -> a running in-process edge."""
-    from streamgate.edge import submission
     from streamgate.edge.app import build_app
-
-    # No broker runs in these tests unless one is started: give up on it quickly.
-    monkeypatch.setattr(submission, "BROKER_TIMEOUT_S", 0.3)
 
     started: list[Edge] = []
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import argparse
 
-from ...common.config import Config, dump_config
+from streamgate.common.config import Config, dump_config
 
 HELP = "Configuration: 'config check' prints the effective config or the precise error."
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import argparse
 
-from ...common.config import Config, supervisor_pid
+from streamgate.common.config import Config, supervisor_pid
 
 HELP = "Run the control plane (registration, fleet view, scaling) alone, for a systemd unit."
 
@@ -14,8 +14,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace, config: Config) -> int:
     import msgspec
 
-    from ...common.service import run_service
-    from ..service import serve
+    from streamgate.common.service import run_service
+    from streamgate.control.service import serve
 
     if args.port:
         config = msgspec.structs.replace(

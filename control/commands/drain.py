@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import argparse
 
-from ...common.config import Config
+from streamgate.common.config import Config
 
 HELP = "Put this node's services into maintenance (drain) in Consul."
 
@@ -13,6 +13,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace, config: Config) -> int:
-    from .undrain import set_maintenance_cli
+    from streamgate.control.commands.undrain import set_maintenance_cli
 
     return set_maintenance_cli(config, True, args.reason)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import argparse
 
-from ...common.config import Config, supervisor_pid
+from streamgate.common.config import Config, supervisor_pid
 
 HELP = "Run an edge (playback, uploads, API) alone, for a systemd unit: N processes on one port."
 
@@ -16,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace, config: Config) -> int:
     import msgspec
 
-    from ...common.metrics import init_metrics
+    from streamgate.common.metrics import init_metrics
 
     server = config.server
     if args.port:
@@ -29,8 +29,8 @@ def main(args: argparse.Namespace, config: Config) -> int:
     # Before anything imports prometheus_client: every edge process writes one shared directory.
     init_metrics(config)
 
-    from ...common.service import run_service
-    from ...edge import server as edge_server
+    from streamgate.common.service import run_service
+    from streamgate.edge import server as edge_server
 
     global_args = ["--log-level", args.log_level]
     if args.config:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import argparse
 
-from ...common.config import Config, supervisor_pid
+from streamgate.common.config import Config, supervisor_pid
 
 HELP = "Run the farm worker pool alone, for a systemd unit."
 
@@ -17,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace, config: Config) -> int:
     import msgspec
 
-    from ...common.metrics import init_metrics
+    from streamgate.common.metrics import init_metrics
 
     if args.workers is not None:
         config = msgspec.structs.replace(config, transcoder=msgspec.structs.replace(
@@ -26,13 +26,13 @@ def main(args: argparse.Namespace, config: Config) -> int:
         init_metrics(config)  # before anything imports prometheus_client; workers inherit it
     from functools import partial
 
-    from ...common.service import run_service
-    from ...farm.pool import serve
-    from ..failover import failover_enabled
+    from streamgate.common.service import run_service
+    from streamgate.farm.failover import failover_enabled
+    from streamgate.farm.pool import serve
 
     if failover_enabled(config):
         # A fleet with Consul: the pool runs its share of control's scaling decision (issue 7).
-        from ..fleet_farm import serve
+        from streamgate.farm.fleet_pool import serve
 
     runner = {"runner": args.runner} if args.runner else {}
     return run_service("farm", partial(serve, **runner), config, parent_pid=supervisor_pid())

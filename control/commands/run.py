@@ -4,8 +4,8 @@ import argparse
 import importlib
 import logging
 
-from ...common.config import Config
-from ...common.seed import service_role
+from streamgate.common.config import Config
+from streamgate.common.seed import service_role
 
 HELP = ("Run a single node (every role under one supervisor); in a fleet with "
         "deployment.service_name set, the role doing that seed service.")
@@ -27,7 +27,7 @@ def main(args: argparse.Namespace, config: Config) -> int:
     if role is not None:
         log.info("deployment.service_name %s: a single node runs every role; %s is the %s here",
                  config.deployment.service_name, config.deployment.service_name, role)
-    from ..supervisor import run
+    from streamgate.control.supervisor import run
 
     global_args = [f"--log-level={args.log_level}"]
     if args.config:
@@ -36,7 +36,7 @@ def main(args: argparse.Namespace, config: Config) -> int:
 
 
 def _run_role(role: str, args: argparse.Namespace, config: Config) -> int:
-    from ..cli import VERBS
+    from streamgate.control.cli import VERBS
 
     module = importlib.import_module(f"{__package__}.{VERBS[role]}")
     parser = argparse.ArgumentParser(prog=f"streamgate {role}")

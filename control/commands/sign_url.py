@@ -3,8 +3,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ...common.config import Config
-from ..edge_client import add_server_arguments
+from streamgate.common.config import Config
+from streamgate.control.edge_client import add_server_arguments
 
 HELP = "Print a signed, expiring playback URL for a private video."
 
@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace, config: Config) -> int:
     import sys
 
-    from ..edge_client import EdgeAPIError, EdgeClient, server_url
+    from streamgate.control.edge_client import EdgeAPIError, EdgeClient, server_url
 
     client = EdgeClient(server_url(args, config), Path(args.wallet_key))
     try:

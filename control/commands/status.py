@@ -4,7 +4,7 @@ import argparse
 import sys
 from typing import Any
 
-from ...common.config import Config
+from streamgate.common.config import Config
 
 HELP = "Show farm and fleet figures."
 
@@ -39,9 +39,9 @@ async def fetch_view(config: Config, url: str | None) -> tuple[dict[str, Any], s
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:
         if url:
             raise
-        from ..consul_client import consul_client
-        from ..discovery import Discovery
-        from ..fleet import gather_fleet
+        from streamgate.common.consul.client import consul_client
+        from streamgate.common.consul.discovery import Discovery
+        from streamgate.control.fleet import gather_fleet
 
         client = consul_client(config.registry) if config.registry.type == "consul" else None
         try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ...common.config import Config
+from streamgate.common.config import Config
 
 HELP = "Run the transcode pipeline locally (no broker) on INPUT into --out DIR."
 
@@ -41,8 +41,8 @@ def main(args: argparse.Namespace, config: Config) -> int:
     from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
     from rich.table import Table
 
-    from ...common.media import TranscodeProgress
-    from ...farm.pipeline import TranscodeError, TranscodeSettings, transcode
+    from streamgate.common.media import TranscodeProgress
+    from streamgate.farm.pipeline.transcode import TranscodeError, TranscodeSettings, transcode
 
     console = Console(stderr=True)
     settings = TranscodeSettings.from_config(

@@ -3,7 +3,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ...common.config import Config
+from streamgate.common.config import Config
 
 HELP = "Take this node's services out of maintenance in Consul."
 
@@ -20,7 +20,7 @@ def set_maintenance_cli(config: Config, enable: bool, reason: str) -> int:
     """Shared by drain and undrain: 0 done, 1 Consul unreachable, 2 no registry configured."""
     import asyncio
 
-    from ..registry import CONSUL_ERRORS, set_maintenance
+    from streamgate.common.consul.registry import CONSUL_ERRORS, set_maintenance
 
     verb = "drain" if enable else "undrain"
     if config.registry.type != "consul":

@@ -6,8 +6,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ...common.config import Config
-from ..edge_client import add_server_arguments
+from streamgate.common.config import Config
+from streamgate.control.edge_client import add_server_arguments
 
 HELP = "Upload a video over tus with a progress bar, follow its transcode, print the HLS and DASH URLs."
 
@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace, config: Config) -> int:
     from rich.console import Console
 
-    from ..edge_client import EdgeAPIError, EdgeClient, server_url
+    from streamgate.control.edge_client import EdgeAPIError, EdgeClient, server_url
 
     console = Console(stderr=True)
     if not args.file.is_file():

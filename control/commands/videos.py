@@ -3,8 +3,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ...common.config import Config
-from ..edge_client import add_server_arguments
+from streamgate.common.config import Config
+from streamgate.control.edge_client import add_server_arguments
 
 HELP = "List videos as a table."
 
@@ -23,7 +23,7 @@ def main(args: argparse.Namespace, config: Config) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from ..edge_client import EdgeAPIError, EdgeClient, server_url
+    from streamgate.control.edge_client import EdgeAPIError, EdgeClient, server_url
 
     client = EdgeClient(server_url(args, config), Path(args.wallet_key))
     try:

@@ -108,6 +108,18 @@ def test_generic_override_and_config_path_from_env(tmp_path: Path) -> None:
     assert config.transcoder.task_timeout == 5400
 
 
+def test_generic_overrides_of_text_keys_stay_text() -> None:
+    """A secret or a path that looks like a number is still the text the operator wrote."""
+    env = {"STREAMGATE__AUTH__SECRET": "12345", "STREAMGATE__STORAGE__DATA_DIR": "007",
+           "STREAMGATE__CACHE__REDIS_PREFIX": "true", "STREAMGATE__AUTH__REQUIRED": "true",
+           "STREAMGATE__SERVER__PORT": "8099"}
+    config = load_config(None, env=env)
+    assert config.auth.secret == "12345"
+    assert config.storage.data_dir == "007"
+    assert config.cache.redis_prefix == "true"
+    assert config.auth.required is True and config.server.port == 8099
+
+
 def test_bad_environment_value_names_the_key() -> None:
     with pytest.raises(ConfigError, match="server.port"):
         load_config(None, env={"SERVER_PORT": "eighty"})

@@ -43,6 +43,14 @@ def test_config_check_prints_the_effective_config(tmp_path: Path) -> None:
     assert "worker_pool_size: 7" in result.stdout
 
 
+def test_global_options_after_the_verb(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("server: {port: 9124}\n")
+    result = streamgate("config", "check", "--config", str(path), "--log-level", "warning")
+    assert result.returncode == 0, result.stderr
+    assert "port: 9124" in result.stdout
+
+
 def test_config_check_names_the_bad_key_without_a_traceback(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text("transcoder:\n  scaling_policy:\n    max_workers: lots\n")

@@ -10,7 +10,7 @@ import urllib.request
 from agent_api import Agent, free_port
 
 from streamgate.common.config import config_from_tree
-from streamgate.control.discovery import Discovery
+from streamgate.common.consul.discovery import Discovery
 
 
 def register(agent: Agent, name: str, sid: str, port: int, *, status: str = "passing",

@@ -25,16 +25,16 @@ from conftest import free_port, streamgate_env
 from support import async_wait_until, children_of, terminate, title_of, wait_until
 from test_failover import brokers, fleet_tree, leader_of  # noqa: F401 - the brokers fixture
 
+from streamgate.common.broker_client import BrokerClient
 from streamgate.common.config import BrokerEndpoints, config_from_tree
-from streamgate.control.consul_client import consul_client
-from streamgate.control.discovery import Discovery
-from streamgate.control.failover import discovered_worker, journal_prefix
+from streamgate.common.consul.client import consul_client
+from streamgate.common.consul.discovery import Discovery
 from streamgate.edge import stores
-from streamgate.edge.farm_api import FARM_CLIENT
-from streamgate.edge.origin import DiscoveredOrigins
-from streamgate.edge.playback import DELIVERY, ORIGIN_RESOLVER
+from streamgate.edge.intake.farm_link import FARM_CLIENT
+from streamgate.edge.playback.origin import DiscoveredOrigins
+from streamgate.edge.playback.routes import DELIVERY, ORIGIN_RESOLVER
 from streamgate.edge.server import EdgeServer
-from streamgate.farm.client import BrokerClient
+from streamgate.farm.failover import discovered_worker, journal_prefix
 from streamgate.farm.journal_redis import RedisJournal
 
 TUS = {"Tus-Resumable": "1.0.0"}

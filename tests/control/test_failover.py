@@ -22,14 +22,14 @@ import yaml
 from agent_api import Agent, free_port
 from support import async_wait_until, shm_segments, terminate
 
+from streamgate.common.broker_client import BrokerClient, BrokerUnavailable
 from streamgate.common.config import Config, config_from_tree
+from streamgate.common.consul.client import consul_client
+from streamgate.common.consul.discovery import Discovery
 from streamgate.common.media import TranscodeResult
 from streamgate.common.protocol import JobSpec
-from streamgate.control.consul_client import consul_client
-from streamgate.control.discovery import Discovery
-from streamgate.control.failover import discovered_worker, journal_prefix, lock_key
 from streamgate.control.fleet import gather_fleet
-from streamgate.farm.client import BrokerClient, BrokerUnavailable
+from streamgate.farm.failover import discovered_worker, journal_prefix, lock_key
 from streamgate.farm.journal_redis import RedisJournal
 from streamgate.farm.worker import JobCancelled, JobRun, run_pipeline
 

@@ -10,10 +10,10 @@ import msgspec
 from agent_api import Agent
 
 from streamgate.common.config import config_from_tree
-from streamgate.control.consul_client import consul_client
-from streamgate.control.discovery import Discovery
+from streamgate.common.consul.client import consul_client
+from streamgate.common.consul.discovery import Discovery, scaling_keys
 from streamgate.control.fleet import BrokerFigures, CheckState, FleetView, gather_fleet, instance_status
-from streamgate.control.scaling import decide, scaling_keys
+from streamgate.control.scaling import decide
 from streamgate.control.service import ControlState
 
 

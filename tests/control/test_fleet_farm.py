@@ -10,13 +10,13 @@ from agent_api import Agent, free_port
 from support import async_wait_until
 
 from streamgate.common.config import config_from_tree
-from streamgate.control.consul_client import consul_client
-from streamgate.control.discovery import Discovery
+from streamgate.common.consul.client import consul_client
+from streamgate.common.consul.discovery import Discovery
 from streamgate.control.fleet import BrokerFigures, FleetView
-from streamgate.control.fleet_farm import fleet_pool_class, follow_decisions
 from streamgate.control.scaling import decide
 from streamgate.control.service import ControlState
 from streamgate.farm.broker import Broker
+from streamgate.farm.fleet_pool import fleet_pool_class, follow_decisions
 from streamgate.farm.journal import SqliteJournal
 
 

@@ -10,8 +10,8 @@ import urllib.request
 import pytest
 from agent_api import Agent
 
-from streamgate.control.consul_client import consul_client
-from streamgate.control.leadership import LeaderLock, LeadershipLost
+from streamgate.common.consul.client import consul_client
+from streamgate.common.consul.leadership import LeaderLock, LeadershipLost
 
 
 def register_ttl(agent: Agent, sid: str) -> str:

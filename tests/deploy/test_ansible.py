@@ -22,6 +22,11 @@ ROLES = sorted(p.name for p in (ANSIBLE_DIR / "roles").iterdir() if p.is_dir())
 GROUPS = ("edge", "farm", "broker", "control", "redis", "consul")
 
 
+# The module's converge fixture (a venv, a wheel install, a whole playbook run) takes minutes on a
+# busy 2-core machine: more than the suite's default per-test timeout.
+pytestmark = pytest.mark.timeout(600)
+
+
 def run(argv: list[str], timeout: float = 120, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, cwd=ANSIBLE_DIR, env=tool_env(**env), capture_output=True, text=True,
                           timeout=timeout)

@@ -9,9 +9,9 @@ from urllib.parse import urljoin
 from intake_support import bearer, edge, new_account, sign_in  # noqa: F401
 
 from streamgate.edge import stores
+from streamgate.edge.access.tokens import Claims
 from streamgate.edge.catalog import Video
 from streamgate.edge.keys import CONFIG
-from streamgate.edge.tokens import Claims
 
 MASTER = "#EXTM3U\n#EXT-X-VERSION:7\n#EXT-X-STREAM-INF:BANDWIDTH=400000,RESOLUTION=320x240\n240p/index.m3u8\n"
 MEDIA = ("#EXTM3U\n#EXT-X-VERSION:7\n#EXT-X-TARGETDURATION:2\n#EXT-X-MAP:URI=\"init.mp4\"\n"
@@ -109,3 +109,18 @@ async def test_signed_url_ttl_is_bounded(edge) -> None:  # noqa: F811
     assert 50 < claims.exp - time.time() <= 60
     async with e.session.post(f"{e.url}/api/v1/videos/{video_id}/playback-url?ttl=3600") as r:
         assert r.status == 400
+
+
+async def test_one_owner_rule_for_a_private_video_without_owner(edge) -> None:  # noqa: F811
+    """Uploaded without a wallet (auth off), a private video has no owner: playback, the API and
+    URL signing all apply the same rule (edge/access/playback.is_owner), so none refuses what
+    another allows."""
+    e = await edge()
+    video_id = "c" * 32
+    await _video(e, video_id, "", "private")
+    anonymous_play = (await _get(e, f"/videos/{video_id}/master.m3u8"))[0]
+    async with e.session.get(f"{e.url}/api/v1/videos/{video_id}") as r:
+        anonymous_api = r.status
+    async with e.session.post(f"{e.url}/api/v1/videos/{video_id}/playback-url") as r:
+        anonymous_sign = r.status
+    assert anonymous_play == anonymous_api == anonymous_sign == 200

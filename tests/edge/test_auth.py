@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta
 from intake_support import TUS, bearer, edge, new_account, personal_sign, sign_in, siwe_message  # noqa: F401
 
 from streamgate.edge import stores
+from streamgate.edge.access.tokens import Claims
 from streamgate.edge.keys import CONFIG
-from streamgate.edge.tokens import Claims
 
 
 async def _nonce(e) -> str:  # type: ignore[no-untyped-def]
@@ -124,3 +124,23 @@ async def test_writes_pass_without_a_token_when_auth_is_not_required(edge) -> No
     e = await edge(auth_required=False)
     assert await _create_upload(e, {}) == 201
     assert await _create_upload(e, {"Authorization": "Bearer forged.token"}) == 401
+
+
+def test_one_message_format_for_builder_and_parser() -> None:
+    """The CLI's builder and the edge's parser share edge/access/siwe.py, and both agree with the
+    reference ``siwe`` package's text."""
+    from datetime import UTC, datetime, timedelta
+
+    from streamgate.control.edge_client import siwe_text
+    from streamgate.edge.access.siwe import format_message, parse_message
+
+    account = new_account()
+    issued = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    reference = siwe_message(account.address, "Nonce12345678", domain="videos.example",
+                             issued_at=issued, expires_in=timedelta(minutes=5))
+    assert format_message(parse_message(reference)) == reference
+    built = siwe_text("videos.example", "http://videos.example/", account.address, "Nonce12345678")
+    parsed = parse_message(built)
+    assert (parsed.domain, parsed.nonce, parsed.statement) == ("videos.example", "Nonce12345678",
+                                                               "Sign in to StreamGate.")
+    assert format_message(parsed) == built

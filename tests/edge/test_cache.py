@@ -12,7 +12,7 @@ VIDEO_ID = "vid-1"
 
 
 def delivery_of(server):
-    from streamgate.edge.playback import DELIVERY
+    from streamgate.edge.playback.routes import DELIVERY
 
     return server.app[DELIVERY]
 
@@ -47,13 +47,13 @@ async def test_one_edges_pull_serves_another_edge_from_redis(fast_path, tmp_path
         assert not (tmp_path / "b" / "cache" / "media" / VIDEO_ID / rel).exists()
         client_r = redis.Redis.from_url(redis_url)
         try:
-            ttl_ms = await client_r.pttl(f"streamgate:hot:{VIDEO_ID}/{rel}")
+            ttl_ms = await client_r.pttl(f"sg:hot:{VIDEO_ID}/{rel}")
             # The origin said max-age=60, under cache.hot_ttl: the object lives 60 s.
             assert 0 < ttl_ms <= 60_000
             # Segments above cache.redis_max_object_size stay out of Redis.
             status, _, _ = await fetch(client, a, "240p/90.m4s")
             assert status == 200
-            assert await client_r.exists(f"streamgate:hot:{VIDEO_ID}/240p/90.m4s") == 0
+            assert await client_r.exists(f"sg:hot:{VIDEO_ID}/240p/90.m4s") == 0
         finally:
             await client_r.aclose()
 
@@ -61,7 +61,7 @@ async def test_one_edges_pull_serves_another_edge_from_redis(fast_path, tmp_path
 async def test_redis_down_is_a_miss_not_an_error(tmp_path: Path) -> None:
     import redis.asyncio as redis
 
-    from streamgate.edge.hotcache import HotRecord, RedisTier
+    from streamgate.edge.playback.hotcache import HotRecord, RedisTier
 
     client = redis.Redis.from_url(f"unix://{tmp_path}/no-such-redis.sock")
     try:
@@ -75,8 +75,8 @@ async def test_redis_down_is_a_miss_not_an_error(tmp_path: Path) -> None:
 def test_memory_lru_is_bounded_by_bytes_and_expires() -> None:
     import time
 
-    from streamgate.edge.files import Servable
-    from streamgate.edge.hotcache import MemoryLRU
+    from streamgate.edge.playback.files import Servable
+    from streamgate.edge.playback.hotcache import MemoryLRU
 
     lru = MemoryLRU(max_bytes=250)
 
@@ -98,7 +98,7 @@ def test_memory_lru_is_bounded_by_bytes_and_expires() -> None:
 
 
 def test_open_file_cache_reuses_fds_and_sees_renames(tmp_path: Path, make_config) -> None:
-    from streamgate.edge.files import OpenFileCache
+    from streamgate.edge.playback.files import OpenFileCache
 
     config = make_config(tmp_path, open_file_cache_valid=0, memory_serve_max_size=10, open_file_cache_entries=2)
     cache = OpenFileCache(config.edge)
@@ -130,7 +130,7 @@ async def test_redis_lookups_of_one_loop_turn_share_one_round_trip(redis_url: st
 
     import redis.asyncio as redis
 
-    from streamgate.edge.hotcache import HotRecord, RedisTier
+    from streamgate.edge.playback.hotcache import HotRecord, RedisTier
 
     client = redis.Redis.from_url(redis_url)
     try:

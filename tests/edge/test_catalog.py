@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
+from streamgate.edge.access.nonces import RedisNonceStore, SqliteNonceStore
 from streamgate.edge.catalog import RedisCatalog, Rendition, SqliteCatalog, Video, VideoExists
-from streamgate.edge.nonces import RedisNonceStore, SqliteNonceStore
-from streamgate.edge.upload_state import RedisUploadStore, SqliteUploadStore, Upload, UploadLocked
+from streamgate.edge.intake.state import RedisUploadStore, SqliteUploadStore, Upload, UploadLocked
 
 
 @pytest.fixture(params=["sqlite", "redis"])

@@ -14,7 +14,7 @@ FAST = pytest.mark.parametrize("fast_path", [True, False], ids=["fast", "aiohttp
 
 
 def delivery_of(server):
-    from streamgate.edge.playback import DELIVERY
+    from streamgate.edge.playback.routes import DELIVERY
 
     return server.app[DELIVERY]
 
@@ -114,7 +114,7 @@ def test_disk_cache_order_survives_a_restart(tmp_path: Path) -> None:
     import os
     import time
 
-    from streamgate.edge.diskcache import CacheMeta, DiskCache
+    from streamgate.edge.playback.diskcache import CacheMeta, DiskCache
 
     cache = DiskCache(tmp_path / "cache", max_bytes=300)
 

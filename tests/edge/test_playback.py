@@ -101,7 +101,7 @@ async def test_signed_prefix_calls_access_and_resolves_relative_uris(fast_path, 
     import time
 
     stores = pytest.importorskip("streamgate.edge.stores")
-    from streamgate.edge.tokens import Claims
+    from streamgate.edge.access.tokens import Claims
 
     async with start_edge(make_config(data_dir, fast_path=fast_path)) as server:
         async with client.get(url(server, f"/s/forged/videos/{VIDEO_ID}/240p/index.m3u8")) as r:
@@ -306,7 +306,7 @@ async def test_clients_leaving_mid_download_leave_the_edge_healthy(fast_path, da
             assert len(await r.read()) == (data_dir / "media" / VIDEO_ID / "240p" / "90.m4s").stat().st_size
         from support import async_wait_until
 
-        from streamgate.edge.playback import DELIVERY
+        from streamgate.edge.playback.routes import DELIVERY
 
         files = server.app[DELIVERY].files
 

@@ -10,8 +10,8 @@ from aiohttp.test_utils import make_mocked_request
 from intake_support import edge  # noqa: F401
 
 from streamgate.common.config import RateLimitConfig
+from streamgate.edge.access.ratelimit import MemoryBuckets, RateLimiter, RedisBuckets
 from streamgate.edge.errors import HTTPError
-from streamgate.edge.ratelimit import MemoryBuckets, RateLimiter, RedisBuckets
 
 
 @pytest.fixture(params=["memory", "redis"])

@@ -114,8 +114,8 @@ def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 @pytest.mark.parametrize("fast_path", ["true", "false"], ids=["fast", "aiohttp"])
 def test_the_pipelines_own_ladder_plays_through_the_edge(fast_path: str, tmp_path: Path, small_video: Path,
                                                          edge_process) -> None:
-    """Both paths under uvloop, the aiohttp one writing with edge/sendfile.py (not FileResponse)."""
-    pipeline = pytest.importorskip("streamgate.farm.pipeline")
+    """Both paths under uvloop, the aiohttp one writing with edge/fastpath/sendfile.py (not FileResponse)."""
+    pipeline = pytest.importorskip("streamgate.farm.pipeline.transcode")
     data = tmp_path / "data"
     pipeline.transcode(small_video, data / "media" / "pipe-1",
                        pipeline.TranscodeSettings(ladder=[240, 120], segment_duration=1.0, preset="ultrafast"))

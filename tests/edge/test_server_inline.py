@@ -1,4 +1,4 @@
-"""edge/inline.py: a request coroutine's first step runs at once; a task only if it suspends."""
+"""edge/fastpath/inline.py: a request coroutine's first step runs at once; a task only if it suspends."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from streamgate.edge import inline
+from streamgate.edge.fastpath import inline
 
 VAR: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="outside")
 

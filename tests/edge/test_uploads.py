@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 from intake_support import TUS, edge  # noqa: F401  (fixture)
 
-from streamgate.edge import intake, stores
-from streamgate.edge.uploads import partial_path
+from streamgate.edge import stores
+from streamgate.edge.intake import completion as intake
+from streamgate.edge.intake.paths import partial_path
 
 
 def _meta(**pairs: str) -> str:
@@ -255,7 +256,7 @@ async def test_expired_partial_uploads_are_swept(edge) -> None:  # noqa: F811
 
 
 async def test_queued_video_survives_a_missing_broker_and_is_resubmitted(edge) -> None:  # noqa: F811
-    from streamgate.edge.submission import SUBMITTER
+    from streamgate.edge.intake.submission import SUBMITTER
 
     e = await edge()
     url = await _create(e, 3)
@@ -292,11 +293,8 @@ async def test_x_http_method_override(edge) -> None:  # noqa: F811
         assert r.status == 204 and r.headers["Upload-Offset"] == "4"
 
 
-async def test_a_second_writer_waits_then_gets_423(edge, monkeypatch) -> None:  # noqa: F811
-    from streamgate.edge import uploads
-
-    monkeypatch.setattr(uploads, "LOCK_WAIT_S", 0.3)
-    e = await edge()
+async def test_a_second_writer_waits_then_gets_423(edge) -> None:  # noqa: F811
+    e = await edge(uploads={"lock_wait": "300ms"})
     url = await _create(e, 10_000)
     path = url.split("://", 1)[1].split("/", 1)[1]
     reader, writer = await asyncio.open_connection(e.server.host, e.server.port)
@@ -330,7 +328,7 @@ async def test_an_empty_upload_completes_at_creation(edge) -> None:  # noqa: F81
 
 
 async def test_a_completion_cut_short_is_finished_by_the_resubmitter(edge) -> None:  # noqa: F811
-    from streamgate.edge.upload_state import Upload
+    from streamgate.edge.intake.state import Upload
 
     e = await edge()
     url = await _create(e, 5, filename="crash.webm")

@@ -14,10 +14,11 @@ from intake_support import TUS, edge, make_config  # noqa: F401
 from streamgate.common.media import Rendition as MediaRendition
 from streamgate.common.media import TranscodeResult
 from streamgate.common.protocol import JobDone, JobFailed, JobProgress, JobStarted
-from streamgate.edge import intake, stores
+from streamgate.edge import stores
+from streamgate.edge.intake import completion as intake
+from streamgate.edge.intake.paths import partial_path
+from streamgate.edge.intake.progress import ProgressApplier
 from streamgate.edge.keys import CONFIG
-from streamgate.edge.progress import ProgressApplier
-from streamgate.edge.uploads import partial_path
 
 
 async def _upload(e, body: bytes, **meta: str) -> str:  # type: ignore[no-untyped-def]
@@ -117,7 +118,7 @@ def _start_broker(data_dir: Path, log: Path) -> subprocess.Popen[bytes]:
 
 
 async def test_queued_video_reaches_a_broker_that_starts_late(edge, tmp_path: Path) -> None:  # noqa: F811
-    from streamgate.farm.client import BrokerClient
+    from streamgate.common.broker_client import BrokerClient
 
     data_dir = tmp_path / "data"
     config = make_config(data_dir)

@@ -203,7 +203,7 @@ async def start_broker(farm: Farm) -> AsyncIterator[Callable[[], Any]]:
 
 @pytest.fixture
 async def client(farm: Farm) -> AsyncIterator[Any]:
-    from streamgate.farm.client import BrokerClient
+    from streamgate.common.broker_client import BrokerClient
 
     c = BrokerClient(farm.config.broker_endpoints, timeout_s=3.0)
     yield c
@@ -401,7 +401,7 @@ class RunningPool:
 async def start_pool(farm: Farm) -> AsyncIterator[Callable[..., Any]]:
     """Factory: an in-process pool (its workers are real spawned processes) on the farm's config,
     with a runner from tests/farm/runners.py; stopped (drained) at teardown."""
-    from streamgate.farm.client import BrokerClient
+    from streamgate.common.broker_client import BrokerClient
     from streamgate.farm.pool import Pool
 
     running: list[tuple[RunningPool, Any]] = []

@@ -153,10 +153,12 @@ async def test_stall_watchdog_aborts_a_run_whose_frames_stop(farm, start_broker,
     assign = await worker.expect(Assign)
     # Frames advance for a while (heartbeats too), then stop while heartbeats go on.
     for frames in range(1, 6):
+        # Before the send: the broker's stall clock starts at its receipt, never earlier, so
+        # the abort comes at least stall_timeout after this however slow the machine is.
+        t_last = time.monotonic()
         await worker.send(Progress(job_id=job.job_id, attempt=1, frames=frames, fraction=frames / 30))
         await worker.send(Heartbeat())
         await worker.expect(Heartbeat)
-    t_last = time.monotonic()
     abort = await worker.expect(Abort, heartbeat=True, timeout=5)
     assert abort.reason.startswith("stalled") and assign.attempt == abort.attempt
     assert time.monotonic() - t_last >= 0.3

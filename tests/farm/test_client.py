@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from streamgate.farm.client import BrokerClient, BrokerUnavailable
+from streamgate.common.broker_client import BrokerClient, BrokerUnavailable
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 

@@ -9,8 +9,8 @@ import urllib.request
 import pytest
 from support import async_wait_until
 
+from streamgate.common.broker_client import BrokerClient
 from streamgate.common.config import load_config
-from streamgate.farm.client import BrokerClient
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 

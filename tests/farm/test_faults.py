@@ -83,7 +83,7 @@ async def test_kill_9_broker_restart_job_survives_and_completes_once(farm, start
 
 
 async def _stats_ok(client) -> bool:
-    from streamgate.farm.client import BrokerUnavailable
+    from streamgate.common.broker_client import BrokerUnavailable
 
     try:
         await client.stats()

@@ -10,12 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from streamgate.farm.errors import GateError
-from streamgate.farm.gate import check_ladder, default_schema
-from streamgate.farm.pipeline import TranscodeSettings, transcode
+from streamgate.farm.pipeline.errors import GateError
+from streamgate.farm.pipeline.gate import check_ladder, default_schema
+from streamgate.farm.pipeline.transcode import TranscodeSettings, transcode
 
-REPO = Path(__file__).resolve().parents[2]
-SCHEMA = REPO.parent / "shared" / "conformance" / "dash" / "DASH-MPD.xsd"
+SCHEMA = default_schema()
 
 
 @pytest.fixture(scope="module")
@@ -38,9 +37,13 @@ def edit(path: Path, old: str, new: str, count: int = 1) -> None:
     path.write_text(text.replace(old, new, count))
 
 
-def test_schema_is_found_beside_the_repo() -> None:
-    assert SCHEMA.is_file(), "CI keeps a copy of shared/ beside the clone"
-    assert default_schema() == SCHEMA
+def test_schema_ships_in_the_package() -> None:
+    """The schema is package data beside the gate (never read from outside the install)."""
+    import streamgate.farm.pipeline as pipeline
+
+    assert SCHEMA.is_file() and SCHEMA.name == "DASH-MPD.xsd"
+    assert SCHEMA.parent == Path(pipeline.__file__).parent / "schemas"
+    assert (SCHEMA.parent / "xlink.xsd").is_file()
 
 
 def test_good_ladder_passes_every_rule(ladder: Path) -> None:

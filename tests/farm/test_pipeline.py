@@ -17,10 +17,15 @@ import pytest
 from support import shm_segments, wait_until
 
 from streamgate.common.media import TranscodeProgress, TranscodeResult
-from streamgate.farm.errors import BadInputError, EncoderFailedError, TranscodeCancelled, TranscodeError
-from streamgate.farm.gate import check_ladder, default_schema
-from streamgate.farm.pipeline import TranscodeSettings, transcode
-from streamgate.farm.ring import RING_PREFIX
+from streamgate.farm.pipeline.errors import (
+    BadInputError,
+    EncoderFailedError,
+    TranscodeCancelled,
+    TranscodeError,
+)
+from streamgate.farm.pipeline.gate import check_ladder, default_schema
+from streamgate.farm.pipeline.ring import RING_PREFIX
+from streamgate.farm.pipeline.transcode import TranscodeSettings, transcode
 
 SMALL = TranscodeSettings(ladder=[240, 180], segment_duration=1.0)
 
@@ -322,7 +327,7 @@ def test_worker_killed_leaves_nothing(tmp_path: Path, video_factory: Callable[..
     """SIGKILL the process running transcode(): its encoders die with it, no ring stays."""
     source = video_factory("six.mp4", seconds=6.0, width=320, height=240)
     code = ("import sys; from pathlib import Path; "
-            "from streamgate.farm.pipeline import TranscodeSettings, transcode; "
+            "from streamgate.farm.pipeline.transcode import TranscodeSettings, transcode; "
             "transcode(Path(sys.argv[1]), Path(sys.argv[2]), "
             "TranscodeSettings(ladder=[240, 180], segment_duration=1.0, preset='medium'))")
     worker = subprocess.Popen([sys.executable, "-c", code, str(source), str(tmp_path / "out")])

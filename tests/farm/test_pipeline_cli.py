@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from streamgate.farm.gate import check_ladder
+from streamgate.farm.pipeline.gate import check_ladder
 
 
 def streamgate(*args: str) -> subprocess.CompletedProcess[str]:

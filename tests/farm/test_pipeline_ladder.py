@@ -6,10 +6,10 @@ from fractions import Fraction
 
 import pytest
 
-from streamgate.farm.ladder import plan_ladder
-from streamgate.farm.manifest import VideoRepresentation, build_mpd
-from streamgate.farm.packager import SegmentInfo
-from streamgate.farm.playlist import media_playlist, target_duration
+from streamgate.farm.pipeline.dash import VideoRepresentation, build_mpd
+from streamgate.farm.pipeline.hls import media_playlist, target_duration
+from streamgate.farm.pipeline.ladder import plan_ladder
+from streamgate.farm.pipeline.packager import SegmentInfo
 
 CAPS = dict(peak_bitrate_1080p=5_000_000, bufsize_factor=2.0)
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,7 @@ from support import async_wait_until
 
 from streamgate.common.config import config_from_tree
 from streamgate.common.protocol import JobDone, JobFailed
+from streamgate.farm.pool import Pool
 from streamgate.farm.scaling import desired_workers
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
@@ -103,3 +106,54 @@ async def test_dead_idle_worker_is_replaced(farm, start_broker, start_pool, clie
     job = farm.job(clip)
     await client.submit(job)
     assert (await log.wait(JobDone, job.job_id, timeout=30))[0].attempts == 1
+
+
+# Module-level code runs when the worker loads its runner, before it reports up: with the flag
+# file present the worker dies at start, every time (a broken install, a bad runner).
+CRASHING_RUNNER = '''
+from pathlib import Path
+
+if Path(__file__).with_name("crash").exists():
+    raise SystemExit(3)
+
+from streamgate.farm.worker import run_pipeline  # noqa: E402,F401
+'''
+
+
+async def test_a_crash_loop_backs_off_and_a_worker_that_stays_up_resets_it(farm, start_broker,
+                                                                            client) -> None:
+    farm.configure(server={"restart_delay": "200ms", "restart_delay_max": "800ms",
+                           "restart_reset_after": "1s"})
+    await start_broker()
+    runner_file = farm.data_dir / "crashing.py"
+    runner_file.write_text(CRASHING_RUNNER)
+    flag = farm.data_dir / "crash"
+    flag.touch()
+    pool = Pool(farm.config, runner=f"{runner_file}:run_pipeline", client=client)
+    stop = asyncio.Event()
+    task = asyncio.create_task(pool.run(stop))
+    try:
+        await async_wait_until(lambda: _true(len(pool.restarts) >= 4), timeout=90, what="four restarts")
+        first = list(pool.restarts)[:4]
+        # The gap doubles up to the cap (before: a replacement on the next 100 ms tick, forever).
+        assert [r.delay_s for r in first] == pytest.approx([0.2, 0.4, 0.8, 0.8])
+        for r in first:  # measured on the pool's own clock: each replacement waited its delay
+            assert r.started_at - r.died_at >= r.delay_s
+        assert pool.backoff.failures >= 4
+
+        flag.unlink()  # the next replacement starts and stays up
+
+        async def stayed_up() -> bool:
+            now = time.monotonic()
+            return any(w.uptime(now) >= 1.0 and not w.retiring for w in pool.workers)
+
+        await async_wait_until(stayed_up, timeout=60, what="a worker up for the reset time")
+        (worker,) = [w for w in pool.workers if w.process.exitcode is None]
+        before = len(pool.restarts)
+        os.kill(worker.pid, signal.SIGKILL)
+        await async_wait_until(lambda: _true(len(pool.restarts) > before), timeout=30,
+                               what="the replacement of the worker that stayed up")
+        assert pool.restarts[-1].delay_s == pytest.approx(0.2)  # back to the first delay
+    finally:
+        stop.set()
+        await task

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from support import shm_segments
 
-from streamgate.farm.ring import RING_PREFIX, FrameRing, RingView, split_planes
+from streamgate.farm.pipeline.ring import RING_PREFIX, FrameRing, RingView, split_planes
 
 
 def my_rings() -> set[str]:

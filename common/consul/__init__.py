@@ -1,0 +1,1 @@
+"""Consul: the HTTP client, service registration, discovery and the leader lock."""

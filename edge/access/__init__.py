@@ -1,0 +1,1 @@
+"""Access: Sign-In with Ethereum, tokens, nonces, rate limits, playback access."""

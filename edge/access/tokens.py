@@ -1,0 +1,103 @@
+"""Signed, expiring tokens: session tokens after Sign-In with Ethereum and playback-URL tokens.
+
+Format: ``base64url(json claims) "." base64url(HMAC-SHA256(key, claims))``, no padding. Only
+URL-safe characters, so a playback token can sit as one path segment (``/s/{token}/videos/...``).
+Verification is a hash and a compare: cheap enough for the playback hot path.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import hmac
+import os
+import secrets
+import time
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+
+from streamgate.common.config import Config
+
+
+class Claims(msgspec.Struct, kw_only=True, omit_defaults=True):
+    kind: Literal["session", "play"]
+    exp: float
+    sub: str = ""  # session: the wallet address
+    vid: str = ""  # play: the video the URL opens
+
+
+class BadToken(Exception):
+    """The token is malformed, forged, expired or of another kind; the message says which."""
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+_encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.Decoder(Claims).decode
+
+
+class TokenSigner:
+    def __init__(self, key: bytes) -> None:
+        self._key = key
+
+    def _mac(self, body: bytes) -> bytes:
+        return hmac.new(self._key, body, hashlib.sha256).digest()
+
+    def sign(self, claims: Claims) -> str:
+        body = _encode(claims)
+        return f"{_b64(body)}.{_b64(self._mac(body))}"
+
+    def verify(self, token: str, kind: str, now: float | None = None) -> Claims:
+        try:
+            body_text, mac_text = token.split(".")
+            body, mac = _unb64(body_text), _unb64(mac_text)
+        except ValueError:
+            raise BadToken("malformed token") from None
+        if not hmac.compare_digest(mac, self._mac(body)):
+            raise BadToken("token signature does not verify")
+        try:
+            claims = _decode(body)
+        except msgspec.DecodeError:
+            raise BadToken("malformed token claims") from None
+        if claims.kind != kind:
+            raise BadToken(f"not a {kind} token")
+        if claims.exp <= (time.time() if now is None else now):
+            raise BadToken("token expired")
+        return claims
+
+
+def load_secret(config: Config) -> bytes:
+    """``auth.secret``, else the secret file, created once with mode 0600 (race-safe across edges)."""
+    if config.auth.secret:
+        return config.auth.secret.encode()
+    path: Path = config.auth_secret_file
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        fd = os.open(path.with_suffix(".tmp" + secrets.token_hex(4)),
+                     os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        tmp = Path(f"/proc/self/fd/{fd}").readlink()
+        try:
+            os.write(fd, secrets.token_hex(32).encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        # link() fails if another edge won the race; its secret is then the one everyone uses.
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(tmp)
+    secret = path.read_bytes().strip()
+    if not secret:
+        raise ValueError(f"{path}: the auth secret file is empty")
+    return secret

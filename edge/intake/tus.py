@@ -1,0 +1,339 @@
+"""tus 1.0.0 uploads at ``/api/v1/uploads``: core, creation, creation-with-upload, termination,
+checksum (sha1, md5, sha256) and expiration (https://tus.io/protocols/resumable-upload).
+
+Durability rule: bytes are fsynced before the offset that covers them is saved, and the saved
+offset is the only one ever reported; a PATCH that stops mid-body keeps what was checkpointed.
+The video id is the upload id, so ``/api/v1/videos/{id}`` exists from the creation on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import logging
+import os
+import re
+import time
+import uuid
+from email.utils import formatdate
+from typing import Any
+
+import msgspec
+from aiohttp import ClientPayloadError, web
+
+from streamgate.common.config import Config
+from streamgate.edge import stores
+from streamgate.edge.access.auth import require_writer
+from streamgate.edge.access.ratelimit import enforce
+from streamgate.edge.catalog import Video
+from streamgate.edge.errors import HTTPError
+from streamgate.edge.intake import completion as intake
+from streamgate.edge.intake.metadata import parse_metadata, video_fields
+from streamgate.edge.intake.paths import partial_path
+from streamgate.edge.intake.state import Upload, UploadLocked
+from streamgate.edge.keys import CONFIG
+
+log = logging.getLogger("streamgate.edge.intake.tus")
+
+TUS_VERSION = "1.0.0"
+TUS_EXTENSIONS = "creation,creation-with-upload,termination,checksum,expiration"
+CHECKSUMS = {"sha1": hashlib.sha1, "md5": hashlib.md5, "sha256": hashlib.sha256}
+OFFSET_TYPE = "application/offset+octet-stream"
+# A checkpoint (fsync + saved offset) every this many bytes bounds what a kill -9 can cost.
+CHECKPOINT_BYTES = 4 * 2**20
+_EXPOSE = ("Location, Upload-Offset, Upload-Length, Upload-Metadata, Upload-Expires, Tus-Resumable, "
+           "Tus-Version, Tus-Extension, Tus-Max-Size, Tus-Checksum-Algorithm")
+_ALLOW_HEADERS = ("Authorization, Content-Type, Upload-Offset, Upload-Length, Upload-Metadata, "
+                  "Upload-Checksum, Upload-Defer-Length, Upload-Concat, Tus-Resumable, X-HTTP-Method-Override")
+_DIGITS = re.compile(r"\A[0-9]{1,19}\Z")
+
+
+def _headers(config: Config, **extra: str) -> dict[str, str]:
+    return {"Tus-Resumable": TUS_VERSION, "Cache-Control": "no-store",
+            "Access-Control-Allow-Origin": config.edge.cors_allow_origin,
+            "Access-Control-Expose-Headers": _EXPOSE, **extra}
+
+
+def _error(config: Config, status: int, error: str, detail: str, **extra: str) -> HTTPError:
+    return HTTPError(status, error, detail, _headers(config, **extra))
+
+
+def _http_date(ts: float) -> str:
+    return formatdate(ts, usegmt=True)  # tus 1.0 expiration: RFC 7231 datetime
+
+
+def _check_resumable(request: web.Request, config: Config) -> None:
+    if request.headers.get("Tus-Resumable") != TUS_VERSION:
+        raise _error(config, 412, "precondition failed",
+                     f"Tus-Resumable must be {TUS_VERSION}", **{"Tus-Version": TUS_VERSION})
+
+
+def _int_header(request: web.Request, config: Config, name: str) -> int:
+    raw = request.headers.get(name)
+    if raw is None or not _DIGITS.match(raw.strip()):
+        raise _error(config, 400, "bad request", f"{name} must be a non-negative integer")
+    return int(raw)
+
+
+def _checksum(request: web.Request, config: Config) -> tuple[Any, bytes] | None:
+    raw = request.headers.get("Upload-Checksum")
+    if raw is None:
+        return None
+    algorithm, _, digest = raw.strip().partition(" ")
+    if algorithm not in CHECKSUMS:
+        raise _error(config, 400, "bad request",
+                     f"checksum algorithm {algorithm!r} not supported (sha1, md5, sha256)")
+    try:
+        return CHECKSUMS[algorithm], base64.b64decode(digest.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise _error(config, 400, "bad request", "Upload-Checksum digest is not Base64") from None
+
+
+def _check_body_type(request: web.Request, config: Config) -> None:
+    if request.content_type != OFFSET_TYPE:
+        raise _error(config, 415, "unsupported media type", f"Content-Type must be {OFFSET_TYPE}")
+
+
+def _location(request: web.Request, config: Config, upload_id: str) -> str:
+    base = config.server.public_url.rstrip("/") or f"{request.scheme}://{request.host}"
+    return f"{base}/api/v1/uploads/{upload_id}"
+
+
+async def _load(request: web.Request, config: Config, upload_id: str, owner: str) -> Upload:
+    upload = await request.app[stores.UPLOAD_STORE].get(upload_id)
+    if upload is None:
+        if await request.app[stores.UPLOAD_STORE].is_gone(upload_id):
+            raise _error(config, 410, "gone", "the upload was terminated or expired")
+        raise _error(config, 404, "not found", "no such upload")
+    if upload.owner and upload.owner != owner:
+        if not owner:
+            raise _error(config, 401, "unauthorized", "this upload belongs to a wallet: sign in",
+                         **{"WWW-Authenticate": "Bearer"})
+        raise _error(config, 403, "forbidden", "this upload belongs to another wallet")
+    if not upload.done and upload.expires_at <= time.time():
+        raise _error(config, 410, "gone", "the upload expired")
+    return upload
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+async def receive(request: web.Request, config: Config, upload: Upload,
+                  checksum: tuple[Any, bytes] | None) -> Upload:
+    """Append the request body at ``upload.offset``; returns the upload with its durable offset.
+
+    With a checksum, nothing is kept unless the whole body arrived and matches (460 otherwise,
+    the offset unchanged). Without one, what arrived before an interruption is kept.
+    """
+    store = request.app[stores.UPLOAD_STORE]
+    base = upload.offset
+    room = upload.length - base
+    if request.content_length is not None and request.content_length > room:
+        raise _error(config, 413, "payload too large",
+                     f"{request.content_length} bytes at offset {base} exceed Upload-Length {upload.length}")
+    hasher = checksum[0]() if checksum else None
+    fd = os.open(partial_path(config, upload.id), os.O_WRONLY | os.O_CREAT, 0o600)
+    written = durable = 0
+
+    async def checkpoint() -> None:
+        nonlocal upload, durable
+        if written == durable:
+            return
+        await asyncio.to_thread(os.fsync, fd)
+        upload = msgspec.structs.replace(upload, offset=base + written,
+                                         expires_at=time.time() + float(config.uploads.expiration))
+        await store.save(upload)
+        durable = written
+
+    try:
+        # Bytes past the acknowledged offset were never reported: cut them before writing.
+        os.ftruncate(fd, base)
+        os.lseek(fd, base, os.SEEK_SET)
+        try:
+            async for chunk in request.content.iter_any():
+                if written + len(chunk) > room:
+                    raise _error(config, 413, "payload too large",
+                                 f"the body runs past Upload-Length {upload.length}")
+                _write_all(fd, chunk)
+                written += len(chunk)
+                if hasher is not None:
+                    hasher.update(chunk)
+                elif written - durable >= CHECKPOINT_BYTES:
+                    await checkpoint()
+        except (ClientPayloadError, ConnectionError) as exc:
+            # The client went away mid-body: keep what is whole, report nothing (no one listens).
+            log.info("upload %s: body interrupted at %d bytes: %s", upload.id, base + written, exc)
+            if hasher is None:
+                await checkpoint()
+            else:
+                os.ftruncate(fd, base)
+            raise web.HTTPBadRequest(text="body interrupted") from None
+        except HTTPError:
+            os.ftruncate(fd, base + durable)
+            raise
+        except OSError as exc:  # the disk is full or failing: keep what is durable, say so
+            os.ftruncate(fd, base + durable)
+            log.error("upload %s: write failed at %d: %s", upload.id, base + written, exc)
+            raise _error(config, 507, "insufficient storage",
+                         f"the edge could not store the upload ({exc.strerror}); resume later",
+                         **{"Upload-Offset": str(base + durable)}) from None
+        except asyncio.CancelledError:
+            if hasher is None:
+                await checkpoint()
+            raise
+        if hasher is not None and hasher.digest() != checksum[1]:  # type: ignore[index]
+            os.ftruncate(fd, base)
+            raise _error(config, 460, "checksum mismatch",
+                         f"the body does not match Upload-Checksum; the offset stays {base}")
+        await checkpoint()
+    finally:
+        os.close(fd)
+    return upload
+
+
+def _progress_headers(config: Config, upload: Upload) -> dict[str, str]:
+    headers = _headers(config, **{"Upload-Offset": str(upload.offset)})
+    if not upload.done:
+        headers["Upload-Expires"] = _http_date(upload.expires_at)
+    return headers
+
+
+async def _receive_locked(request: web.Request, config: Config, upload_id: str, owner: str,
+                          offset: int | None, checksum: tuple[Any, bytes] | None) -> Upload:
+    """Under the upload's lock: check the offset, write the body, complete when whole."""
+    try:
+        async with request.app[stores.UPLOAD_STORE].lock(upload_id, float(config.uploads.lock_wait)):
+            upload = await _load(request, config, upload_id, owner)  # fresh, under the lock
+            if offset is not None and offset != upload.offset:
+                raise _error(config, 409, "conflict",
+                             f"Upload-Offset {offset} does not match the upload's offset {upload.offset}",
+                             **{"Upload-Offset": str(upload.offset)})
+            if upload.offset < upload.length:
+                upload = await receive(request, config, upload, checksum)
+            elif request.content_length:
+                raise _error(config, 413, "payload too large", "the upload is already complete")
+            if upload.offset == upload.length and not upload.done:
+                upload = await intake.complete_upload(request.app, upload)
+            return upload
+    except UploadLocked:
+        raise _error(config, 423, "locked", "another request is writing this upload; retry",
+                     **{"Retry-After": "1"}) from None
+
+
+async def create(request: web.Request) -> web.Response:
+    config: Config = request.app[CONFIG]
+    _check_resumable(request, config)
+    owner = require_writer(request)
+    await enforce(request, "upload", owner)
+    if "Upload-Defer-Length" in request.headers:
+        raise _error(config, 400, "bad request", "Upload-Defer-Length is not supported: send Upload-Length")
+    length = _int_header(request, config, "Upload-Length")
+    if length > config.uploads.max_size:
+        raise _error(config, 413, "payload too large",
+                     f"Upload-Length {length} exceeds Tus-Max-Size {int(config.uploads.max_size)}",
+                     **{"Tus-Max-Size": str(int(config.uploads.max_size))})
+    try:
+        metadata = parse_metadata(request.headers.get("Upload-Metadata", ""))
+        fields = video_fields(metadata, config)
+    except ValueError as exc:
+        raise _error(config, 400, "bad request", str(exc)) from None
+    has_body = bool(request.content_length) or request.headers.get("Transfer-Encoding") == "chunked"
+    if has_body:
+        _check_body_type(request, config)
+        if request.content_length is not None and request.content_length > length:
+            raise _error(config, 413, "payload too large",
+                         f"a {request.content_length}-byte body for an Upload-Length of {length}")
+    checksum = _checksum(request, config) if has_body else None
+    upload_id = uuid.uuid4().hex
+    now = time.time()
+    upload = Upload(id=upload_id, length=length, metadata=metadata, owner=owner, created_at=now,
+                    expires_at=now + float(config.uploads.expiration))
+    # The partial file first, the records after: a record never points at a file that is not there.
+    fd = os.open(partial_path(config, upload_id), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.close(fd)
+    await request.app[stores.CATALOG].create(Video(id=upload_id, created_at=now, owner=owner, **fields))
+    await request.app[stores.UPLOAD_STORE].create(upload)
+    if has_body or length == 0:
+        upload = await _receive_locked(request, config, upload_id, owner, 0, checksum)
+    headers = _progress_headers(config, upload)
+    headers["Location"] = _location(request, config, upload_id)
+    if not has_body:
+        del headers["Upload-Offset"]  # tus creation: the offset is only reported with a body
+    return web.Response(status=201, headers=headers)
+
+
+async def head(request: web.Request) -> web.Response:
+    config: Config = request.app[CONFIG]
+    _check_resumable(request, config)
+    upload = await _load(request, config, request.match_info["upload_id"], require_writer(request))
+    headers = _progress_headers(config, upload)
+    headers["Upload-Length"] = str(upload.length)
+    if upload.metadata:
+        headers["Upload-Metadata"] = ",".join(f"{k} {v}".rstrip() for k, v in upload.metadata.items())
+    return web.Response(status=200, headers=headers)
+
+
+async def patch(request: web.Request) -> web.Response:
+    config: Config = request.app[CONFIG]
+    _check_resumable(request, config)
+    _check_body_type(request, config)
+    owner = require_writer(request)
+    await enforce(request, "upload", owner)
+    offset = _int_header(request, config, "Upload-Offset")
+    checksum = _checksum(request, config)
+    upload = await _receive_locked(request, config, request.match_info["upload_id"], owner, offset, checksum)
+    return web.Response(status=204, headers=_progress_headers(config, upload))
+
+
+async def terminate(request: web.Request) -> web.Response:
+    config: Config = request.app[CONFIG]
+    _check_resumable(request, config)
+    owner = require_writer(request)
+    await enforce(request, "upload", owner)
+    upload_id = request.match_info["upload_id"]
+    try:
+        async with request.app[stores.UPLOAD_STORE].lock(upload_id, float(config.uploads.lock_wait)):
+            upload = await _load(request, config, upload_id, owner)
+            await intake.discard_upload(request.app, upload)
+    except UploadLocked:
+        raise _error(config, 423, "locked", "another request is writing this upload; retry",
+                     **{"Retry-After": "1"}) from None
+    return web.Response(status=204, headers=_headers(config))
+
+
+async def options(request: web.Request) -> web.Response:
+    config: Config = request.app[CONFIG]
+    return web.Response(status=204, headers=_headers(
+        config, **{
+            "Tus-Version": TUS_VERSION, "Tus-Extension": TUS_EXTENSIONS,
+            "Tus-Max-Size": str(int(config.uploads.max_size)),
+            "Tus-Checksum-Algorithm": ",".join(CHECKSUMS),
+            "Access-Control-Allow-Methods": "POST, HEAD, PATCH, DELETE, OPTIONS",
+            "Access-Control-Allow-Headers": _ALLOW_HEADERS,
+            "Access-Control-Max-Age": "86400",
+        }))
+
+
+async def method_override(request: web.Request) -> web.StreamResponse:
+    # tus 1.0 core: X-HTTP-Method-Override MUST be taken as the method, for clients that only POST.
+    method = request.headers.get("X-HTTP-Method-Override", "").upper()
+    handler = {"PATCH": patch, "DELETE": terminate, "HEAD": head}.get(method)
+    if handler is None:
+        raise HTTPError(405, "method not allowed", "POST an upload only with X-HTTP-Method-Override")
+    return await handler(request)
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_post("/api/v1/uploads", create)
+    app.router.add_route("OPTIONS", "/api/v1/uploads", options)
+    item = "/api/v1/uploads/{upload_id:[0-9a-f]{32}}"
+    app.router.add_route("HEAD", item, head)
+    app.router.add_patch(item, patch)
+    app.router.add_delete(item, terminate)
+    app.router.add_post(item, method_override)
+    app.router.add_route("OPTIONS", item, options)

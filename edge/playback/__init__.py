@@ -1,0 +1,1 @@
+"""Playback: routes, names, files, conditional requests and ranges, delivery tiers, caches."""

@@ -1,0 +1,167 @@
+"""The hot-object tiers for files this edge does not hold: an in-process LRU and Redis.
+
+Small objects (playlists, init segments; up to ``edge.hot_object_max_size``) pulled from an origin
+are kept in this process's memory and in Redis, which every edge of the fleet shares, so one
+edge's pull serves the others. Each copy lives for the object's own max-age (a growing playlist:
+``edge.live_playlist_max_age``), capped at ``cache.hot_ttl``. Redis holds one key per object,
+bounded by ``cache.redis_max_object_size`` and the TTL; the Redis server's ``maxmemory`` with an
+LRU policy bounds the total.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from typing import Any
+
+import msgspec
+
+from streamgate.common.redis_keys import RedisKeys
+from streamgate.edge.playback.files import Servable
+
+log = logging.getLogger("streamgate.edge.cache")
+
+
+
+class HotRecord(msgspec.Struct, array_like=True, frozen=True):
+    """One object as Redis stores it (msgpack)."""
+
+    body: bytes
+    etag: str
+    content_type: str
+    cache_control: str
+    last_modified: str
+
+
+_encode = msgspec.msgpack.Encoder().encode
+_decode = msgspec.msgpack.Decoder(HotRecord).decode
+
+
+def _record(raw: bytes | None) -> HotRecord | None:
+    if raw is None:
+        return None
+    try:
+        return _decode(raw)
+    except msgspec.DecodeError:
+        return None
+
+
+def _answer(batch: dict[str, list[asyncio.Future[HotRecord | None]]], keys: list[str],
+            values: list[bytes | None]) -> None:
+    for key, raw in zip(keys, values, strict=True):
+        record = _record(raw)
+        for waiter in batch[key]:
+            if not waiter.done():
+                waiter.set_result(record)
+
+
+def servable(key: str, record: HotRecord, ttl_s: float, cors: dict[str, str]) -> Servable:
+    return Servable(key, len(record.body), record.etag, record.content_type, record.cache_control,
+                    record.last_modified, cors, body=record.body,
+                    expires_at=time.monotonic() + ttl_s)
+
+
+class MemoryLRU:
+    """Servables by key, bounded by the bytes of their bodies; expired entries count as misses."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.used = 0
+        self.entries: OrderedDict[str, Servable] = OrderedDict()
+
+    def get(self, key: str) -> Servable | None:
+        entry = self.entries.get(key)
+        if entry is None:
+            return None
+        if entry.expires_at <= time.monotonic():
+            self.discard(key)
+            return None
+        self.entries.move_to_end(key)
+        return entry
+
+    def put(self, key: str, entry: Servable) -> None:
+        size = entry.size
+        if size > self.max_bytes:
+            return
+        self.discard(key)
+        self.entries[key] = entry
+        self.used += size
+        while self.used > self.max_bytes:
+            self.discard(next(iter(self.entries)))
+
+    def discard(self, key: str) -> None:
+        entry = self.entries.pop(key, None)
+        if entry is not None:
+            self.used -= entry.size
+
+
+class RedisTier:
+    """The fleet-shared tier; a Redis failure is a miss (logged once per outage), never an error.
+
+    Lookups made in the same loop turn go out as one MGET: one round trip and one pass through
+    the client for a burst of requests, and concurrent lookups of one key share a reply.
+    """
+
+    def __init__(self, client: Any, max_object_size: int, max_ttl_s: float, prefix: str = RedisKeys().hot) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.max_object_size = max_object_size
+        self.max_ttl_s = max_ttl_s
+        self._failing = False
+        self._batch: dict[str, list[asyncio.Future[HotRecord | None]]] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.round_trips = 0
+
+    async def get(self, key: str) -> HotRecord | None:
+        loop = asyncio.get_running_loop()
+        if self._batch is None:
+            self._batch = {}
+            loop.call_soon(self._send_batch)
+        waiter: asyncio.Future[HotRecord | None] = loop.create_future()
+        self._batch.setdefault(key, []).append(waiter)
+        return await waiter
+
+    def _send_batch(self) -> None:
+        batch, self._batch = self._batch or {}, None
+        task = asyncio.get_running_loop().create_task(self._mget(batch), name="redis-hot-mget")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _mget(self, batch: dict[str, list[asyncio.Future[HotRecord | None]]]) -> None:
+        keys = list(batch)
+        self.round_trips += 1
+        try:
+            values = await self.client.mget([self.prefix + key for key in keys])
+        except BaseException as exc:  # redis down: serve from the next tier
+            if isinstance(exc, Exception):
+                self._failed(exc)
+            values = [None] * len(keys)
+            if not isinstance(exc, Exception):  # cancelled at shutdown: wake the waiters, then go
+                _answer(batch, keys, values)
+                raise
+        else:
+            self._failing = False
+        _answer(batch, keys, values)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def put(self, key: str, record: HotRecord, ttl_s: float) -> bool:
+        ttl_ms = int(min(ttl_s, self.max_ttl_s) * 1000)
+        if len(record.body) > self.max_object_size or ttl_ms <= 0:
+            return False
+        try:
+            await self.client.set(self.prefix + key, _encode(record), px=ttl_ms)
+        except Exception as exc:
+            self._failed(exc)
+            return False
+        return True
+
+    def _failed(self, exc: Exception) -> None:
+        if not self._failing:
+            log.warning("redis hot tier unavailable, serving from other tiers: %s", exc)
+        self._failing = True
