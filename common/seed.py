@@ -79,9 +79,17 @@ def check_service_name(service_name: str) -> str | None:
             "the Consul service-name prefix it used to be is now registry.service_prefix")
 
 
-def notices(config: Config) -> list[str]:
-    """One line per seed key StreamGate takes but does differently, for the serving process to log."""
+def notices(config: Config, verb: str | None = None) -> list[str]:
+    """One line per seed key StreamGate takes but does differently, for the serving process to log.
+
+    ``verb`` is the command being run: a role verb that is not the role of
+    ``deployment.service_name`` gets a line too (the command wins).
+    """
     lines: list[str] = []
+    role = service_role(config.deployment.service_name)
+    if verb in set(SEED_SERVICES.values()) and role not in (None, verb):
+        lines.append(f"deployment.service_name {config.deployment.service_name} is the {role} role, "
+                     f"but the command runs {verb}: running {verb}")
     if config.grpc.port:
         lines.append(f"grpc.port {config.grpc.port}: StreamGate has no gRPC; nothing listens there. "
                      "Roles talk HTTP (edge server.port, control server.control_port) and ZeroMQ "

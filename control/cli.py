@@ -78,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.verb in NOTICE_VERBS and supervisor_pid() is None:
         from streamgate.common.seed import notices
 
-        for line in notices(config):
+        for line in notices(config, args.verb):
             logging.getLogger("streamgate.config").warning("%s", line)
     try:
         return int(command.main(args, config) or 0)

@@ -92,3 +92,11 @@ def test_keys_done_differently_get_one_line_each(tmp_path: Path) -> None:
     nats = notices(config_from_tree({"eventbus": {"type": "nats", "nats": {"url": "nats://x:4222"}}}))
     assert len(nats) == 1 and "publishes nothing to NATS" in nats[0]
     assert notices(config_from_tree({})) == []
+
+
+def test_a_role_verb_that_is_not_the_service_names_role_is_said() -> None:
+    config = config_from_tree({"deployment": {"service_name": "transcoder"}})
+    assert notices(config, "farm") == []
+    (line,) = notices(config, "edge")
+    assert line == "deployment.service_name transcoder is the farm role, but the command runs edge: running edge"
+    assert notices(config, "run") == [] and notices(config, "config") == []

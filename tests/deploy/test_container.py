@@ -193,6 +193,11 @@ def test_the_image_is_non_root_with_a_healthcheck_and_tini(built: Built) -> None
     # podman reports a docker-format image's HEALTHCHECK at the top level of its inspect output.
     healthcheck = inspect.get("Healthcheck") or config.get("Healthcheck") or {}
     assert "/health" in " ".join(healthcheck.get("Test", [])), inspect.keys()
+    # The command picks the verb: here `config check`, with the seed's spelling through its env names.
+    checked = built.podman("run", "--rm", "--network", "none", "--env", "DEPLOYMENT_MODE=monolith",
+                           "--env", "SERVICE_NAME=api-gateway", built.image, "config", "check")
+    assert "mode: single" in checked.stdout and "service_name: api-gateway" in checked.stdout
+    assert "data_dir: /var/lib/streamgate" in checked.stdout and "required: true" in checked.stdout
 
 
 def test_the_image_serves_an_upload_and_plays_it(built: Built, video_factory, tmp_path: Path) -> None:
