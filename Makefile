@@ -55,6 +55,10 @@ test: system-deps $(TEST_STAMP) node_modules/.installed  ## the whole suite (slo
 test-slow: system-deps $(TEST_STAMP)  ## long fault and load runs
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)
 
+# mypy checks the product as the `streamgate` package it is installed as (see [tool.mypy] in
+# pyproject.toml): build/mypy/streamgate/ links streamgate/'s files and the four code folders.
+MYPY_TREE := build/mypy/streamgate
+
 # Debian packages `make lint` runs: promtool (from prometheus) checks and unit-tests the alert rules.
 LINT_DEB_PACKAGES := prometheus
 LINT_DEB_BINARIES := promtool
@@ -62,8 +66,11 @@ LINT_DEB_BINARIES := promtool
 lint-deps:  ## the linters' Debian packages (installed with apt when root)
 	$(call ensure-debs,$(LINT_DEB_BINARIES),$(LINT_DEB_PACKAGES))
 
-lint: lint-deps $(TEST_STAMP)  ## ruff, the monitoring rules, the Dockerfile, compose.yaml, the Kubernetes manifests
+lint: lint-deps $(TEST_STAMP)  ## ruff, mypy, the monitoring rules, the Dockerfile, compose.yaml, the Kubernetes manifests
 	$(VENV)/bin/ruff check edge farm control common streamgate tests bench loadtests deploy
+	rm -rf $(MYPY_TREE) && mkdir -p $(MYPY_TREE)
+	ln -s $(abspath streamgate)/*.py $(abspath edge farm control common) $(MYPY_TREE)/
+	$(VENV)/bin/mypy
 	promtool check rules deploy/monitoring/rules.yml
 	cd deploy/monitoring && promtool test rules rules_test.yml
 	$(PY) deploy/monitoring/dashboards.py --check

@@ -556,8 +556,8 @@ def _check(config: Config, origin: str) -> None:
     for ok, key, why in rules:
         if not ok:
             raise ConfigError(f"{origin}: {key}: {why}")
-    if (why := check_service_name(config.deployment.service_name)) is not None:
-        raise ConfigError(f"{origin}: deployment.service_name: {why}")
+    if (service := check_service_name(config.deployment.service_name)) is not None:
+        raise ConfigError(f"{origin}: deployment.service_name: {service}")
 
 
 def dump_config(config: Config) -> str:

@@ -289,7 +289,9 @@ Event = JobEvent | Tick
 def topic(event: Event) -> bytes:
     if isinstance(event, Tick):
         return TICK_TOPIC
-    return TOPIC_PREFIX + type(event).__struct_config__.tag.encode()  # type: ignore[union-attr]
+    tag = type(event).__struct_config__.tag
+    assert isinstance(tag, str)  # every event Struct is tagged with its name
+    return TOPIC_PREFIX + tag.encode()
 
 
 encoder = msgspec.msgpack.Encoder()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, Literal
 
 from streamgate.common import loops
@@ -66,7 +66,7 @@ class ServiceContext:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
-Serve = Callable[[ServiceContext], Awaitable[None]]
+Serve = Callable[[ServiceContext], Coroutine[Any, Any, None]]
 
 
 def configure_logging(level: str | int = "INFO") -> None:

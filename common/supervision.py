@@ -157,7 +157,12 @@ class ChildProcess:
             loop = asyncio.get_running_loop()
             exited = loop.create_future()
             fd = self.process.sentinel
-            loop.add_reader(fd, lambda: exited.done() or exited.set_result(None))
+
+            def exit_seen() -> None:
+                if not exited.done():
+                    exited.set_result(None)
+
+            loop.add_reader(fd, exit_seen)
             try:
                 await exited
             finally:

@@ -44,8 +44,9 @@ def make_video(
         vstream: av.VideoStream | None = None
         astream: av.AudioStream | None = None
         if video:
-            vstream = out.add_stream(codec, rate=fps)  # type: ignore[assignment]
-            assert vstream is not None
+            added = out.add_stream(codec, rate=fps)
+            assert isinstance(added, av.VideoStream)  # typed by codec name only for literals
+            vstream = added
             vstream.width, vstream.height, vstream.pix_fmt = width, height, pix_fmt
             vstream.time_base = Fraction(1, fps * 2 if vfr else fps)
             # The encoder must count in the same clock, or VFR timestamps are read at half speed.
@@ -57,7 +58,7 @@ def make_video(
             if rotate:
                 vstream.metadata["rotate"] = str(rotate)
         if audio:
-            astream = out.add_stream("aac", rate=sample_rate, layout="stereo")  # type: ignore[assignment]
+            astream = out.add_stream("aac", rate=sample_rate, layout="stereo")
         pts = 0
         if vstream is not None:
             ys = np.arange(height, dtype=np.int32)[:, None]

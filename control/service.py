@@ -31,7 +31,7 @@ from streamgate.control.fleet import FleetView, gather_fleet
 
 log = logging.getLogger("streamgate.control")
 
-FLEET = web.AppKey("fleet", Any)  # the ControlState below
+FLEET: web.AppKey[ControlState] = web.AppKey("fleet")
 
 
 class ControlState:
@@ -164,7 +164,7 @@ async def metrics(request: web.Request) -> web.Response:
     state: ControlState = request.app[FLEET]
     await state.current()
     registry = CollectorRegistry()
-    registry.register(FleetCollector(state))  # type: ignore[arg-type]
+    registry.register(FleetCollector(state))
     body = generate_latest(registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 
@@ -17,7 +18,7 @@ from streamgate.edge.web import dashboard
 from streamgate.edge.web import routes as web_routes
 
 
-async def _redis_ctx(app: web.Application):  # type: ignore[no-untyped-def]
+async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
     url = app[CONFIG].cache.redis_url
     if not url:
         app[REDIS] = None
@@ -37,7 +38,7 @@ async def _redis_ctx(app: web.Application):  # type: ignore[no-untyped-def]
     await client.aclose()
 
 
-async def _discovery_ctx(app: web.Application):  # type: ignore[no-untyped-def]
+async def _discovery_ctx(app: web.Application) -> AsyncIterator[None]:
     """One Discovery per edge process (docs/control-plane.md), set before the parts that use it
     start and closed after they stopped (cleanup contexts unwind in reverse order)."""
     config = app[CONFIG]

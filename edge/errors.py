@@ -43,6 +43,14 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             raise
         headers = {k: v for k, v in exc.headers.items() if k.lower() not in ("content-type", "content-length")}
         return json_response(exc.status, exc.reason.lower(), exc.text or "", headers)
+    except ConnectionError:
+        transport = request.transport
+        if transport is not None and not transport.is_closing():
+            log.exception("unhandled error on %s %s", request.method, request.path)
+            return json_response(500, "internal error", "the edge failed to answer; see its log")
+        # The client went away mid-answer: its doing, not a fault (issue 14); aiohttp closes.
+        log.debug("client gone during %s %s", request.method, request.path)
+        raise
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return json_response(500, "internal error", "the edge failed to answer; see its log")

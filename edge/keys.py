@@ -16,8 +16,8 @@ READINESS_CHECKS = web.AppKey(
     "readiness_checks", dict[str, Callable[[web.Application], Awaitable[tuple[bool, str]]]]
 )
 # The shared Redis client, or None on a single node without Redis.
-REDIS = web.AppKey("redis", Any)
+REDIS: web.AppKey[Any] = web.AppKey("redis")
 # The process's common/consul/discovery.py ``Discovery`` with registry.type consul, else None: the one
 # Consul watch the edge's parts share (broker leader, origins). Typed Any so this module does
 # not import the control plane.
-DISCOVERY = web.AppKey("discovery", Any)
+DISCOVERY: web.AppKey[Any] = web.AppKey("discovery")

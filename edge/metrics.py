@@ -82,9 +82,9 @@ class EdgeMetrics:
                 child = self._latency[route]
                 # Histogram.observe() adds one observation; these add a batch the same way.
                 child._sum.inc(latency[0])
-                for i, n in enumerate(latency[1:]):
-                    if n:
-                        child._buckets[i].inc(n)
+                for i, count in enumerate(latency[1:]):
+                    if count:
+                        child._buckets[i].inc(count)
                 self._tally_latency[route] = [0.0] * len(latency)
         cache, self._tally_cache = self._tally_cache, {}
         for key, n in cache.items():

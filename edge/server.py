@@ -25,6 +25,7 @@ from streamgate.common.metrics import mark_process_dead
 from streamgate.common.service import ServiceContext
 from streamgate.common.supervision import Backoff, Subprocess, pause, stop_in_order
 from streamgate.edge.app import build_app
+from streamgate.edge.fastpath.fallback import json_errors
 from streamgate.edge.fastpath.protocol import FastPath
 from streamgate.edge.playback.routes import DELIVERY
 
@@ -45,16 +46,18 @@ class EdgeServer:
                                     shutdown_timeout=float(config.server.shutdown_timeout),
                                     keepalive_timeout=config.server.edge_read_timeout(config.edge))
         self.fast: FastPath | None = None
-        self.server: asyncio.AbstractServer | None = None
+        self.server: asyncio.Server | None = None
         self._sweep: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         config = self.config
         await self.runner.setup()
-        factory: Any = self.runner.server
+        handler = self.runner.server
+        assert handler is not None  # made by setup()
+        factory: Any = json_errors(handler)
         if config.edge.fast_path:
             # server.read_timeout / write_timeout (the seed's names) refine edge.client_timeout.
-            self.fast = FastPath(self.app, self.app[DELIVERY], self.runner.server,
+            self.fast = FastPath(self.app, self.app[DELIVERY], factory,
                                  config.server.edge_read_timeout(config.edge), int(config.edge.max_header_size),
                                  write_timeout_s=config.server.edge_write_timeout(config.edge))
             factory = self.fast

@@ -6,6 +6,7 @@ cleanup context that opens the stores (after the shared Redis client, see edge/a
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
@@ -31,7 +32,7 @@ def sqlite_path(config: Config) -> Any:
     return config.storage.state_dir / layout.EDGE_DB
 
 
-async def stores_ctx(app: web.Application):  # type: ignore[no-untyped-def]
+async def stores_ctx(app: web.Application) -> AsyncIterator[None]:
     """The catalog, upload state, nonces, rate limiter and token signer (Redis in a fleet)."""
     config: Config = app[CONFIG]
     redis = app[REDIS]

@@ -474,7 +474,7 @@ def _own_resource_tracker() -> None:
     """
     from multiprocessing import resource_tracker
 
-    tracker: Any = resource_tracker._resource_tracker  # type: ignore[attr-defined]
+    tracker: Any = resource_tracker._resource_tracker
     if getattr(tracker, "_fd", None) is not None:
         os.close(tracker._fd)
         tracker._fd = None

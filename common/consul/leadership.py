@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from consul import ConsulException
 
@@ -64,7 +65,7 @@ class LeaderLock:
     async def acquire(self, stop: asyncio.Event) -> bool:
         """Block until the lock is ours (True) or ``stop`` is set (False)."""
         index = None
-        entry: dict | None = None  # type: ignore[type-arg]
+        entry: dict[str, Any] | None = None
         while not stop.is_set():
             try:
                 if await self.try_acquire():

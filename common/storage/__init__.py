@@ -1,5 +1,6 @@
 """Object storage: one async interface (``ObjectStore``), a disk and an S3 backend."""
 
+from streamgate.common.config import Config, StorageConfig
 from streamgate.common.storage.base import (
     MIN_PART_SIZE,
     MultipartUpload,
@@ -19,9 +20,9 @@ __all__ = [
 ]
 
 
-async def open_store(config: object) -> ObjectStore:
+async def open_store(config: Config | StorageConfig) -> ObjectStore:
     """The configured backend, from a ``Config`` or its ``storage`` section; ``await store.close()``."""
-    storage = getattr(config, "storage", config)
+    storage = config.storage if isinstance(config, Config) else config
     if storage.backend == "s3":
         from streamgate.common.storage.s3 import S3Store  # aiobotocore is loaded only when used
 

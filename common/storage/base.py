@@ -10,6 +10,7 @@ to the object; a negative ``start`` with no ``end`` asks for the last ``-start``
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -131,7 +132,7 @@ class ObjectStore(Protocol):
                                start: int | None = None, end: int | None = None) -> PartInfo:
         """A part copied server side from (a range of) another object: nothing passes through us."""
 
-    async def list_parts(self, key: str, upload_id: str) -> list[PartInfo]:
+    async def list_parts(self, key: str, upload_id: str) -> builtins.list[PartInfo]:
         """The parts stored so far, by part number. Raises UploadNotFound.
 
         Complete with the PartInfos upload_part returned when a part was sent twice: SeaweedFS

@@ -10,6 +10,7 @@ threads so the event loop never waits on the disk.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import hashlib
 import os
 import shutil
@@ -195,12 +196,12 @@ class DiskStore:
     async def head(self, key: str) -> ObjectInfo | None:
         return await asyncio.to_thread(self._head, key)
 
-    def _scan(self, prefix: str) -> list[ObjectInfo]:
+    def _scan(self, prefix: str) -> builtins.list[ObjectInfo]:
         check_prefix(prefix)
         # Walk only the directory the prefix names; its last partial name filters the entries.
         base, _, _ = prefix.rpartition("/")
         top = self.root / base if base else self.root
-        found: list[ObjectInfo] = []
+        found: builtins.list[ObjectInfo] = []
         for dirpath, dirnames, filenames in os.walk(top):
             rel_dir = os.path.relpath(dirpath, self.root)
             if rel_dir == ".":
@@ -301,8 +302,8 @@ class DiskStore:
         return PartInfo(part_number=part_number, etag=digest.hexdigest(), size=size)
 
     @staticmethod
-    def _part_files(folder: Path) -> dict[int, list[Path]]:
-        files: dict[int, list[Path]] = {}
+    def _part_files(folder: Path) -> dict[int, builtins.list[Path]]:
+        files: dict[int, builtins.list[Path]] = {}
         for path in folder.glob("part-*-*"):
             if not path.name.endswith(_TMP_SUFFIX):
                 files.setdefault(int(path.name[5:10]), []).append(path)
@@ -331,15 +332,15 @@ class DiskStore:
 
         return await asyncio.to_thread(self._store_part, key, upload_id, part_number, chunks)
 
-    def _parts(self, key: str, upload_id: str) -> list[PartInfo]:
+    def _parts(self, key: str, upload_id: str) -> builtins.list[PartInfo]:
         folder, _ = self._meta(key, upload_id)
-        parts = []
+        parts: builtins.list[PartInfo] = []
         for number, paths in sorted(self._part_files(folder).items()):
             path = max(paths, key=lambda p: p.stat().st_mtime_ns)
             parts.append(PartInfo(part_number=number, etag=path.name[11:], size=path.stat().st_size))
         return parts
 
-    async def list_parts(self, key: str, upload_id: str) -> list[PartInfo]:
+    async def list_parts(self, key: str, upload_id: str) -> builtins.list[PartInfo]:
         return await asyncio.to_thread(self._parts, key, upload_id)
 
     def _complete(self, key: str, upload_id: str, parts: Sequence[PartInfo]) -> str:
@@ -375,7 +376,7 @@ class DiskStore:
     async def abort_multipart(self, key: str, upload_id: str) -> None:
         await asyncio.to_thread(self._abort, key, upload_id)
 
-    def _uploads(self, prefix: str) -> list[MultipartUpload]:
+    def _uploads(self, prefix: str) -> builtins.list[MultipartUpload]:
         check_prefix(prefix)
         found = []
         for folder in self._mp_root.glob("*") if self._mp_root.is_dir() else []:

@@ -13,6 +13,7 @@ connection, a timeout or a 5xx from the store raises StorageUnavailable, so call
 from __future__ import annotations
 
 import asyncio
+import builtins
 import configparser
 import datetime
 import os
@@ -21,7 +22,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiohttp
 import obstore
@@ -31,6 +32,9 @@ from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
 from obstore.exceptions import BaseError as ObstoreError
 from obstore.exceptions import PermissionDeniedError, UnauthenticatedError
 from obstore.store import S3Store as ObstoreS3
+
+if TYPE_CHECKING:  # a typed dict in obstore's stubs only
+    from obstore._get import GetOptions
 
 from streamgate.common.storage.base import (
     MultipartUpload,
@@ -171,8 +175,9 @@ class S3Store:
         prefix = check_prefix(prefix.strip("/"))
         reader = ObstoreS3(
             bucket, prefix=prefix or None, region=region, virtual_hosted_style_request=False,
-            **({"endpoint": endpoint} if endpoint else {}),
-            **({"access_key_id": access_key_id, "secret_access_key": secret_access_key} if keys else {}),
+            endpoint=endpoint or None,
+            access_key_id=access_key_id if keys else None,
+            secret_access_key=secret_access_key if keys else None,
             client_options={"allow_http": True, "connect_timeout": f"{int(connect_timeout * 1000)}ms",
                             "timeout": _OBSTORE_BODY_TIMEOUT},
             retry_config={"max_retries": 2, "retry_timeout": datetime.timedelta(seconds=request_timeout),
@@ -297,7 +302,7 @@ class S3Store:
             lo = min(start or 0, info.size)
             return None, info, lo, lo
         spec = self._range(start, end)
-        options: dict[str, Any] = {"range": spec} if spec is not None else {}
+        options: GetOptions = {"range": spec} if spec is not None else {}
         try:
             result = await self._obs_call("get", key, lambda: obstore.get_async(self._obs, key, options=options))
         except _RangeNotSatisfiable:
@@ -368,7 +373,7 @@ class S3Store:
 
     async def delete_prefix(self, prefix: str) -> int:
         removed = 0
-        batch: list[dict[str, str]] = []
+        batch: builtins.list[dict[str, str]] = []
 
         async def flush() -> None:
             nonlocal removed
@@ -412,8 +417,8 @@ class S3Store:
                                  CopySourceRange=f"bytes={lo}-{hi - 1}")
         return PartInfo(part_number=part_number, etag=_etag(reply["CopyPartResult"]["ETag"]), size=hi - lo)
 
-    async def list_parts(self, key: str, upload_id: str) -> list[PartInfo]:
-        parts: list[dict[str, Any]] = []
+    async def list_parts(self, key: str, upload_id: str) -> builtins.list[PartInfo]:
+        parts: builtins.list[dict[str, Any]] = []
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": self._full(key), "UploadId": upload_id}
         while True:
             page = await self._call("list_parts", **kwargs)

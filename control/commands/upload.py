@@ -105,8 +105,8 @@ def _follow(client: Any, video_id: str, timeout: float, console: Any) -> dict[st
             eta = f"ETA {video['eta_s']:.0f}s" if video.get("eta_s") else ""
             progress.update(task, description=video["status"], completed=video["progress"], eta=eta)
             if video["status"] in ("ready", "failed"):
-                return video  # type: ignore[no-any-return]
+                return video
             if time.monotonic() > deadline:
                 print(f"streamgate upload: still {video['status']} after {timeout:g}s", file=sys.stderr)
-                return video  # type: ignore[no-any-return]
+                return video
             time.sleep(0.5)  # polling the API for the user; not test synchronisation

@@ -42,7 +42,7 @@ def identity(request: web.Request) -> str:
     # .get, not "in": the playback fast path hands a minimal request view (edge/fastpath/protocol.py).
     cached = request.get(_IDENTITY)
     if cached is not None:
-        return cached  # type: ignore[no-any-return]
+        return cached
     header = request.headers.get("Authorization", "")
     address = ""
     if header:

@@ -17,7 +17,7 @@ from streamgate.common.redis_keys import RedisKeys
 from streamgate.edge.errors import HTTPError
 
 Kind = Literal["api", "upload"]
-RATE_LIMITER = web.AppKey("rate_limiter", Any)
+RATE_LIMITER: web.AppKey[RateLimiter] = web.AppKey("rate_limiter")
 
 
 class Buckets(Protocol):

@@ -67,10 +67,12 @@ def parse_message(text: str) -> SiweMessage:
     address = match["address"]
     if not is_checksum_address(address):
         raise MalformedMessage("the address is not in EIP-55 checksum form")
+    issued_at = _time(match["issued_at"], "Issued At")
+    assert issued_at is not None  # the pattern requires the field
     return SiweMessage(
         domain=match["domain"], address=address, uri=match["uri"],
         chain_id=int(match["chain_id"]), nonce=match["nonce"],
-        issued_at=_time(match["issued_at"], "Issued At"),  # type: ignore[arg-type]
+        issued_at=issued_at,
         expiration_time=_time(match["expiration_time"], "Expiration Time"),
         not_before=_time(match["not_before"], "Not Before"),
         scheme=match["scheme"], statement=match["statement"],

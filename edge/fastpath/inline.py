@@ -15,7 +15,7 @@ import asyncio
 import contextvars
 from asyncio import tasks as _tasks
 from collections.abc import Coroutine
-from typing import Any
+from typing import Any, cast
 
 
 class StandIn:
@@ -64,13 +64,15 @@ def start(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, None],
     """
     context = contextvars.copy_context()  # as a task would: the coroutine's context is its own
     stand_in = StandIn(loop)
-    _tasks._enter_task(loop, stand_in)
+    # asyncio's current-task registry stores any object; typeshed names it Task.
+    as_task = cast("asyncio.Task[Any]", stand_in)
+    _tasks._enter_task(loop, as_task)
     try:
         suspended = context.run(coro.send, None)
     except StopIteration:
         return None
     finally:
-        _tasks._leave_task(loop, stand_in)
+        _tasks._leave_task(loop, as_task)
     task = loop.create_task(_finish(coro, suspended), name=name, context=context)
     stand_in.task = task
     return task

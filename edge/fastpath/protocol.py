@@ -23,6 +23,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
+from typing import cast
 
 from aiohttp import web
 
@@ -41,7 +42,7 @@ from streamgate.edge.fastpath.request import (
 )
 from streamgate.edge.fastpath.sendfile import DirectWrite, socket_fd
 from streamgate.edge.playback.conditional import RangeNotSatisfiable, parse_range
-from streamgate.edge.playback.delivery import REMOTE, Delivery
+from streamgate.edge.playback.delivery import Delivery
 from streamgate.edge.playback.files import Servable
 from streamgate.edge.playback.names import http_date
 
@@ -52,6 +53,9 @@ log = logging.getLogger("streamgate.edge.fastpath.protocol")
 PLAN_CACHE_SIZE = 4096
 PLAN_MAX_HEAD = 1024
 _OK_LINE = b"HTTP/1.1 200 OK\r\n"
+# Bytes kept unread while an answer is in flight, in max_header_size units: past it, reading
+# pauses until the connection is free (TCP pushes back on a client that pipelines without end).
+BUSY_BUFFER_HEADS = 4
 
 _REASONS = {200: b"OK", 206: b"Partial Content", 304: b"Not Modified", 400: b"Bad Request",
             401: b"Unauthorized", 403: b"Forbidden", 404: b"Not Found",
@@ -129,6 +133,8 @@ class FastConnection(asyncio.Protocol):
         self.buf = b""
         self.busy = False
         self.closing = False
+        self.eof = False  # half-closed by the client: answer what is buffered, then close
+        self.paused = False
         self.sock_fd = -1
         self.wait_fd = -1
         self.sock: socket.socket | None = None
@@ -141,7 +147,8 @@ class FastConnection(asyncio.Protocol):
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        # A stream server's protocol: its transport is a Transport (the ABC types the hook wider).
+        self.transport = cast(asyncio.Transport, transport)
         self.sock_fd = socket_fd(transport)
         # A dup kept for the connection's life: the writability watch (no dup/close per request)
         # and a socket object for send flags.
@@ -154,10 +161,18 @@ class FastConnection(asyncio.Protocol):
         self.buf = self.buf + data if self.buf else data
         if not self.busy:
             self.process()
+        else:
+            self._pace()
+
+    def _pace(self) -> None:
+        """Stop reading while busy with a full buffer; process() resumes once the connection is free."""
+        if not self.paused and len(self.buf) > self.shared.max_header_size * BUSY_BUFFER_HEADS:
+            self.paused = True
+            self.transport.pause_reading()  # type: ignore[union-attr]
 
     def eof_received(self) -> bool:
-        # The client will send no more; finish what is in flight, then close.
-        self.closing = True
+        # The client will send no more; answer what is in flight and buffered, then close.
+        self.eof = True
         return self.busy
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -174,6 +189,7 @@ class FastConnection(asyncio.Protocol):
     def _close_wait_fd(self) -> None:
         if self.wait_fd >= 0:
             self.loop.remove_writer(self.wait_fd)
+            assert self.sock is not None  # made together with wait_fd in connection_made
             self.sock.close()
             self.wait_fd = -1
 
@@ -187,9 +203,10 @@ class FastConnection(asyncio.Protocol):
             buf = self.buf
             end = buf.find(b"\r\n\r\n")
             if end < 0:
-                if len(buf) > self.shared.max_header_size:
-                    self.handoff()
-                return
+                if len(buf) > self.shared.max_header_size or _malformed(buf):
+                    self.handoff()  # aiohttp answers it (400 or 431) as it would any such head
+                    return
+                break
             head = buf[:end]
             shared = self.shared
             request = shared.plans.get(head)
@@ -210,8 +227,16 @@ class FastConnection(asyncio.Protocol):
             if request.plain and self.answer_now(request, started):
                 continue
             self.handle(request, buf[:end + 4], started)
-        if self.closing and not self.busy and self.transport is not None:
+        if self.transport is None:
+            return
+        if self.busy:
+            self._pace()
+            return
+        if self.closing or (self.eof and self.buf.find(b"\r\n\r\n") < 0):
             self.transport.close()
+        elif self.paused:
+            self.paused = False
+            self.transport.resume_reading()
 
     def parse(self, head: bytes) -> Request | None:
         return parse_head(head, self.shared.targets)
@@ -238,7 +263,9 @@ class FastConnection(asyncio.Protocol):
             return False  # remote tiers, 404 or a closed descriptor: the full path answers
         date = shared.date_line()
         tail = request.tail
-        if tail or entry.fast_date is not date:
+        if request.http10:
+            head = b"".join((_OK_LINE_10, date, entry.full_block, tail, b"\r\n"))
+        elif tail or entry.fast_date is not date:
             head = b"".join((_OK_LINE, date, entry.full_block, tail, b"\r\n"))
             if not tail:
                 entry.fast_head, entry.fast_date = head, date
@@ -249,7 +276,7 @@ class FastConnection(asyncio.Protocol):
         size = entry.size if request.is_get else 0
         body = entry.body
         if body is not None or not size:
-            chunks = (head, body) if size else (head,)
+            chunks = (head, body) if size and body is not None else (head,)
             try:
                 n = os.writev(self.sock_fd, chunks)
             except BlockingIOError:
@@ -259,24 +286,30 @@ class FastConnection(asyncio.Protocol):
                 return True
             if n < len(head) + size:  # the socket is full: the general writer sends the rest
                 rest = [head[n:]] if n < len(head) else []
-                if size:
-                    rest.append(body[max(0, n - len(head)):])  # type: ignore[index]
+                if size and body is not None:
+                    rest.append(body[max(0, n - len(head)):])
                 self.send(request, 200, rest, None, 0, size, None, started)
                 return True
             self.shared.metrics.observe(request.route, 200, size, time.perf_counter() - started)
             return True
         fd = entry.fd
+        # No body and a size: the file's descriptor is open (checked above); the socket is the
+        # connection's dup, made in connection_made.
+        assert fd is not None and self.sock is not None
+        head_sent = 0
         try:
-            n = self.sock.sendmsg((head,), (), socket.MSG_MORE)  # type: ignore[union-attr]
-            if n < len(head):
+            head_sent = self.sock.sendmsg((head,), (), socket.MSG_MORE)
+            if head_sent < len(head):
                 entry.acquire()
-                self.send(request, 200, [head[n:]], fd, 0, size, entry, started)
+                self.send(request, 200, [head[head_sent:]], fd, 0, size, entry, started)
                 return True
-            n = os.sendfile(self.sock_fd, fd, 0, size)  # type: ignore[arg-type]
+            n = os.sendfile(self.sock_fd, fd, 0, size)
         except BlockingIOError:
-            # Nothing of the header went out: the general writer waits for the socket.
+            # The socket is full: the general writer waits for it and sends what did not go out
+            # (the whole head, or only the file when sendmsg took the head before sendfile).
             entry.acquire()
-            self.send(request, 200, [head], fd, 0, size, entry, started)
+            self.send(request, 200, [head[head_sent:]] if head_sent < len(head) else [], fd, 0, size,
+                      entry, started)
             return True
         except OSError:
             self.abort()
@@ -316,12 +349,13 @@ class FastConnection(asyncio.Protocol):
         view = PlaybackRequest(self.shared.app, METHODS[request.method], request.target,
                                request.head, match_info)
         try:
-            await access.authorize_playback(view, request.video_id)  # type: ignore[arg-type]
+            # The view stands in for web.Request (see the module's docstring).
+            await access.authorize_playback(cast(web.Request, view), request.video_id)
             found = self.shared.delivery.lookup_now(request.video_id, request.rel)
-            if found is REMOTE:
-                found = await self.shared.delivery.lookup_remote(request.video_id, request.rel)
-            elif found is None:
+            if found is None:
                 raise HTTPError(404, "not found", f"video {request.video_id} has no file {request.rel}")
+            if not isinstance(found, Servable):  # REMOTE: the async tiers answer
+                found = await self.shared.delivery.lookup_remote(request.video_id, request.rel)
         except FastPathUnsupported:
             self.task = None
             self.busy = False
@@ -340,7 +374,7 @@ class FastConnection(asyncio.Protocol):
         else:
             self.task = None
             self.busy = False
-            self.respond(request, found, started)  # type: ignore[arg-type]
+            self.respond(request, found, started)
         if not self.busy and not self.inline:
             # Finished in a task: the next request starts from a loop callback, not this task.
             self.loop.call_soon(self.process)
@@ -350,30 +384,31 @@ class FastConnection(asyncio.Protocol):
         start, end = 0, entry.size
         lower = request.lower
         inm = header_value(request, b"\r\nif-none-match:") if b"\r\nif-none-match:" in lower else None
-        tail = b""
         if inm is not None and _etag_matches(inm.decode("latin-1"), entry.etag):
             status, block, end = 304, entry.head_block, 0
         elif b"\r\nrange:" in lower and (
                 b"\r\nif-range:" not in lower
                 or header_value(request, b"\r\nif-range:") == entry.etag.encode("latin-1")):
             try:
-                start, end = parse_range((header_value(request, b"\r\nrange:") or b"").decode("latin-1"),
-                                         entry.size)
-            except (RangeNotSatisfiable, UnicodeDecodeError) as exc:
+                wanted = parse_range((header_value(request, b"\r\nrange:") or b"").decode("latin-1"),
+                                     entry.size)
+            except RangeNotSatisfiable as exc:
                 self.error(request, HTTPError(416, "range not satisfiable", str(exc),
                                               {"Content-Range": f"bytes */{entry.size}"}), started)
                 return
-            status = 206
-            block = entry.head_block + b"Content-Length: %d\r\nContent-Range: bytes %d-%d/%d\r\n" % (
-                end - start, start, end - 1, entry.size)
+            if wanted is None:  # ignored (RFC 9110 section 14.2): the whole body
+                block = entry.full_block
+            else:
+                start, end = wanted
+                status = 206
+                block = entry.head_block + b"Content-Length: %d\r\nContent-Range: bytes %d-%d/%d\r\n" % (
+                    end - start, start, end - 1, entry.size)
         else:
             block = entry.full_block
         if not request.keep_alive:
-            tail = b"Connection: close\r\n"
             self.closing = True
-        elif request.connection == b"keep-alive":
-            tail = b"Connection: keep-alive\r\n"
-        head = b"".join((_status_line(status), self.shared.date_line(), block, tail, b"\r\n"))
+        head = b"".join((_status_line(status, request.http10), self.shared.date_line(), block,
+                         request.tail, b"\r\n"))
         body = request.method == b"GET" and status != 304
         count = end - start if body else 0
         if entry.body is not None or count == 0:
@@ -422,10 +457,10 @@ class FastConnection(asyncio.Protocol):
         body = json.dumps({"error": exc.error, "detail": exc.detail}).encode()
         extra = "".join(f"{k}: {v}\r\n" for k, v in exc.headers.items()).encode("latin-1")
         cors = f"Access-Control-Allow-Origin: {self.shared.delivery.config.edge.cors_allow_origin}\r\n"
-        tail = b"" if request.keep_alive else b"Connection: close\r\n"
+        tail = request.tail
         if not request.keep_alive:
             self.closing = True
-        head = b"".join((_status_line(exc.status), self.shared.date_line(),
+        head = b"".join((_status_line(exc.status, request.http10), self.shared.date_line(),
                          b"Content-Type: application/json; charset=utf-8\r\nContent-Length: %d\r\n" % len(body),
                          cors.encode(), extra, tail, b"\r\n"))
         chunks = [head, body] if request.method == b"GET" else [head]
@@ -442,6 +477,9 @@ class FastConnection(asyncio.Protocol):
         pending = raw + self.buf
         self.buf = b""
         self.transport = None
+        if self.paused:
+            self.paused = False
+            transport.resume_reading()
         self._close_wait_fd()
         self.shared.connections.discard(self)
         self.shared.handoffs += 1
@@ -457,14 +495,24 @@ class FastConnection(asyncio.Protocol):
             entry.release()
 
 
-_STATUS_LINES: dict[int, bytes] = {}
+_OK_LINE_10 = b"HTTP/1.0 200 OK\r\n"  # aiohttp answers in the request's version
+_STATUS_LINES: dict[tuple[int, bool], bytes] = {}
 
 
-def _status_line(status: int) -> bytes:
-    line = _STATUS_LINES.get(status)
+def _status_line(status: int, http10: bool = False) -> bytes:
+    line = _STATUS_LINES.get((status, http10))
     if line is None:
-        line = _STATUS_LINES[status] = b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Error"))
+        line = _STATUS_LINES[status, http10] = b"HTTP/1.%d %d %s\r\n" % (
+            0 if http10 else 1, status, _REASONS.get(status, b"Error"))
     return line
+
+
+def _malformed(partial: bytes) -> bool:
+    """An unfinished head with a NUL, a bare LF or a bare CR: no CRLF CRLF will make it valid."""
+    if b"\x00" in partial:
+        return True
+    crlf = partial.count(b"\r\n")
+    return partial.count(b"\n") != crlf or partial.rstrip(b"\r").count(b"\r") != crlf
 
 
 def _etag_matches(if_none_match: str, etag: str) -> bool:

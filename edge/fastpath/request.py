@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from aiohttp import web
@@ -16,8 +17,21 @@ _HANDOFF_MARKERS = (b"\r\ncontent-length:", b"\r\ntransfer-encoding:", b"\r\nupg
                     b"\r\nexpect:", b" :", b"\t:", b"\r\n ", b"\r\n\t")
 
 
-class FastPathUnsupported(AttributeError):
-    """The request needs something only aiohttp's full request object has."""
+# The only heads the fast path answers itself (RFC 9112 sections 3 and 5): a GET/HEAD request
+# line, then token ":" field-value lines, CRLF only. A bare LF or CR, NUL or any other control
+# byte, or a name that is not a token hands the connection to aiohttp, whose parser refuses it
+# (400 and close): a proxy that reads bare LF as a line end would otherwise see other requests
+# than this edge does (request smuggling, issue 14).
+_STRICT_HEAD = re.compile(rb"(?:GET|HEAD) [\x21-\x7e]+ HTTP/1\.[01]"
+                          rb"(?:\r\n[-!#$%&'*+.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*)*")
+
+
+class FastPathUnsupported(Exception):
+    """The request needs something only aiohttp's full request object has.
+
+    Not an AttributeError: ``getattr(request, name, default)`` or ``hasattr`` in an access check
+    would read "absent" and decide on it, where the request must go to aiohttp instead.
+    """
 
 
 class PlaybackRequest:
@@ -69,8 +83,24 @@ class Request:
     """A parsed head. Never changed after parsing: a plain one is shared by every connection
     that sends the same head bytes (``FastPath.plans``)."""
 
-    __slots__ = ("method", "target", "keep_alive", "head", "lower", "connection", "video_id", "rel",
-                 "token", "route", "plain", "tail", "is_get", "local")
+    __slots__ = ("method", "target", "keep_alive", "head", "lower", "video_id", "rel",
+                 "token", "route", "plain", "tail", "is_get", "local", "http10")
+
+    method: bytes
+    target: bytes
+    keep_alive: bool
+    head: bytes
+    lower: bytes
+    connection: bytes
+    video_id: str
+    rel: str
+    token: str | None
+    route: str
+    plain: bool
+    tail: bytes
+    is_get: bool
+    http10: bool
+    local: tuple[str, str] | None  # (file path, video dir), filled on first local answer
 
 
 # Heads with none of these (and no token) are "plain": the answer is the entry's 200 as built.
@@ -116,6 +146,8 @@ def parse_target(target: bytes) -> Target | None:
 
 def parse_head(head: bytes, targets: dict[bytes, Target]) -> Request | None:
     """A request head (without its final CRLF CRLF) the fast path can answer, or None."""
+    if _STRICT_HEAD.fullmatch(head) is None:
+        return None
     eol = head.find(b"\r\n")
     parts = (head if eol < 0 else head[:eol]).split(b" ")
     if len(parts) != 3:
@@ -131,6 +163,10 @@ def parse_head(head: bytes, targets: dict[bytes, Target]) -> Request | None:
     for marker in _HANDOFF_MARKERS:
         if marker in lower:
             return None
+    # RFC 9112 section 3.2: exactly one Host in 1.1 (aiohttp answers 400 otherwise), at most one in 1.0.
+    hosts = lower.count(b"\r\nhost:")
+    if hosts > 1 or (hosts == 0 and version == b"HTTP/1.1"):
+        return None
     parsed = targets.get(target)
     if parsed is None:
         parsed = parse_target(target)
@@ -143,19 +179,27 @@ def parse_head(head: bytes, targets: dict[bytes, Target]) -> Request | None:
     request.token, request.video_id, request.rel, request.route = parsed
     request.head = head
     request.lower = lower
-    connection = header_value(request, b"\r\nconnection:") if b"\r\nconnection:" in lower else b""
-    connection = connection.lower() if connection else b""
-    request.connection = connection
-    request.keep_alive = (connection != b"close") if version == b"HTTP/1.1" else (connection == b"keep-alive")
+    tokens = connection_tokens(lower) if b"\r\nconnection:" in lower else ()
+    request.http10 = version == b"HTTP/1.0"
+    # As aiohttp's parser (llhttp_should_keep_alive) decides, and answers: 1.1 keeps the
+    # connection unless a "close" token, 1.0 only with a "keep-alive" token.
+    request.keep_alive = (b"keep-alive" in tokens) if request.http10 else (b"close" not in tokens)
     request.method = method
     request.is_get = method == b"GET"
     request.target = target
     request.plain = parsed[0] is None and not any(m in lower for m in _CONDITIONAL_MARKERS)
-    if not request.keep_alive:
-        request.tail = b"Connection: close\r\n"
-    elif connection == b"keep-alive":
-        request.tail = b"Connection: keep-alive\r\n"
+    if request.http10:
+        request.tail = b"Connection: keep-alive\r\n" if request.keep_alive else b""
     else:
-        request.tail = b""
+        request.tail = b"" if request.keep_alive else b"Connection: close\r\n"
     request.local = None
     return request
+
+
+def connection_tokens(lower: bytes) -> set[bytes]:
+    """The tokens of every Connection field of a lowered head (a comma-separated list, RFC 9110 section 7.6.1)."""
+    tokens: set[bytes] = set()
+    for line in lower.split(b"\r\n")[1:]:
+        if line.startswith(b"connection:"):
+            tokens.update(t.strip(b" \t") for t in line[11:].split(b","))
+    return tokens

@@ -65,8 +65,8 @@ class DirectWrite:
                     chunks.pop(0)
                 if n:
                     chunks[0] = chunks[0][n:]
-            while self.count > 0:
-                n = os.sendfile(sock, self.fd, self.offset, self.count)  # type: ignore[arg-type]
+            while self.count > 0 and self.fd is not None:  # a count means a file (__init__)
+                n = os.sendfile(sock, self.fd, self.offset, self.count)
                 if n == 0:
                     raise EOFError("file shorter than its recorded size")
                 self.offset += n

@@ -18,6 +18,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -162,7 +163,7 @@ async def _every(interval_s: float, step: Any, app: web.Application, what: str) 
             log.exception("%s pass failed", what)
 
 
-async def intake_ctx(app: web.Application):  # type: ignore[no-untyped-def]
+async def intake_ctx(app: web.Application) -> AsyncIterator[None]:
     """The submitter and the background loops: resubmit, sweep, follow the broker's events."""
     config: Config = app[CONFIG]
     # The process's one broker client (it follows the leader in a fleet); its context runs first.

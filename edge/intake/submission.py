@@ -23,7 +23,7 @@ from streamgate.edge.catalog import Video
 
 log = logging.getLogger("streamgate.edge.intake.submission")
 
-SUBMITTER = web.AppKey("job_submitter", Any)
+SUBMITTER: web.AppKey[JobSubmitter] = web.AppKey("job_submitter")
 
 
 class JobSubmitter:

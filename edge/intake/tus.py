@@ -186,7 +186,7 @@ async def receive(request: web.Request, config: Config, upload: Upload,
             if hasher is None:
                 await checkpoint()
             raise
-        if hasher is not None and hasher.digest() != checksum[1]:  # type: ignore[index]
+        if hasher is not None and checksum is not None and hasher.digest() != checksum[1]:
             os.ftruncate(fd, base)
             raise _error(config, 460, "checksum mismatch",
                          f"the body does not match Upload-Checksum; the offset stays {base}")

@@ -60,8 +60,8 @@ class Delivery:
 
     @property
     def remote_enabled(self) -> bool:
-        static = isinstance(self.resolver, StaticOrigins)
-        return self.redis is not None or not static or bool(self.resolver.urls)  # type: ignore[attr-defined]
+        return (self.redis is not None or not isinstance(self.resolver, StaticOrigins)
+                or bool(self.resolver.urls))
 
     def lookup_now(self, video_id: str, rel: str) -> Servable | _Remote | None:
         """What can be answered without waiting: a servable, ``REMOTE``, or None (404)."""
@@ -96,9 +96,9 @@ class Delivery:
             record = await self.redis.get(key)
             if record is not None:
                 self.metrics.tier("redis", "hit")
-                entry = servable(key, record, self._ttl(record.cache_control), self.files.cors)
-                self.memory.put(key, entry)
-                return entry
+                hit = servable(key, record, self._ttl(record.cache_control), self.files.cors)
+                self.memory.put(key, hit)
+                return hit
             self.metrics.tier("redis", "miss")
             entry = self._from_disk(key, rel)
             if entry is not None:
@@ -117,11 +117,11 @@ class Delivery:
             record = HotRecord(pulled.body, meta.etag, meta.content_type, meta.cache_control,
                                meta.last_modified)
             ttl = self._ttl(meta.cache_control)
-            entry = servable(key, record, ttl, self.files.cors)
-            self.memory.put(key, entry)
+            pulled_entry = servable(key, record, ttl, self.files.cors)
+            self.memory.put(key, pulled_entry)
             if self.redis is not None:
                 await self.redis.put(key, record, ttl)
-            return entry
+            return pulled_entry
         entry = self.files.get(str(self.disk.path(key)), rel, None,
                                meta=(meta.etag, meta.cache_control, meta.content_type))
         if entry is None:  # evicted between the write and now: a tiny bound; answer anyway

@@ -95,11 +95,12 @@ async def respond(request: web.Request, entry: Servable) -> tuple[web.StreamResp
         if_range = request.headers.get("If-Range")
         if if_range is None or if_range.strip() == entry.etag:
             try:
-                start, end = parse_range(range_header, entry.size)
+                wanted = parse_range(range_header, entry.size)
             except RangeNotSatisfiable as exc:
                 raise HTTPError(416, "range not satisfiable", str(exc),
                                 {"Content-Range": f"bytes */{entry.size}", **_cors(headers)}) from None
-            status = 206
+            if wanted is not None:  # None: ignored, the whole body (RFC 9110 section 14.2)
+                (start, end), status = wanted, 206
     response = web.StreamResponse(status=status, headers=headers)
     response.content_length = end - start
     if status == 206:
@@ -117,13 +118,13 @@ async def respond(request: web.Request, entry: Servable) -> tuple[web.StreamResp
     try:
         writer = await response.prepare(request)
         assert writer is not None
-        writer.send_headers()  # type: ignore[attr-defined]
+        writer.send_headers()
         transport = request.transport
         if transport is None:
             raise ConnectionResetError("client went away")
         if entry.fd is None:
             raise HTTPError(503, "file closed", "retry", {"Retry-After": "1"})
-        sent = await sendfile.send(transport, [], entry.fd, start, end - start)  # type: ignore[arg-type]
+        sent = await sendfile.send(transport, [], entry.fd, start, end - start)
     finally:
         entry.release()
     await response.write_eof()

@@ -19,12 +19,16 @@ import re
 import struct
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
 
 import msgspec
 
 from streamgate.common import layout
 from streamgate.farm.pipeline.cmaf import iter_boxes, read_fragment
 from streamgate.farm.pipeline.errors import GateError
+
+if TYPE_CHECKING:  # annotations only: the functions import lxml where they check an MPD
+    from lxml import etree
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +58,7 @@ def _attributes(text: str) -> dict[str, str]:
     return {k: v.strip('"') for k, v in _ATTR.findall(text)}
 
 
-def _fail(rule: str, detail: str) -> None:
+def _fail(rule: str, detail: str) -> NoReturn:
     raise GateError(rule, detail)
 
 
@@ -87,7 +91,7 @@ def parse_media_playlist(text: str, where: str) -> MediaPlaylist:
         elif not line.startswith("#"):
             if duration is None:
                 _fail("hls.extinf", f"{where}: segment {line} has no EXTINF")
-            playlist.segments.append((duration, line))  # type: ignore[arg-type]
+            playlist.segments.append((duration, line))
             duration = None
     return playlist
 
@@ -267,7 +271,7 @@ def check_ladder(out_dir: Path, *, schema: str | Path | None = None) -> GateRepo
 
 
 @functools.lru_cache(maxsize=4)
-def _schema(path: str):  # type: ignore[no-untyped-def]
+def _schema(path: str) -> etree.XMLSchema:
     from lxml import etree
 
     parser = etree.XMLParser(no_network=True)
@@ -299,7 +303,7 @@ def _check_mpd(out_dir: Path, schema: str | Path | None, report: GateReport,
         _fail("dash.xml", f"manifest.mpd is not well-formed XML: {exc}")
     xsd = _schema(str(Path(schema) if schema else default_schema()))
     if not xsd.validate(doc):
-        error = xsd.error_log.last_error
+        error = xsd.error_log.last_error  # type: ignore[attr-defined]  # lxml-stubs leave _ErrorLog empty
         _fail("dash.schema", f"manifest.mpd fails DASH-MPD.xsd: line {error.line}: {error.message}")
     report.rules.append("dash.schema")
     root = doc.getroot()
@@ -341,7 +345,7 @@ def _check_mpd(out_dir: Path, schema: str | Path | None, report: GateReport,
     report.rules.append("dash.iop")
 
 
-def _timeline_count(template) -> int:  # type: ignore[no-untyped-def]
+def _timeline_count(template: etree._Element) -> int:
     timeline = template.find(f"{_MPD_NS}SegmentTimeline")
     if timeline is None:
         return 0

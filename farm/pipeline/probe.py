@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 import msgspec
@@ -93,7 +94,7 @@ def probe(source: Path) -> SourceInfo:
             duration = container.duration / av.time_base
         frames = vstream.frames or round(duration * rate)
         video_start = float(first.time) if first.time is not None else 0.0
-        info: dict[str, object] = {}
+        info: dict[str, Any] = {}  # the audio fields of SourceInfo, when there is audio
         if astream is not None and astream.codec_context is not None:
             language = (astream.metadata.get("language") or "und").strip() or "und"
             info = dict(
@@ -111,7 +112,7 @@ def probe(source: Path) -> SourceInfo:
             fps_num=rate.numerator, fps_den=rate.denominator,
             time_base_num=tb.numerator, time_base_den=tb.denominator,
             duration_s=max(duration, 0.0), frames_estimate=max(int(frames), 1),
-            video_start_s=video_start, **info,  # type: ignore[arg-type]
+            video_start_s=video_start, **info,
         )
 
 

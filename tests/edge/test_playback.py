@@ -67,7 +67,7 @@ async def test_range_head_etag_and_cors(fast_path, data_dir: Path, make_config, 
             assert r.status == 206 and await r.read() == big[-10:]
         async with client.get(seg, headers={"Range": f"bytes={len(big) - 5}-"}) as r:
             assert r.status == 206 and await r.read() == big[-5:]
-        for bad in (f"bytes={len(big)}-", "bytes=5-2", "bytes=abc", "items=0-1", "bytes=0-1,4-5"):
+        for bad in (f"bytes={len(big)}-", f"bytes={len(big) + 9}-{len(big) + 20}", "bytes=-0"):
             async with client.get(seg, headers={"Range": bad}) as r:
                 assert r.status == 416, bad
                 assert r.headers["Content-Range"] == f"bytes */{len(big)}"
