@@ -10,7 +10,7 @@ DEB_PACKAGES := redis-server ffmpeg chromium nodejs npm
 # Debian packages the tests run for real: the binaries they provide (chromium, node: tests/web).
 DEB_BINARIES := redis-server ffmpeg ffprobe chromium node npm
 
-.PHONY: vendor-js install run test test-slow lint lint-deps dashboards test-container bench bench-transcode bench-edge bench-storage loadtest system-deps bench-deps clean
+.PHONY: vendor-js install run test test-slow lint lint-deps dashboards test-container bench bench-transcode bench-edge bench-storage bench-storage-edge bench-tus-s3 loadtest system-deps bench-deps clean
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python >= 3.11) on PATH"; exit 1; }
@@ -137,5 +137,11 @@ bench-edge: bench-deps $(STAMP)  ## edge vs nginx under wrk (needs nginx, wrk): 
 
 bench-storage: $(TEST_STAMP)  ## aiobotocore vs obstore vs S3Store against a local SeaweedFS (the s3 backend's clients); BENCH_ARGS="--rounds 5"
 	$(PY) bench/storage_client.py $(BENCH_ARGS)
+
+bench-storage-edge: bench-deps $(STAMP)  ## an s3-backed edge: cold miss vs a direct SeaweedFS GET, warm disk cache vs nginx; BENCH_ARGS="--rounds 50"
+	$(PY) bench/storage_edge.py $(BENCH_ARGS)
+
+bench-tus-s3: $(TEST_STAMP)  ## a tus upload into SeaweedFS through an edge vs a direct multipart upload; BENCH_ARGS="--size 200 --rounds 3"
+	$(PY) bench/tus_s3.py $(BENCH_ARGS)
 
 bench: bench-transcode bench-edge  ## every benchmark, each printing its ratios against its reference

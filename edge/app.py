@@ -11,7 +11,7 @@ from streamgate.common.config import Config
 from streamgate.edge import health, stores, videos
 from streamgate.edge.access import auth
 from streamgate.edge.errors import error_middleware
-from streamgate.edge.intake import completion, farm_link, tus
+from streamgate.edge.intake import completion, farm_link, objects, tus
 from streamgate.edge.keys import CONFIG, DISCOVERY, READINESS_CHECKS, REDIS, STARTED_AT
 from streamgate.edge.playback import routes
 from streamgate.edge.web import dashboard
@@ -68,6 +68,7 @@ def build_app(config: Config) -> web.Application:
         _redis_ctx,  # app[REDIS]: the shared client, or None on a single node
         _discovery_ctx,  # app[DISCOVERY]: the one Consul watch (broker leader, origins)
         stores.stores_ctx,  # catalog, upload state, nonces, rate limiter, token signer
+        objects.objects_ctx,  # the intake's object store (storage.backend: s3), else nothing
         farm_link.client_ctx,  # the one broker client (follows the leader through DISCOVERY)
         routes.delivery_ctx,  # playback tiers over REDIS and the origins from DISCOVERY
         completion.intake_ctx,  # submitter on the broker client; resubmit, sweep, events loops

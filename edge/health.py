@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from streamgate.common.config import Config
+from streamgate.common.storage import ObjectStore, StorageUnavailable
 from streamgate.edge.keys import CONFIG, READINESS_CHECKS, STARTED_AT
 
 # A readiness check answers (ok, detail); registered by the parts of the edge that have dependencies.
@@ -46,6 +47,22 @@ async def disk_check(app: web.Application) -> tuple[bool, str]:
     usage = shutil.disk_usage(root if root.exists() else root.parent)
     ok = usage.free >= config.storage.min_free_space
     return ok, f"{usage.free // 2**20} MiB free"
+
+
+STORAGE_PROBE_KEY = "media/.readiness-probe"
+
+
+def storage_check(store: ObjectStore) -> Check:
+    """Readiness of the object store (s3 backend): one HEAD; a store that is down is ``degraded``."""
+
+    async def check(app: web.Application) -> tuple[bool, str]:
+        try:
+            await store.head(STORAGE_PROBE_KEY)
+        except StorageUnavailable as exc:
+            return False, f"unavailable: {exc}"
+        return True, f"{store.name} reachable"
+
+    return check
 
 
 def setup(app: web.Application) -> None:

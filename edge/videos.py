@@ -14,6 +14,7 @@ from aiohttp import web
 
 from streamgate.common import layout
 from streamgate.common.config import Config
+from streamgate.common.storage import StorageUnavailable
 from streamgate.edge import stores
 from streamgate.edge.access import playback as access
 from streamgate.edge.access.auth import identity, require_writer
@@ -22,6 +23,8 @@ from streamgate.edge.access.ratelimit import enforce
 from streamgate.edge.access.tokens import Claims
 from streamgate.edge.catalog import Video
 from streamgate.edge.errors import HTTPError
+from streamgate.edge.intake import s3_upload
+from streamgate.edge.intake.objects import OBJECT_STORE, uses_store
 from streamgate.edge.intake.paths import partial_path
 from streamgate.edge.intake.submission import SUBMITTER
 from streamgate.edge.keys import CONFIG
@@ -126,12 +129,21 @@ async def delete_video(request: web.Request) -> web.Response:
     if video is None:
         raise HTTPError(404, "not found", "no such video")
     require_owner(video.owner, caller, "delete this video")
+    store = app[stores.UPLOAD_STORE]
+    upload = await store.get(video_id)
+    if uses_store(config):
+        # storage.backend: s3: the objects before any record, so a store that is down (503) leaves
+        # the video as it was for the client to delete again.
+        try:
+            await s3_upload.delete_video(app[OBJECT_STORE], video_id, upload)
+        except StorageUnavailable as exc:
+            raise HTTPError(503, "service unavailable", f"the object store is unavailable ({exc})",
+                            {"Retry-After": str(exc.retry_after)}) from None
     await app[stores.CATALOG].delete(video_id)  # first: the resubmitter and events stop touching it
     access.forget(app, video_id)
     if video.status in ("queued", "transcoding"):
         await app[SUBMITTER].cancel(video_id)
-    store = app[stores.UPLOAD_STORE]
-    if await store.get(video_id) is not None:
+    if upload is not None:
         await store.remove(video_id)
 
     def remove_files() -> None:

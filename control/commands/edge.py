@@ -26,6 +26,9 @@ def main(args: argparse.Namespace, config: Config) -> int:
             raise SystemExit("streamgate edge: --workers must be 0 (one per CPU) or more")
         server = msgspec.structs.replace(server, workers=args.workers)
     config = msgspec.structs.replace(config, server=server)
+    from streamgate.edge.access.tokens import require_fleet_secret
+
+    require_fleet_secret(config)  # ConfigError: exit 2 before any process starts
     # Before anything imports prometheus_client: every edge process writes one shared directory.
     init_metrics(config)
 

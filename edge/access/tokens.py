@@ -19,7 +19,7 @@ from typing import Literal
 
 import msgspec
 
-from streamgate.common.config import Config
+from streamgate.common.config import Config, ConfigError
 
 
 class Claims(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -75,10 +75,30 @@ class TokenSigner:
         return claims
 
 
+def require_fleet_secret(config: Config) -> None:
+    """In a fleet, ConfigError unless ``auth.secret`` is set or ``auth.secret_file`` exists.
+
+    Every edge of a fleet must sign with the one secret: one made by an edge on its own would
+    turn every other edge's tokens into 401s. ``streamgate edge`` checks it before it starts
+    (exit 2); load_secret checks it again for edges built in-process.
+    """
+    if config.deployment.mode != "fleet" or config.auth.secret:
+        return
+    if not config.auth.secret_file:
+        raise ConfigError("auth.secret / auth.secret_file: an edge in a fleet (deployment.mode: "
+                          "fleet) needs the fleet's one signing secret; set auth.secret or "
+                          "auth.secret_file (the Ansible roles write the same file to every edge)")
+    path = config.auth_secret_file
+    if not path.is_file():
+        raise ConfigError(f"auth.secret_file: {path} does not exist; in a fleet it is made once "
+                          "for all edges (or set auth.secret), never per host")
+
+
 def load_secret(config: Config) -> bytes:
     """``auth.secret``, else the secret file, created once with mode 0600 (race-safe across edges)."""
     if config.auth.secret:
         return config.auth.secret.encode()
+    require_fleet_secret(config)
     path: Path = config.auth_secret_file
     path.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(FileExistsError):

@@ -29,7 +29,9 @@ from streamgate.common.config import Config
 from streamgate.edge import stores
 from streamgate.edge.access import playback as access
 from streamgate.edge.intake import farm_link as farm_api
+from streamgate.edge.intake import s3_upload
 from streamgate.edge.intake.metadata import metadata_text
+from streamgate.edge.intake.objects import OBJECT_STORE, uses_store
 from streamgate.edge.intake.paths import partial_path, source_path
 from streamgate.edge.intake.progress import follow_events
 from streamgate.edge.intake.state import Upload, UploadLocked
@@ -72,17 +74,22 @@ async def complete_upload(app: web.Application, upload: Upload) -> Upload:
     video = await catalog.get(upload.id)
     filename = video.filename if video else metadata_text(upload.metadata, "filename")
     partial, source = partial_path(config, upload.id), source_path(config, upload.id, filename)
-    if partial.exists():
+    found: str | None = ""
+    if upload.source_key:  # storage.backend: s3: complete the multipart upload
+        found = await s3_upload.complete(app[OBJECT_STORE], upload)
+    elif partial.exists():
         await asyncio.to_thread(_move_durably, partial, source)
-    elif not source.exists():
+    if found is None or (not upload.source_key and not source.exists()):
         log.error("upload %s: complete but neither the partial file nor the source exists", upload.id)
         await catalog.update(upload.id, {"status": "failed", "error": "the uploaded file was lost"},
                              when={"uploading"})
         upload = msgspec.structs.replace(upload, done=True)
         await app[stores.UPLOAD_STORE].save(upload)
         return upload
-    sha256 = await asyncio.to_thread(_hash_file, source)
-    queued = await catalog.update(upload.id, {"status": "queued", "sha256": sha256, "source": str(source),
+    sha256 = found or await asyncio.to_thread(_hash_file, source)
+    # In a fleet the source is an object (its key), on one node this host's path.
+    where = upload.source_key or str(source)
+    queued = await catalog.update(upload.id, {"status": "queued", "sha256": sha256, "source": where,
                                               "size": upload.length}, when={"uploading"})
     upload = msgspec.structs.replace(upload, done=True)
     await app[stores.UPLOAD_STORE].save(upload)
@@ -111,6 +118,8 @@ async def submit(app: web.Application, video_id: str) -> bool:
 async def discard_upload(app: web.Application, upload: Upload) -> None:
     """tus termination: the partial file, the state (a tombstone answers 410) and, if unfinished, the video."""
     config: Config = app[CONFIG]
+    if upload.source_key:  # the store first: a failure there (503) leaves the upload as it was
+        await s3_upload.discard(app[OBJECT_STORE], upload)
     with contextlib.suppress(FileNotFoundError):
         partial_path(config, upload.id).unlink()
     await app[stores.UPLOAD_STORE].remove(upload.id)
@@ -151,6 +160,9 @@ async def sweep_once(app: web.Application, now: float | None = None) -> int:
                 swept += not fresh.done
                 if not fresh.done:
                     log.info("upload %s expired at offset %d of %d: swept", fresh.id, fresh.offset, fresh.length)
+    if uses_store(app[CONFIG]):
+        # Multipart uploads no live upload owns (its state lost, an edge killed mid-creation).
+        swept += await s3_upload.abort_stale(app, time.time() if now is None else now)
     return swept
 
 

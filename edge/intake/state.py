@@ -26,6 +26,14 @@ from streamgate.common.sqlite import connect
 TOMBSTONE_TTL_S = 7 * 24 * 3600
 
 
+class StoredPart(msgspec.Struct, frozen=True):
+    """One part of an upload's S3 multipart upload, acknowledged once the store returned its ETag."""
+
+    number: int
+    etag: str
+    size: int
+
+
 class Upload(msgspec.Struct, kw_only=True):
     id: str
     length: int
@@ -36,6 +44,14 @@ class Upload(msgspec.Struct, kw_only=True):
     expires_at: float
     # Completion ran: the source moved into place, the video queued.
     done: bool = False
+    # storage.backend: s3 (edge/intake/s3_upload.py), empty on disk. The bytes up to ``offset`` are
+    # the ``parts`` of the multipart upload ``multipart_id`` to ``source_key`` followed by the first
+    # ``tail_size`` bytes of the tail object (uploads/<id>/tail), kept apart until it grows to a
+    # whole part or the upload completes: offset == sum(part sizes) + tail_size.
+    source_key: str = ""
+    multipart_id: str = ""
+    parts: list[StoredPart] = msgspec.field(default_factory=list)
+    tail_size: int = 0
 
 
 class UploadLocked(Exception):

@@ -16,6 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
+from streamgate.common import layout
 from streamgate.common.broker_client import BrokerClient, BrokerError, BrokerUnavailable
 from streamgate.common.config import Config
 from streamgate.common.protocol import JobSpec
@@ -31,11 +32,20 @@ class JobSubmitter:
         self._config = config
         self._client = client
 
-    async def submit(self, video: Video) -> str | None:
-        """None when the broker accepted the job, else why not (the video stays queued)."""
+    def spec(self, video: Video) -> JobSpec:
+        """The job of a queued video."""
+        # In a fleet (storage.backend: s3) the job names objects: video.source is the source's key.
+        fleet = self._config.storage.backend == "s3"
         job = JobSpec(job_id=video.id, source=video.source,
                       out_dir=str(self._config.storage.media_dir / video.id),
-                      priority=video.priority, submitted_at=time.time())
+                      priority=video.priority, submitted_at=time.time(),
+                      source_key=video.source if fleet else "",
+                      media_prefix=layout.media_prefix(video.id) if fleet else "")
+        return job
+
+    async def submit(self, video: Video) -> str | None:
+        """None when the broker accepted the job, else why not (the video stays queued)."""
+        job = self.spec(video)
         try:
             reply = await self._client.submit(job)
         except (BrokerUnavailable, BrokerError, OSError) as exc:

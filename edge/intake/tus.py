@@ -24,14 +24,17 @@ import msgspec
 from aiohttp import ClientPayloadError, web
 
 from streamgate.common.config import Config
+from streamgate.common.storage import StorageUnavailable
 from streamgate.edge import stores
 from streamgate.edge.access.auth import require_writer
 from streamgate.edge.access.ratelimit import enforce
 from streamgate.edge.catalog import Video
 from streamgate.edge.errors import HTTPError
 from streamgate.edge.intake import completion as intake
-from streamgate.edge.intake.metadata import parse_metadata, video_fields
-from streamgate.edge.intake.paths import partial_path
+from streamgate.edge.intake import s3_upload
+from streamgate.edge.intake.metadata import metadata_text, parse_metadata, video_fields
+from streamgate.edge.intake.objects import OBJECT_STORE, uses_store
+from streamgate.edge.intake.paths import partial_path, source_extension
 from streamgate.edge.intake.state import Upload, UploadLocked
 from streamgate.edge.keys import CONFIG
 
@@ -115,6 +118,15 @@ async def _load(request: web.Request, config: Config, upload_id: str, owner: str
     if not upload.done and upload.expires_at <= time.time():
         raise _error(config, 410, "gone", "the upload expired")
     return upload
+
+
+def _unavailable(config: Config, exc: StorageUnavailable, offset: int | None = None) -> HTTPError:
+    # The store is down or slow: nothing unacknowledged was reported, so the client resumes later.
+    extra = {"Retry-After": str(exc.retry_after)}
+    if offset is not None:
+        extra["Upload-Offset"] = str(offset)
+    return _error(config, 503, "service unavailable",
+                  f"the object store is unavailable ({exc}); resume later", **extra)
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -213,12 +225,20 @@ async def _receive_locked(request: web.Request, config: Config, upload_id: str, 
                 raise _error(config, 409, "conflict",
                              f"Upload-Offset {offset} does not match the upload's offset {upload.offset}",
                              **{"Upload-Offset": str(upload.offset)})
-            if upload.offset < upload.length:
-                upload = await receive(request, config, upload, checksum)
-            elif request.content_length:
-                raise _error(config, 413, "payload too large", "the upload is already complete")
-            if upload.offset == upload.length and not upload.done:
-                upload = await intake.complete_upload(request.app, upload)
+            try:
+                if upload.offset < upload.length:
+                    if upload.source_key:
+                        upload = await s3_upload.receive(request, config, upload, checksum,
+                                                         lambda *a, **kw: _error(config, *a, **kw))
+                    else:
+                        upload = await receive(request, config, upload, checksum)
+                elif request.content_length:
+                    raise _error(config, 413, "payload too large", "the upload is already complete")
+                if upload.offset == upload.length and not upload.done:
+                    upload = await intake.complete_upload(request.app, upload)
+            except StorageUnavailable as exc:
+                saved = await request.app[stores.UPLOAD_STORE].get(upload_id)
+                raise _unavailable(config, exc, saved.offset if saved else None) from None
             return upload
     except UploadLocked:
         raise _error(config, 423, "locked", "another request is writing this upload; retry",
@@ -253,9 +273,17 @@ async def create(request: web.Request) -> web.Response:
     now = time.time()
     upload = Upload(id=upload_id, length=length, metadata=metadata, owner=owner, created_at=now,
                     expires_at=now + float(config.uploads.expiration))
-    # The partial file first, the records after: a record never points at a file that is not there.
-    fd = os.open(partial_path(config, upload_id), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    os.close(fd)
+    # The partial file (or multipart upload) first, the records after: a record never points at
+    # bytes that are not there.
+    if uses_store(config):
+        extension = source_extension(metadata_text(metadata, "filename"))
+        try:
+            upload = await s3_upload.open_upload(request.app[OBJECT_STORE], upload, extension)
+        except StorageUnavailable as exc:
+            raise _unavailable(config, exc) from None
+    else:
+        fd = os.open(partial_path(config, upload_id), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.close(fd)
     await request.app[stores.CATALOG].create(Video(id=upload_id, created_at=now, owner=owner, **fields))
     await request.app[stores.UPLOAD_STORE].create(upload)
     if has_body or length == 0:
@@ -299,7 +327,10 @@ async def terminate(request: web.Request) -> web.Response:
     try:
         async with request.app[stores.UPLOAD_STORE].lock(upload_id, float(config.uploads.lock_wait)):
             upload = await _load(request, config, upload_id, owner)
-            await intake.discard_upload(request.app, upload)
+            try:
+                await intake.discard_upload(request.app, upload)
+            except StorageUnavailable as exc:
+                raise _unavailable(config, exc) from None
     except UploadLocked:
         raise _error(config, 423, "locked", "another request is writing this upload; retry",
                      **{"Retry-After": "1"}) from None

@@ -5,7 +5,9 @@ Order for ``<id>/<rel>``:
 2. the in-process LRU of pulled hot objects;
 3. Redis (shared by the fleet's edges);
 4. the bounded local disk cache of pulled files;
-5. an origin peer, with concurrent misses coalesced into one fetch.
+5. an origin peer, with concurrent misses coalesced into one fetch; with ``storage.backend: s3``
+   the object store instead (edge/playback/storepull.py), and step 1 is skipped: a fleet's media
+   is in the store, the host's data dir holds only its cache.
 Steps 1, 2 and a fresh 4 are synchronous, which is what the fast path serves without a task.
 """
 
@@ -15,6 +17,7 @@ import asyncio
 from typing import Any
 
 from streamgate.common.config import Config
+from streamgate.common.storage import ObjectStore, StorageError, StorageUnavailable
 from streamgate.edge.errors import HTTPError
 from streamgate.edge.metrics import edge_metrics
 from streamgate.edge.playback import names as media
@@ -28,6 +31,7 @@ from streamgate.edge.playback.origin import (
     OriginUnavailable,
     StaticOrigins,
 )
+from streamgate.edge.playback.storepull import StorePuller, master_uris
 
 
 class _Remote:
@@ -42,7 +46,8 @@ def not_found(video_id: str, rel: str) -> HTTPError:
 
 
 class Delivery:
-    def __init__(self, config: Config, redis_client: Any, resolver: OriginResolver) -> None:
+    def __init__(self, config: Config, redis_client: Any, resolver: OriginResolver,
+                 store: ObjectStore | None = None) -> None:
         edge = config.edge
         self.config = config
         self.media_root = str(config.storage.media_dir)
@@ -54,21 +59,30 @@ class Delivery:
                       if redis_client is not None else None)
         self.disk = DiskCache(config.storage.cache_dir / "media", int(edge.disk_cache_size))
         self.resolver = resolver
-        self.puller = OriginPuller(resolver, self.disk, float(edge.origin_timeout),
-                                   int(edge.hot_object_max_size), float(edge.vod_playlist_max_age))
+        self.store = store
+        self.puller: OriginPuller | StorePuller
+        if store is not None:
+            self.puller = StorePuller(store, self.disk, int(edge.hot_object_max_size), edge,
+                                      self._master_ended)
+        else:
+            self.puller = OriginPuller(resolver, self.disk, float(edge.origin_timeout),
+                                       int(edge.hot_object_max_size), float(edge.vod_playlist_max_age))
         self.metrics = edge_metrics()
 
     @property
     def remote_enabled(self) -> bool:
+        if self.store is not None:
+            return True
         return (self.redis is not None or not isinstance(self.resolver, StaticOrigins)
                 or bool(self.resolver.urls))
 
     def lookup_now(self, video_id: str, rel: str) -> Servable | _Remote | None:
         """What can be answered without waiting: a servable, ``REMOTE``, or None (404)."""
-        video_dir = f"{self.media_root}/{video_id}"
-        entry = self.files.get(f"{video_dir}/{rel}", rel, video_dir)
-        if entry is not None:
-            return entry
+        if self.store is None:
+            video_dir = f"{self.media_root}/{video_id}"
+            entry = self.files.get(f"{video_dir}/{rel}", rel, video_dir)
+            if entry is not None:
+                return entry
         if not self.remote_enabled:
             return None
         key = f"{video_id}/{rel}"
@@ -111,6 +125,14 @@ class Delivery:
         except OriginUnavailable as exc:
             self.metrics.tier("origin", "error")
             raise HTTPError(502, "origin unavailable", str(exc)) from None
+        except StorageUnavailable as exc:
+            # What the tiers above hold is still served; this one object waits for the store.
+            self.metrics.tier("origin", "error")
+            raise HTTPError(503, "storage unavailable", str(exc),
+                            {"Retry-After": str(exc.retry_after)}) from None
+        except StorageError as exc:
+            self.metrics.tier("origin", "error")
+            raise HTTPError(502, "storage error", str(exc)) from None
         self.metrics.tier("origin", "hit")
         meta = pulled.meta
         if pulled.body is not None:
@@ -138,6 +160,19 @@ class Delivery:
                                meta=(meta.etag, meta.cache_control, meta.content_type))
         self.metrics.tier("disk", "hit" if entry is not None else "miss")
         return entry
+
+    async def _master_ended(self, video_id: str, master: bytes) -> bool:
+        """Whether every media playlist a master names carries EXT-X-ENDLIST (s3 mode)."""
+        uris = master_uris(master)
+        for uri in uris:
+            try:
+                _, rel = media.parse_media_path(video_id, uri)
+                entry = await self.lookup(video_id, rel)
+            except (HTTPError, media.BadMediaPath):
+                return False
+            if entry.body is None or b"#EXT-X-ENDLIST" not in entry.body:
+                return False
+        return bool(uris)
 
     def _ttl(self, cache_control: str) -> float:
         return min(self.hot_ttl_s, media.max_age_of(cache_control) or self.hot_ttl_s)

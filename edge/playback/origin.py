@@ -8,6 +8,10 @@ Where the origins are is behind :class:`OriginResolver`, a seam: ``edge.origin_u
 ``registry.static_origins``), or with ``registry.type: consul`` the passing edges tagged
 ``origin`` (:class:`DiscoveredOrigins`, static config as the fallback), set as
 ``app[ORIGIN_RESOLVER]`` by edge/playback/routes.py.
+
+The coalescing is :class:`CoalescingPuller`, shared with the object-store tier of a fleet on
+``storage.backend: s3`` (edge/playback/storepull.py), which replaces origin pull there: origin pull
+stays for disk-backend fleets whose edges pull from an origin peer.
 """
 
 from __future__ import annotations
@@ -72,15 +76,12 @@ class Pulled:
         self.body = body
 
 
-class OriginPuller:
-    def __init__(self, resolver: OriginResolver, disk: DiskCache, timeout_s: float,
-                 hot_max: int, vod_max_age_s: float) -> None:
-        self.resolver = resolver
+class CoalescingPuller:
+    """One fetch per key at a time into the disk cache; subclasses say how (``_download``)."""
+
+    def __init__(self, disk: DiskCache, hot_max: int) -> None:
         self.disk = disk
-        self.timeout = aiohttp.ClientTimeout(total=timeout_s)
         self.hot_max = hot_max
-        self.vod_max_age_s = vod_max_age_s
-        self.session: aiohttp.ClientSession | None = None
         self.inflight: dict[str, asyncio.Future[Pulled]] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.upstream_fetches = 0
@@ -127,6 +128,29 @@ class OriginPuller:
             self.inflight.pop(key, None)
 
     async def _download(self, key: str) -> Pulled:
+        raise NotImplementedError
+
+    def remember_missing(self, key: str) -> None:
+        if len(self.missing) >= MISSING_MAX:
+            self.missing.clear()
+        self.missing[key] = time.monotonic() + MISSING_TTL_S
+
+    async def close(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+class OriginPuller(CoalescingPuller):
+    def __init__(self, resolver: OriginResolver, disk: DiskCache, timeout_s: float,
+                 hot_max: int, vod_max_age_s: float) -> None:
+        super().__init__(disk, hot_max)
+        self.resolver = resolver
+        self.timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self.vod_max_age_s = vod_max_age_s
+        self.session: aiohttp.ClientSession | None = None
+
+    async def _download(self, key: str) -> Pulled:
         origins = await self.resolver.origins()
         if not origins:
             raise NotAtOrigin("no origin configured")
@@ -150,9 +174,7 @@ class OriginPuller:
                 last_error = f"{base}: {type(exc).__name__}: {exc}"
                 log.warning("origin pull of %s failed at %s: %s", key, base, exc)
         if not_found == len(origins):
-            if len(self.missing) >= MISSING_MAX:
-                self.missing.clear()
-            self.missing[key] = time.monotonic() + MISSING_TTL_S
+            self.remember_missing(key)
             raise NotAtOrigin(f"{key} is not at any origin")
         raise OriginUnavailable(last_error)
 
@@ -190,8 +212,6 @@ class OriginPuller:
         return Pulled(key, meta, body)
 
     async def close(self) -> None:
-        for task in list(self.tasks):
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await super().close()
         if self.session is not None:
             await self.session.close()

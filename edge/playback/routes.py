@@ -20,7 +20,7 @@ from streamgate.edge import metrics
 from streamgate.edge.access import playback as access
 from streamgate.edge.errors import HTTPError
 from streamgate.edge.fastpath import sendfile
-from streamgate.edge.keys import CONFIG, DISCOVERY, REDIS
+from streamgate.edge.keys import CONFIG, DISCOVERY, READINESS_CHECKS, REDIS
 from streamgate.edge.playback.conditional import RangeNotSatisfiable, parse_range
 from streamgate.edge.playback.delivery import Delivery
 from streamgate.edge.playback.files import Servable
@@ -141,20 +141,31 @@ async def preflight(request: web.Request) -> web.Response:
 
 
 async def delivery_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The delivery tiers (memory, Redis hot tier, disk cache, origin) and the metrics flusher."""
+    """The delivery tiers (memory, Redis hot tier, disk cache, origin or object store) and the
+    metrics flusher."""
     config = app[CONFIG]
     if ORIGIN_RESOLVER not in app:
         # The Discovery belongs to its own context (edge/app.py), which closes it after this one.
         discovery = app.get(DISCOVERY)
         app[ORIGIN_RESOLVER] = (DiscoveredOrigins(discovery) if discovery is not None
                                 else default_resolver(config))
-    delivery = Delivery(config, app.get(REDIS), app[ORIGIN_RESOLVER])
+    store = None
+    if config.storage.backend == "s3":
+        # The fleet's media is in the object store, which replaces origin pull (storepull.py).
+        from streamgate.common.storage import open_store
+        from streamgate.edge.health import storage_check
+
+        store = await open_store(config)
+        app[READINESS_CHECKS]["storage"] = storage_check(store)
+    delivery = Delivery(config, app.get(REDIS), app[ORIGIN_RESOLVER], store)
     app[DELIVERY] = delivery
     flusher = asyncio.create_task(metrics.flush_forever(), name="edge-metrics-flush")
     yield
     flusher.cancel()
     await asyncio.gather(flusher, return_exceptions=True)
     await delivery.close()
+    if store is not None:
+        await store.close()
 
 
 def setup(app: web.Application) -> None:

