@@ -115,6 +115,8 @@ class Broker:
         self.expiry_s = self.heartbeat_s * broker.heartbeat_liveness
         self.max_retries = broker.max_retries
         self.stall_s = float(broker.stall_timeout)
+        self.retention_s = float(broker.journal_retention)
+        self._next_prune = 0.0
         self.task_timeout_s = float(config.transcoder.task_timeout)
         self.max_queue = config.transcoder.max_queue_size
         self.max_running = config.transcoder.max_concurrent_tasks
@@ -215,6 +217,7 @@ class Broker:
             last_turn = now
             await self.purge_workers(now)
             await self.check_leases(now)
+            await self.prune_journal(now)
             if now >= next_beat:
                 next_beat = now + self.heartbeat_s
                 await self.send_heartbeats()
@@ -473,6 +476,17 @@ class Broker:
             self.publish(JobQueued(job_id=record.job_id, priority=record.spec.priority,
                                    attempt=record.attempts))
         self._observe_queue()
+
+    async def prune_journal(self, now: float) -> None:
+        """Drop finished jobs past ``broker.journal_retention``, a batch a turn so the loop never
+        stalls on it; after a short batch, wait a while before looking again."""
+        if self.retention_s <= 0 or now < self._next_prune:
+            return
+        batch = 1000
+        dropped = await self.journal.prune(time.time() - self.retention_s, limit=batch)
+        self._next_prune = now if dropped >= batch else now + min(60.0, self.retention_s / 10)
+        if dropped:
+            log.info("broker: pruned %d finished jobs older than %gs from the journal", dropped, self.retention_s)
 
     async def send_heartbeats(self) -> None:
         for identity in list(self.workers):
