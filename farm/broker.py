@@ -71,6 +71,10 @@ from streamgate.farm.queue import JobQueue
 log = logging.getLogger("streamgate.broker")
 
 
+# Submits read from the socket in one turn and journaled in one commit, at most.
+GROUP_COMMIT_MAX = 256
+
+
 class WorkerState:
     """What the broker knows of one connected worker (keyed by its ROUTER identity)."""
 
@@ -241,22 +245,41 @@ class Broker:
             await self.on_worker_message(frames[0], message)
 
     async def _read_clients(self) -> None:
+        """Every request waiting in the socket at once: consecutive submits among them share one
+        journal commit (group commit), each acknowledged only after that commit returns."""
         assert self.frontend is not None
         while True:
-            try:
-                frames = await self.frontend.recv_multipart(flags=zmq.NOBLOCK)
-            except zmq.Again:
+            batch: list[tuple[bytes, ClientRequest | None, str]] = []
+            while len(batch) < GROUP_COMMIT_MAX:
+                try:
+                    frames = await self.frontend.recv_multipart(flags=zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                if len(frames) != 3 or frames[1] != CLIENT:
+                    log.warning("broker: dropped a malformed client message (%d frames)", len(frames))
+                    continue
+                try:
+                    batch.append((frames[0], self._client_decoder.decode(frames[2]), ""))
+                except msgspec.DecodeError as exc:
+                    batch.append((frames[0], None, str(exc)))
+            if not batch:
                 return
-            if len(frames) != 3 or frames[1] != CLIENT:
-                log.warning("broker: dropped a malformed client message (%d frames)", len(frames))
-                continue
-            try:
-                request = self._client_decoder.decode(frames[2])
-            except msgspec.DecodeError as exc:
-                reply: msgspec.Struct = ErrorReply(request_id=-1, reason=f"bad request: {exc}")
-            else:
-                reply = await self.on_client_request(request)
-            await self.frontend.send_multipart([frames[0], CLIENT, encode(reply)])
+            i = 0
+            while i < len(batch):
+                j = i
+                while j < len(batch) and isinstance(batch[j][1], Submit):
+                    j += 1
+                if j > i:
+                    submits = [request for _, request, _ in batch[i:j]]
+                    replies: list[msgspec.Struct] = list(await self.submit_many(submits))  # type: ignore[arg-type]
+                else:
+                    identity, request, error = batch[i]
+                    j = i + 1
+                    replies = [ErrorReply(request_id=-1, reason=f"bad request: {error}") if request is None
+                               else await self.on_client_request(request)]
+                for (identity, _, _), reply in zip(batch[i:j], replies, strict=True):
+                    await self.frontend.send_multipart([identity, CLIENT, encode(reply)])
+                i = j
 
     # -- workers -------------------------------------------------------------------------------
 
@@ -532,26 +555,49 @@ class Broker:
         raise AssertionError(f"unhandled request {request!r}")  # the union is exhaustive
 
     async def submit(self, request_id: int, spec: JobSpec) -> SubmitReply:
-        if not spec.job_id:
-            return SubmitReply(request_id=request_id, accepted=False, reason="job_id is empty")
-        existing = self.jobs.get(spec.job_id) or await self.journal.get(spec.job_id)
-        if existing is not None and existing.state in ("queued", "running", "done"):
-            # A resubmit (the client timed out, or the edge resumed) is acknowledged, not repeated.
-            return SubmitReply(request_id=request_id, accepted=True,
-                               reason=f"already {existing.state}", state=existing.state)
-        if len(self.queue) >= self.max_queue:
-            return SubmitReply(request_id=request_id, accepted=False, reason="queue full",
-                               state="", retry_after_s=max(1.0, self.heartbeat_s * 5))
-        if not spec.submitted_at:
-            spec = msgspec.structs.replace(spec, submitted_at=time.time())
-        record = JobRecord(spec=spec)
-        await self.journal.save(record)  # durable before the client hears "accepted"
-        self.jobs[spec.job_id] = record
-        self.queue.push(spec.job_id, spec.priority)
-        self.publish(JobQueued(job_id=spec.job_id, priority=spec.priority, attempt=0))
-        self._observe_queue()
-        await self.dispatch()
-        return SubmitReply(request_id=request_id, accepted=True, state=record.state)
+        (reply,) = await self.submit_many([Submit(request_id=request_id, job=spec)])
+        return reply
+
+    async def submit_many(self, requests: list[Submit]) -> list[SubmitReply]:
+        """Accept a batch of submits with one durable journal write: every reply waits for it."""
+        replies: list[SubmitReply | None] = []
+        accepted: list[tuple[int, JobRecord]] = []
+        in_batch: dict[str, JobRecord] = {}
+        for request in requests:
+            request_id, spec = request.request_id, request.job
+            if not spec.job_id:
+                replies.append(SubmitReply(request_id=request_id, accepted=False, reason="job_id is empty"))
+                continue
+            existing = (in_batch.get(spec.job_id) or self.jobs.get(spec.job_id)
+                        or await self.journal.get(spec.job_id))
+            if existing is not None and existing.state in ("queued", "running", "done"):
+                # A resubmit (the client timed out, or the edge resumed) is acknowledged, not repeated.
+                replies.append(SubmitReply(request_id=request_id, accepted=True,
+                                           reason=f"already {existing.state}", state=existing.state))
+                continue
+            if len(self.queue) + len(accepted) >= self.max_queue:
+                replies.append(SubmitReply(request_id=request_id, accepted=False, reason="queue full",
+                                           state="", retry_after_s=max(1.0, self.heartbeat_s * 5)))
+                continue
+            if not spec.submitted_at:
+                spec = msgspec.structs.replace(spec, submitted_at=time.time())
+            record = JobRecord(spec=spec)
+            in_batch[spec.job_id] = record
+            accepted.append((len(replies), record))
+            replies.append(None)
+        if accepted:
+            # Durable before any client hears "accepted": one commit (one fsync) for the batch.
+            await self.journal.save_many([record for _, record in accepted])
+            for index, record in accepted:
+                spec = record.spec
+                self.jobs[spec.job_id] = record
+                self.queue.push(spec.job_id, spec.priority)
+                self.publish(JobQueued(job_id=spec.job_id, priority=spec.priority, attempt=0))
+                replies[index] = SubmitReply(request_id=requests[index].request_id, accepted=True,
+                                             state=record.state)
+            self._observe_queue()
+            await self.dispatch()
+        return [reply for reply in replies if reply is not None]
 
     async def cancel(self, job_id: str) -> tuple[bool, str]:
         record = self.jobs.get(job_id)

@@ -65,6 +65,9 @@ class Journal(Protocol):
     async def save(self, record: JobRecord) -> None:
         """Durably write ``record`` (insert or replace by job id) before returning."""
 
+    async def save_many(self, records: list[JobRecord]) -> None:
+        """Durably write every one of ``records`` together (one commit) before returning."""
+
     async def totals(self) -> Totals:
         """Outcome counters over every journaled job (survive restarts and pruning)."""
 
@@ -117,14 +120,28 @@ class SqliteJournal:
         row = self._db.execute("SELECT record FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
         return self._decode(row[0]) if row else None
 
-    async def save(self, record: JobRecord) -> None:
+    _UPSERT = (
+        "INSERT INTO jobs (job_id, state, elapsed_s, updated_at, record) VALUES (?, ?, ?, ?, ?)"
+        " ON CONFLICT(job_id) DO UPDATE SET state = excluded.state,"
+        " elapsed_s = excluded.elapsed_s, updated_at = excluded.updated_at, record = excluded.record")
+
+    def _row(self, record: JobRecord) -> tuple[str, str, float, float, bytes]:
         record.updated_at = time.time()
-        self._db.execute(
-            "INSERT INTO jobs (job_id, state, elapsed_s, updated_at, record) VALUES (?, ?, ?, ?, ?)"
-            " ON CONFLICT(job_id) DO UPDATE SET state = excluded.state,"
-            " elapsed_s = excluded.elapsed_s, updated_at = excluded.updated_at, record = excluded.record",
-            (record.job_id, record.state, record.elapsed_s, record.updated_at, self._encode(record)),
-        )
+        return (record.job_id, record.state, record.elapsed_s, record.updated_at, self._encode(record))
+
+    async def save(self, record: JobRecord) -> None:
+        self._db.execute(self._UPSERT, self._row(record))
+
+    async def save_many(self, records: list[JobRecord]) -> None:
+        # One transaction: with synchronous=FULL its COMMIT is the batch's only fsync.
+        rows = [self._row(record) for record in records]
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.executemany(self._UPSERT, rows)
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
 
     async def totals(self) -> Totals:
         done, seconds = self._db.execute(

@@ -116,19 +116,37 @@ class RedisJournal:
         raw = await self.redis.hget(self._keys[0], job_id)
         return self._decode(raw) if raw is not None else None
 
+    def _args(self, record: JobRecord) -> list[Any]:
+        record.updated_at = time.time()
+        return [record.job_id, self._encode(record), record.state, repr(float(record.elapsed_s)),
+                "" if self.epoch is None else str(self.epoch), repr(record.updated_at)]
+
     async def save(self, record: JobRecord) -> None:
         import redis.exceptions
 
-        record.updated_at = time.time()
         try:
-            await self._save(keys=self._keys, args=[
-                record.job_id, self._encode(record), record.state, repr(float(record.elapsed_s)),
-                "" if self.epoch is None else str(self.epoch),
-                repr(record.updated_at)])
+            await self._save(keys=self._keys, args=self._args(record))
         except redis.exceptions.ResponseError as exc:
             if "FENCED" in str(exc):
                 raise Fenced(f"broker epoch {self.epoch} was superseded: {exc}") from None
             raise
+
+    async def save_many(self, records: list[JobRecord]) -> None:
+        """One round trip (a MULTI of save scripts); with ``appendfsync always`` one fsync."""
+        import redis.exceptions
+
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for record in records:
+                await self._save(keys=self._keys, args=self._args(record), client=pipe)
+            try:
+                results = await pipe.execute(raise_on_error=False)
+            except redis.exceptions.ResponseError as exc:
+                results = [exc]
+        for result in results:
+            if isinstance(result, Exception):
+                if "FENCED" in str(result):
+                    raise Fenced(f"broker epoch {self.epoch} was superseded: {result}")
+                raise result
 
     async def totals(self) -> Totals:
         done, failed, seconds = await self.redis.hmget(self._keys[3], ["done", "failed", "done_seconds"])
