@@ -10,7 +10,7 @@ DEB_PACKAGES := redis-server ffmpeg chromium nodejs npm
 # Debian packages the tests run for real: the binaries they provide (chromium, node: tests/web).
 DEB_BINARIES := redis-server ffmpeg ffprobe chromium node npm
 
-.PHONY: vendor-js install run test test-slow lint bench bench-transcode bench-edge bench-storage loadtest system-deps bench-deps clean
+.PHONY: vendor-js install run test test-slow lint bench bench-quick bench-transcode bench-edge bench-storage bench-quality bench-catalog bench-broker bench-uploads loadtest system-deps bench-deps clean
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python >= 3.11) on PATH"; exit 1; }
@@ -97,4 +97,23 @@ bench-edge: bench-deps $(STAMP)  ## edge vs nginx under wrk (needs nginx, wrk): 
 bench-storage: $(TEST_STAMP)  ## aiobotocore vs obstore vs S3Store against a local SeaweedFS (the s3 backend's clients); BENCH_ARGS="--rounds 5"
 	$(PY) bench/storage_client.py $(BENCH_ARGS)
 
-bench: bench-transcode bench-edge  ## every benchmark, each printing its ratios against its reference
+bench-quality: bench-deps $(STAMP)  ## PSNR/SSIM/bitrate per rung: streamgate transcode vs the ffmpeg command line; BENCH_ARGS="--seconds 10"
+	$(PY) bench/quality.py $(BENCH_ARGS)
+
+bench-catalog: system-deps $(TEST_STAMP)  ## GET /api/v1/videos p99 at 1k, 10k, 100k videos, SQLite and Redis; BENCH_ARGS="--requests 300"
+	$(PY) bench/catalog.py $(BENCH_ARGS)
+
+bench-broker: system-deps $(TEST_STAMP)  ## broker submit jobs/s (durable journal, group commit) and journal size after 100k finished jobs
+	$(PY) bench/broker.py $(BENCH_ARGS)
+
+bench-uploads: system-deps $(TEST_STAMP)  ## tus PATCH MiB/s with sha256 vs write+fsync of the same chunks, and @tus/server (npm, temp dir)
+	$(PY) bench/uploads.py $(BENCH_ARGS)
+
+# Every benchmark in bench/, one after another (they share the CPUs): each prints its ratios
+# against its reference run in the same invocation and the load average. BENCH_ARGS=--quick: a smoke run.
+BENCHES := bench-transcode bench-edge bench-storage bench-quality bench-catalog bench-broker bench-uploads
+bench:  ## every benchmark, each printing its ratios against its reference and the load average
+	@for b in $(BENCHES); do echo "== make $$b"; $(MAKE) --no-print-directory $$b || exit 1; done
+
+bench-quick:  ## every benchmark's --quick mode (tiny sizes, one round)
+	@$(MAKE) --no-print-directory bench BENCH_ARGS=--quick
