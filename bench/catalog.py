@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     for backend, rows in table.items():
         for page in ("first", "deep", "next"):
             growth = rows[large][f"{page}_p99"] / rows[small][f"{page}_p99"]
-            met = growth <= bound * 1.25  # a quarter's slack for a shared machine's noise
+            met = growth <= bound
 
             label = {"first": "first page", "deep": "deep page by offset", "next": "deep page by next link"}[page]
             print(ratio_line(f"{backend} {label} p99 {large}/{small}", growth,
