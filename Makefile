@@ -10,7 +10,7 @@ DEB_PACKAGES := redis-server ffmpeg chromium nodejs npm
 # Debian packages the tests run for real: the binaries they provide (chromium, node: tests/web).
 DEB_BINARIES := redis-server ffmpeg ffprobe chromium node npm
 
-.PHONY: vendor-js install run test test-slow lint lint-deps dashboards test-container bench bench-transcode bench-edge bench-storage bench-storage-edge bench-tus-s3 loadtest system-deps bench-deps clean
+.PHONY: vendor-js install run test test-slow lint lint-deps dashboards test-container bench bench-transcode bench-edge bench-storage bench-storage-edge bench-tus-s3 loadtest system-deps bench-deps clean bench-quick bench-quality bench-catalog bench-broker bench-uploads
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python >= 3.11) on PATH"; exit 1; }
@@ -144,4 +144,23 @@ bench-storage-edge: bench-deps $(STAMP)  ## an s3-backed edge: cold miss vs a di
 bench-tus-s3: $(TEST_STAMP)  ## a tus upload into SeaweedFS through an edge vs a direct multipart upload; BENCH_ARGS="--size 200 --rounds 3"
 	$(PY) bench/tus_s3.py $(BENCH_ARGS)
 
-bench: bench-transcode bench-edge  ## every benchmark, each printing its ratios against its reference
+bench-quality: bench-deps $(STAMP)  ## PSNR/SSIM/bitrate per rung: streamgate transcode vs the ffmpeg command line; BENCH_ARGS="--seconds 10"
+	$(PY) bench/quality.py $(BENCH_ARGS)
+
+bench-catalog: system-deps $(TEST_STAMP)  ## GET /api/v1/videos p99 at 1k, 10k, 100k videos, SQLite and Redis; BENCH_ARGS="--requests 300"
+	$(PY) bench/catalog.py $(BENCH_ARGS)
+
+bench-broker: system-deps $(TEST_STAMP)  ## broker submit jobs/s (durable journal, group commit) and journal size after 100k finished jobs
+	$(PY) bench/broker.py $(BENCH_ARGS)
+
+bench-uploads: system-deps $(TEST_STAMP)  ## tus PATCH MiB/s with sha256 vs write+fsync of the same chunks, and @tus/server (npm, temp dir)
+	$(PY) bench/uploads.py $(BENCH_ARGS)
+
+# Every benchmark in bench/, one after another (they share the CPUs): each prints its ratios
+# against its reference run in the same invocation and the load average. BENCH_ARGS=--quick: a smoke run.
+BENCHES := bench-transcode bench-edge bench-storage bench-storage-edge bench-tus-s3 bench-quality bench-catalog bench-broker bench-uploads
+bench:  ## every benchmark, each printing its ratios against its reference and the load average
+	@for b in $(BENCHES); do echo "== make $$b"; $(MAKE) --no-print-directory $$b || exit 1; done
+
+bench-quick:  ## every benchmark's --quick mode (tiny sizes, one round)
+	@$(MAKE) --no-print-directory bench BENCH_ARGS=--quick

@@ -210,6 +210,9 @@ class BrokerConfig(_Section):
     retry_backoff: Seconds = Seconds(1)
     stall_timeout: Seconds = Seconds(120)
     journal_path: str = ""  # empty: data/state/broker-journal.sqlite3
+    # Finished jobs (done, failed, cancelled) older than this leave the journal (their outcomes
+    # stay counted), so it stays bounded however many jobs pass; 0 keeps every job forever.
+    journal_retention: Seconds = Seconds(7 * 24 * 3600)
 
     def endpoints(self, deployment: DeploymentConfig, storage: StorageConfig) -> BrokerEndpoints:
         if deployment.mode == "single":
