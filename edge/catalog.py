@@ -181,7 +181,8 @@ class SqliteCatalog:
 
     async def page(self, *, limit: int, offset: int = 0, owner: str | None = None,
                    public_only: bool = False, after: tuple[float, str] | None = None) -> tuple[list[Video], int]:
-        where, args = [], []
+        where: list[str] = []
+        args: list[object] = []
         if owner is not None:
             where.append("owner = ?")
             args.append(owner)
