@@ -52,3 +52,23 @@ def test_each_service_config_and_command_are_accepted(service: str, tmp_path: Pa
     assert args.verb == spec["command"][0]
     for name in ("S3_ENDPOINT", "S3_BUCKET", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         assert name in env
+
+
+def test_the_fleet_stores_in_s3_and_no_two_roles_share_a_data_volume() -> None:
+    compose = yaml.safe_load(COMPOSE.read_text())
+    named = set(compose["volumes"])
+    owners: dict[str, str] = {}
+    for name, spec in streamgate_services().items():
+        env = {k: str(v) for k, v in spec["environment"].items()}
+        env["STREAMGATE__AUTH__SECRET"] = "x" * 32
+        storage = load_config(None, env=env).storage
+        assert storage.backend == "s3" and storage.s3.bucket == "streamgate", name
+        assert storage.s3.endpoint == "http://seaweedfs:8333" and storage.s3.create_bucket, name
+        mounts = [str(v).split(":") for v in spec.get("volumes", [])]
+        (source,) = [m[0] for m in mounts if len(m) > 1 and m[1] == "/var/lib/streamgate"]
+        # A named volume of its own: an anonymous one (no source) would also be private, but the
+        # file names each one so `docker compose down` and `up` keep the caches.
+        assert source in named, f"{name} mounts {source}, not a declared volume"
+        assert source not in owners, f"{name} and {owners.get(source)} share {source}"
+        owners[source] = name
+    assert "media" not in named

@@ -41,7 +41,7 @@ def by_kind(docs: list[dict], kind: str) -> dict[str, dict]:
 
 def test_the_base_manifests_validate_one_by_one() -> None:
     files = [p for p in (KUBE / "base").glob("*.yaml") if p.name not in ("kustomization.yaml", "config.yaml")]
-    assert len(files) >= 6
+    assert len(files) >= 5
     for path in files:
         validate(path.read_text())
 
@@ -67,8 +67,16 @@ def test_fleet_overlay() -> None:
         assert deployment["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
         env = {e["name"]: e for e in container["env"]}
         assert env["STREAMGATE__AUTH__SECRET"]["valueFrom"]["secretKeyRef"]["name"] == "streamgate-secrets"
-        for s3 in ("S3_ENDPOINT", "S3_BUCKET", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-            assert s3 in env
+        for key, ref in (("AWS_ACCESS_KEY_ID", "aws-access-key-id"),
+                         ("AWS_SECRET_ACCESS_KEY", "aws-secret-access-key")):
+            assert env[key]["valueFrom"]["secretKeyRef"] == {"name": "streamgate-secrets", "key": ref}
+        # Endpoint and bucket come from the ConfigMap's config.yaml alone (an env value would
+        # silently override what an operator edits there).
+        assert not {"S3_ENDPOINT", "S3_BUCKET"} & set(env), name
+        volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+        (data,) = [m["name"] for m in container["volumeMounts"] if m["mountPath"] == "/var/lib/streamgate"]
+        assert "emptyDir" in volumes[data] and "persistentVolumeClaim" not in volumes[data], name
+    assert not by_kind(docs, "PersistentVolumeClaim")  # no ReadWriteMany volume shared by the roles
     (edge,) = deployments["streamgate-edge"]["spec"]["template"]["spec"]["containers"]
     assert edge["readinessProbe"]["httpGet"]["path"] == "/api/v1/health"
     assert edge["livenessProbe"]["httpGet"]["path"] == "/health"
@@ -81,8 +89,12 @@ def test_fleet_overlay() -> None:
     assert targets["streamgate_fleet_queue_length"]["external"]["target"]["averageValue"] == "10"
     secret = by_kind(docs, "Secret")["streamgate-secrets"]
     assert set(secret["stringData"]) == {"auth-secret", "aws-access-key-id", "aws-secret-access-key"}
+    edge_hpa = by_kind(docs, "HorizontalPodAutoscaler")["streamgate-edge"]["spec"]
+    assert edge_hpa["scaleTargetRef"]["name"] == "streamgate-edge" and edge_hpa["maxReplicas"] > 3
     config = pod_config(docs)
     assert config.deployment.mode == "fleet" and config.registry.type == "consul"
+    assert config.storage.backend == "s3" and config.storage.data_dir == "/var/lib/streamgate"
+    assert config.storage.s3.endpoint and config.storage.s3.bucket == "streamgate"
 
 
 @needs_kustomize
@@ -94,4 +106,8 @@ def test_single_overlay() -> None:
     assert deployment["spec"]["strategy"]["type"] == "Recreate"
     assert not by_kind(docs, "HorizontalPodAutoscaler") and not by_kind(docs, "PodDisruptionBudget")
     assert by_kind(docs, "PersistentVolumeClaim")["streamgate-media"]["spec"]["accessModes"] == ["ReadWriteOnce"]
-    assert pod_config(docs).deployment.mode == "single"
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    (data,) = [m["name"] for m in container["volumeMounts"] if m["mountPath"] == "/var/lib/streamgate"]
+    assert volumes[data] == {"name": data, "persistentVolumeClaim": {"claimName": "streamgate-media"}}
+    config = pod_config(docs)
+    assert config.deployment.mode == "single" and config.storage.backend == "disk"
