@@ -6,11 +6,11 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
-DEB_PACKAGES := redis-server ffmpeg
+DEB_PACKAGES := redis-server ffmpeg systemd-container mmdebstrap haproxy
 # Debian packages the tests run for real: the binaries they provide.
-DEB_BINARIES := redis-server ffmpeg ffprobe
+DEB_BINARIES := redis-server ffmpeg ffprobe systemd-nspawn mmdebstrap haproxy
 
-.PHONY: install run test test-slow lint bench bench-transcode bench-edge loadtest system-deps bench-deps clean
+.PHONY: install run test test-slow lint bench bench-transcode bench-edge loadtest system-deps bench-deps clean fleet-up fleet-down
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python >= 3.11) on PATH"; exit 1; }
@@ -77,3 +77,14 @@ bench-edge: bench-deps $(STAMP)  ## edge vs nginx under wrk (needs nginx, wrk): 
 	$(PY) bench/edge.py $(BENCH_ARGS)
 
 bench: bench-transcode bench-edge  ## every benchmark, each printing its ratios against its reference
+
+# A fleet of nspawn hosts booting systemd, on 10.213.0.0/24 inside namespaces of its own (root;
+# docs/fleet-hosts.md). FLEET_HOSTS="edge1,edge2,farm1"; the first `fleet-up` builds the Debian rootfs.
+FLEET_HOSTS ?= h1,h2
+FLEET_STATE ?= /var/lib/streamgate-fleet/dev
+
+fleet-up: system-deps $(TEST_STAMP)  ## boot the hosts of FLEET_HOSTS (systemd as PID 1, sshd) and print how to ssh in
+	$(PY) tests/fleet/hosts.py up --state $(FLEET_STATE) --hosts $(FLEET_HOSTS)
+
+fleet-down: $(TEST_STAMP)  ## stop the fleet's hosts by PID and remove its namespaces, veths, mounts and state
+	$(PY) tests/fleet/hosts.py down --state $(FLEET_STATE)
