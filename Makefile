@@ -10,7 +10,7 @@ DEB_PACKAGES := redis-server ffmpeg systemd-container mmdebstrap haproxy
 # Debian packages the tests run for real: the binaries they provide.
 DEB_BINARIES := redis-server ffmpeg ffprobe systemd-nspawn mmdebstrap haproxy
 
-.PHONY: install run test test-slow lint bench bench-transcode bench-edge loadtest system-deps bench-deps clean fleet-up fleet-down
+.PHONY: install run test test-slow lint bench bench-transcode bench-edge loadtest system-deps bench-deps clean fleet-up fleet-down fleet-test
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python >= 3.11) on PATH"; exit 1; }
@@ -50,7 +50,7 @@ bench-deps: system-deps  ## the references the benchmarks compare against
 	$(call ensure-debs,nginx wrk,nginx wrk)
 
 test: system-deps $(TEST_STAMP)  ## the whole suite (slow fault and load runs excluded: make test-slow)
-	$(PY) -m pytest -m "not slow and not consul" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow and not consul and not fleet" $(PYTEST_ARGS)
 
 test-slow: system-deps $(TEST_STAMP)  ## long fault and load runs
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)
@@ -88,3 +88,6 @@ fleet-up: system-deps $(TEST_STAMP)  ## boot the hosts of FLEET_HOSTS (systemd a
 
 fleet-down: $(TEST_STAMP)  ## stop the fleet's hosts by PID and remove its namespaces, veths, mounts and state
 	$(PY) tests/fleet/hosts.py down --state $(FLEET_STATE)
+
+fleet-test: system-deps $(TEST_STAMP)  ## site.yml then rolling-update.yml over SSH into two nspawn hosts (root, minutes)
+	$(PY) -m pytest tests/fleet -m fleet -s -p no:cacheprovider $(PYTEST_ARGS)

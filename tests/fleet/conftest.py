@@ -34,8 +34,9 @@ def make_fleet(tmp_path: Path) -> Iterator[Callable[..., Fleet]]:
         pytest.skip(reason)
     fleets: list[Fleet] = []
 
-    def make(hosts: list[str], *, name: str = "sgt", subnet: str = "10.213.1") -> Fleet:
-        fleet = Fleet(tmp_path / name, hosts, name=name, subnet=subnet)
+    def make(hosts: list[str], *, name: str = "sgt", subnet: str = "10.213.1",
+             binds: list[tuple[Path, str]] | None = None) -> Fleet:
+        fleet = Fleet(tmp_path / name, hosts, name=name, subnet=subnet, binds=binds)
         fleets.append(fleet)
         return fleet.up()
 

@@ -80,11 +80,14 @@ class Fleet:
     """N named hosts on a private /24; ``up()`` boots them, ``down()`` removes every trace."""
 
     def __init__(self, state_dir: Path, hosts: list[str] | None = None, *, name: str = "sgf",
-                 subnet: str = "10.213.0", cache: Path = DEFAULT_CACHE) -> None:
+                 subnet: str = "10.213.0", cache: Path = DEFAULT_CACHE,
+                 binds: list[tuple[Path, str]] | None = None) -> None:
         if len(name) > 6:
             raise ValueError("a fleet name has at most 6 characters (interface names are 15)")
         self.state_dir = state_dir
         self.cache = cache
+        # Read-only views of controller directories inside every host (src, path in the host).
+        self.binds = binds or []
         self.state_file = state_dir / "fleet.json"
         self._procs: dict[int, subprocess.Popen[bytes]] = {}  # nspawns this process started
         if self.state_file.exists():
@@ -223,7 +226,8 @@ class Fleet:
             ["systemd-nspawn", "--quiet", "--boot", f"--directory={merged}", f"--machine={host.machine}",
              f"--hostname={host.name}", "--register=no", "--keep-unit",
              f"--network-namespace-path=/run/netns/{host.netns}", "--console=passive",
-             "--link-journal=no", "--resolv-conf=off", "--timezone=off"],
+             "--link-journal=no", "--resolv-conf=off", "--timezone=off",
+             *(f"--bind-ro={src}:{dst}" for src, dst in self.binds)],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             preexec_fn=into_own_cgroup)
         log.close()

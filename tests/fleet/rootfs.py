@@ -21,7 +21,10 @@ MIRROR = "http://deb.debian.org/debian"
 # systemd is PID 1 of every host; sshd is how Ansible reaches it; python3 (and venv) is what
 # Ansible's modules and the StreamGate release need; iproute2 and curl for an operator's look.
 PACKAGES = sorted(["systemd", "systemd-sysv", "dbus", "openssh-server", "python3", "python3-venv",
-                   "iproute2", "ca-certificates", "curl"])
+                   "iproute2", "ca-certificates", "curl",
+                   # What the roles install on a real host (streamgate_common_system_packages): the
+                   # hosts have no route to a mirror. python3-packaging: Ansible's pip module needs it.
+                   "python3-packaging"])
 DEFAULT_CACHE = Path("/var/cache/streamgate-fleet")
 BUILD_TIMEOUT_S = 1800
 
