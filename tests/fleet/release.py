@@ -13,10 +13,15 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import zipfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 DEPS_IN_HOST = "/opt/streamgate-deps"
+WHEEL_CACHE = Path("/var/cache/streamgate-fleet/wheels")
+# What Debian's Python 3.11.2 on the hosts needs that this venv's Python does not: redis-py
+# imports async-timeout below 3.11.3. Downloaded once with pip (PyPI), kept in WHEEL_CACHE.
+HOST_ONLY = {"async-timeout>=4.0.3": "async_timeout-*.whl"}
 
 
 def build_wheel(version: str, out: Path, scratch: Path) -> Path:
@@ -46,4 +51,11 @@ def deps_farm(farm: Path) -> Path:
         if entry.name.lower().startswith(("streamgate", "__editable__")) or entry.suffix == ".pth":
             continue
         (farm / entry.name).symlink_to(f"{DEPS_IN_HOST}/all/{entry.name}")
+    for requirement, pattern in HOST_ONLY.items():
+        if not list(WHEEL_CACHE.glob(pattern)):
+            subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "-d",
+                            str(WHEEL_CACHE), requirement], check=True, timeout=120)
+        # A pure-Python wheel is a zip of what site-packages holds: unpacked, it is importable.
+        with zipfile.ZipFile(sorted(WHEEL_CACHE.glob(pattern))[-1]) as wheel:
+            wheel.extractall(farm)
     return farm

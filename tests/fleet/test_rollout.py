@@ -18,9 +18,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from release import DEPS_IN_HOST, build_wheel, deps_farm, site_packages
-
 from consul_standin import ConsulStandin
+from release import DEPS_IN_HOST, build_wheel, deps_farm, site_packages
 
 REPO = Path(__file__).resolve().parents[2]
 ANSIBLE = REPO / "ansible"
@@ -67,6 +66,13 @@ def _playbook(fleet_dir: Path, inventory: Path, extra: dict[str, object], playbo
     return result, time.monotonic() - started
 
 
+def _journals(fleet: object) -> str:
+    """What the hosts' systemd says about the StreamGate units, for a failure's message."""
+    return "".join(f"\n--- {host} ---\n" + fleet.ssh(  # type: ignore[attr-defined]
+        host, "systemctl --no-pager status 'streamgate*' | tail -n 40; "
+              "journalctl --no-pager -n 60 -u 'streamgate*'").stdout for host in GROUPS)
+
+
 def test_site_then_rolling_update_over_ssh(make_fleet: Callable[..., object], tmp_path: Path,
                                            redis_on_bridge: Callable[[str], str]) -> None:
     wheels = tmp_path / "wheels"
@@ -109,7 +115,7 @@ def test_site_then_rolling_update_over_ssh(make_fleet: Callable[..., object], tm
             "streamgate_rolling_drain_seconds": 2,
         }
         site, site_s = _playbook(tmp_path, inventory, base, "site.yml")
-        assert site.returncode == 0, site.stdout[-8000:] + site.stderr[-3000:]
+        assert site.returncode == 0, site.stdout[-4000:] + site.stderr[-2000:] + _journals(fleet)
         for host in GROUPS:
             units = fleet.ssh(host, "systemctl is-active streamgate.target 'streamgate-*'; "
                                     "systemctl list-units --no-legend 'streamgate*'")
@@ -120,7 +126,7 @@ def test_site_then_rolling_update_over_ssh(make_fleet: Callable[..., object], tm
         rolled, roll_s = _playbook(tmp_path, inventory, {
             **base, "streamgate_common_pip_spec": f"/opt/releases/{v2.name}", "streamgate_common_version": "0.1.1",
         }, "rolling-update.yml")
-        assert rolled.returncode == 0, rolled.stdout[-8000:] + rolled.stderr[-3000:]
+        assert rolled.returncode == 0, rolled.stdout[-4000:] + rolled.stderr[-2000:] + _journals(fleet)
         for host in GROUPS:
             health = fleet.ssh(host, f"curl -s http://127.0.0.1:{EDGE_PORT}/health")
             assert json.loads(health.stdout)["version"] == "0.1.1", health.stdout
