@@ -10,6 +10,7 @@ from aiohttp import web
 from streamgate.common.config import Config
 from streamgate.edge import health, stores, videos
 from streamgate.edge.access import auth
+from streamgate.edge.access.origin import PUBLIC_ORIGIN, public_origin
 from streamgate.edge.errors import error_middleware
 from streamgate.edge.intake import completion, farm_link, tus
 from streamgate.edge.keys import CONFIG, DISCOVERY, READINESS_CHECKS, REDIS, STARTED_AT
@@ -61,6 +62,7 @@ def build_app(config: Config) -> web.Application:
                       "max_line_size": int(config.edge.max_header_size)},
     )
     app[CONFIG] = config
+    app[PUBLIC_ORIGIN] = public_origin(config)  # ConfigError: no safe SIWE domain to check against
     app[STARTED_AT] = time.monotonic()
     app[READINESS_CHECKS] = {}
     # The contexts in start order (they close in reverse): each may use what the ones above set.

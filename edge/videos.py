@@ -17,6 +17,7 @@ from streamgate.common.config import Config
 from streamgate.edge import stores
 from streamgate.edge.access import playback as access
 from streamgate.edge.access.auth import identity, require_writer
+from streamgate.edge.access.origin import public_base
 from streamgate.edge.access.playback import require_owner
 from streamgate.edge.access.ratelimit import enforce
 from streamgate.edge.access.tokens import Claims
@@ -35,7 +36,7 @@ def _iso(ts: float) -> str:
 
 
 def _base(request: web.Request, config: Config) -> str:
-    return config.server.public_url.rstrip("/") or f"{request.scheme}://{request.host}"
+    return public_base(config)  # never the request's Host (issue 14)
 
 
 def eta(video: Video, now: float) -> float | None:

@@ -26,6 +26,9 @@ def main(args: argparse.Namespace, config: Config) -> int:
             raise SystemExit("streamgate edge: --workers must be 0 (one per CPU) or more")
         server = msgspec.structs.replace(server, workers=args.workers)
     config = msgspec.structs.replace(config, server=server)
+    from streamgate.edge.access.origin import public_origin
+
+    public_origin(config)  # ConfigError (exit 2) before any process starts: no safe SIWE domain
     # Before anything imports prometheus_client: every edge process writes one shared directory.
     init_metrics(config)
 

@@ -13,6 +13,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace, config: Config) -> int:
     from streamgate.control.supervisor import run
+    from streamgate.edge.access.origin import public_origin
+
+    public_origin(config)  # ConfigError (exit 2) before any role starts: no safe SIWE domain
 
     global_args = [f"--log-level={args.log_level}"]
     if args.config:
