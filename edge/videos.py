@@ -26,6 +26,7 @@ from streamgate.edge.errors import HTTPError
 from streamgate.edge.intake.paths import partial_path
 from streamgate.edge.intake.submission import SUBMITTER
 from streamgate.edge.keys import CONFIG
+from streamgate.edge.redact import strip_paths
 
 MAX_PAGE = 100
 _VIDEO_ID = "{video_id:[0-9a-f]{32}}"
@@ -59,7 +60,7 @@ def video_json(video: Video, base: str) -> dict[str, Any]:
     return {
         "id": video.id, "title": video.title, "filename": video.filename, "status": video.status,
         "progress": round(video.progress, 4), "eta_s": eta(video, time.time()),
-        "error": video.error or None, "duration": video.duration,
+        "error": strip_paths(video.error) or None,  # records written before reasons were scrubbed "duration": video.duration,
         "renditions": [{"name": r.name, "width": r.width, "height": r.height, "bandwidth": r.bandwidth}
                        for r in video.renditions],
         "hls_url": f"{root}/{layout.MASTER}" if playable else None,
