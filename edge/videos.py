@@ -60,7 +60,8 @@ def video_json(video: Video, base: str) -> dict[str, Any]:
     return {
         "id": video.id, "title": video.title, "filename": video.filename, "status": video.status,
         "progress": round(video.progress, 4), "eta_s": eta(video, time.time()),
-        "error": strip_paths(video.error) or None,  # records written before reasons were scrubbed "duration": video.duration,
+        # Scrubbed here too: records written before farm reasons were scrubbed on the way in.
+        "error": strip_paths(video.error) or None, "duration": video.duration,
         "renditions": [{"name": r.name, "width": r.width, "height": r.height, "bandwidth": r.bandwidth}
                        for r in video.renditions],
         "hls_url": f"{root}/{layout.MASTER}" if playable else None,
