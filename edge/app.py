@@ -11,6 +11,7 @@ from streamgate.common.config import Config
 from streamgate.edge import health, stores, videos
 from streamgate.edge.access import auth
 from streamgate.edge.access.origin import PUBLIC_ORIGIN, public_origin
+from streamgate.edge.access.ratelimit import limit_middleware
 from streamgate.edge.errors import error_middleware
 from streamgate.edge.intake import completion, farm_link, tus
 from streamgate.edge.keys import CONFIG, DISCOVERY, READINESS_CHECKS, REDIS, STARTED_AT
@@ -56,7 +57,7 @@ async def _discovery_ctx(app: web.Application) -> AsyncIterator[None]:
 
 def build_app(config: Config) -> web.Application:
     app = web.Application(
-        middlewares=[error_middleware],
+        middlewares=[error_middleware, limit_middleware],  # limits before any handler reads a token
         client_max_size=1024**2,
         handler_args={"max_field_size": int(config.edge.max_header_size),
                       "max_line_size": int(config.edge.max_header_size)},
