@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from streamgate.common.config import Config
-from streamgate.edge import health, stores, videos
+from streamgate.edge import health, openapi, stores, videos
 from streamgate.edge.access import auth
 from streamgate.edge.access.origin import PUBLIC_ORIGIN, public_origin
 from streamgate.edge.access.ratelimit import limit_middleware
@@ -78,6 +78,6 @@ def build_app(config: Config) -> web.Application:
     ):
         app.cleanup_ctx.append(ctx)
     # Routes only: no part registers a context of its own.
-    for part in (health, routes, tus, videos, auth, farm_link, web_routes):
+    for part in (health, routes, tus, videos, auth, farm_link, web_routes, openapi):
         part.setup(app)
     return app

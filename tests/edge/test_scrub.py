@@ -64,3 +64,11 @@ async def test_plain_unicode_titles_still_pass(edge) -> None:  # noqa: F811
     async with e.session.post(e.url + "/api/v1/uploads", headers={
             **TUS, "Upload-Length": "3", "Upload-Metadata": _meta(filename="été.mp4", title="Ünïcode — ok 🎬")}) as r:
         assert r.status == 201, await r.text()
+
+
+async def test_readiness_details_carry_no_server_paths(edge) -> None:  # noqa: F811
+    e = await edge()  # no broker runs: its check fails, naming the socket it tried
+    async with e.session.get(e.url + "/api/v1/health") as r:
+        text = await r.text()
+    assert r.status == 503 and "broker" in text
+    assert str(e.app[stores.CONFIG].storage.root) not in text and "ipc://" not in text, text
