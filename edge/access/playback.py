@@ -11,9 +11,11 @@ TTL, never a store round-trip per segment; a token check is one HMAC.
 
 from __future__ import annotations
 
+import logging
 import time
 
 from aiohttp import web
+from redis.exceptions import RedisError
 
 from streamgate.edge import stores
 from streamgate.edge.access.auth import identity
@@ -24,6 +26,8 @@ from streamgate.edge.errors import HTTPError
 # video's entry lingers, and how long an unknown id stays unknown.
 CACHE_TTL_S = 2.0
 _CACHE_MAX = 100_000
+RETRY_AFTER_S = 2  # a Redis restart or failover takes about this long
+log = logging.getLogger("streamgate.edge")
 
 def is_owner(owner: str, caller: str) -> bool:
     """The one owner rule: a video uploaded without a wallet (``auth.required: false``) has no
@@ -74,7 +78,13 @@ async def authorize_playback(request: web.Request, video_id: str) -> None:
         if claims.vid != video_id:
             raise HTTPError(403, "forbidden", "this playback URL is for another video")
         return
-    visibility, owner = await _lookup(app, video_id)
+    try:
+        visibility, owner = await _lookup(app, video_id)
+    except (RedisError, OSError) as exc:
+        # The catalog (Redis in a fleet) is down: a passing fault, not the edge's bug (issue 14).
+        log.warning("access check of %s: catalog unavailable: %s", video_id, exc)
+        raise HTTPError(503, "service unavailable", "the catalog is unreachable; retry shortly",
+                        {"Retry-After": str(RETRY_AFTER_S)}) from None
     if visibility != "private":
         return  # public, or unknown (the playback path answers 404)
     require_owner(owner, identity(request), "play this private video (or use a signed playback URL)")

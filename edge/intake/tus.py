@@ -27,6 +27,7 @@ from streamgate.common.config import Config
 from streamgate.common.storage import StorageUnavailable
 from streamgate.edge import stores
 from streamgate.edge.access.auth import require_writer
+from streamgate.edge.access.origin import public_base
 from streamgate.edge.access.ratelimit import enforce
 from streamgate.edge.catalog import Video
 from streamgate.edge.errors import HTTPError
@@ -100,8 +101,7 @@ def _check_body_type(request: web.Request, config: Config) -> None:
 
 
 def _location(request: web.Request, config: Config, upload_id: str) -> str:
-    base = config.server.public_url.rstrip("/") or f"{request.scheme}://{request.host}"
-    return f"{base}/api/v1/uploads/{upload_id}"
+    return f"{public_base(config)}/api/v1/uploads/{upload_id}"  # never the request's Host
 
 
 async def _load(request: web.Request, config: Config, upload_id: str, owner: str) -> Upload:
