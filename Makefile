@@ -10,7 +10,7 @@ DEB_PACKAGES := redis-server ffmpeg chromium nodejs npm
 # Debian packages the tests run for real: the binaries they provide (chromium, node: tests/web).
 DEB_BINARIES := redis-server ffmpeg ffprobe chromium node npm
 
-.PHONY: vendor-js install run test test-slow lint bench bench-transcode bench-edge bench-storage bench-storage-edge bench-tus-s3 loadtest system-deps bench-deps clean
+.PHONY: vendor-js install run test test-slow lint bench bench-transcode bench-edge bench-storage bench-storage-edge bench-tus-s3 bench-upload-parallel loadtest system-deps bench-deps clean
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python >= 3.11) on PATH"; exit 1; }
@@ -109,5 +109,8 @@ bench-storage-edge: bench-deps $(STAMP)  ## an s3-backed edge: cold miss vs a di
 
 bench-tus-s3: $(TEST_STAMP)  ## a tus upload into SeaweedFS through an edge vs a direct multipart upload; BENCH_ARGS="--size 200 --rounds 3"
 	$(PY) bench/tus_s3.py $(BENCH_ARGS)
+
+bench-upload-parallel: $(STAMP)  ## streamgate upload 1 vs 4 parallel parts (tus concatenation) vs write+fsync, disk backend; BENCH_ARGS="--quick"
+	$(PY) bench/upload_parallel.py $(BENCH_ARGS)
 
 bench: bench-transcode bench-edge  ## every benchmark, each printing its ratios against its reference
