@@ -123,8 +123,12 @@ async def test_tuspy_in_256_kib_chunks_never_sees_a_429(edge, tmp_path: Path, bi
     await _arrived(e, url.rsplit("/", 1)[1], await asyncio.to_thread(_sha256, big_file))
 
 
-async def test_the_byte_cap_answers_429_with_retry_after_and_keeps_what_arrived(edge, tmp_path: Path) -> None:  # noqa: F811
-    e = await edge(make_config(tmp_path / "data", rate_limit={"upload_bytes_per_second": "1MiB"}))
+@pytest.mark.parametrize("with_redis", [False, True])
+async def test_the_byte_cap_answers_429_with_retry_after_and_keeps_what_arrived(
+        edge, tmp_path: Path, with_redis: bool, request: pytest.FixtureRequest) -> None:  # noqa: F811
+    redis_url = request.getfixturevalue("redis_url") if with_redis else ""
+    e = await edge(make_config(tmp_path / "data", redis_url=redis_url,
+                               rate_limit={"upload_bytes_per_second": "1MiB"}))
 
     async with e.session.post(e.url + "/api/v1/uploads", headers={"Tus-Resumable": "1.0.0",
                                                                   "Upload-Length": str(8 * MiB)}) as r:
