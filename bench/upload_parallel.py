@@ -31,6 +31,9 @@ import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "bench"))
+import report  # noqa: E402
+
 MiB = 2**20
 
 
@@ -135,8 +138,11 @@ def main() -> None:
         for name, seconds in medians.items():
             print(f"  {name:>10}: {seconds:7.2f} s  {args.size / seconds:8.1f} MiB/s")
         one, many = medians["1 part"], medians[f"{args.parts} parts"]
-        print(f"  1 part / write:        {medians['write'] / one:.2f}x")
-        print(f"  {args.parts} parts / 1 part:      {one / many:.2f}x")
+        single, parallel = medians["write"] / one, one / many
+        print(report.ratio_line("1 part / write+fsync", single, ">= 0.7x", single >= 0.7))
+        print(report.ratio_line(f"{args.parts} parts / 1 part", parallel, ">= 1.5x when the disk allows",
+                                parallel >= 1.5))
+        print(report.load_line())
     finally:
         edge.send_signal(signal.SIGTERM)
         edge.wait(60)
