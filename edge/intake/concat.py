@@ -174,7 +174,7 @@ def _join_files(sources: list[Any], target: Any) -> None:
 
 async def _copy_parts(objects: ObjectStore, upload: Upload, partials: list[Upload]) -> list[StoredPart]:
     """Server-side copies, a few at a time: one part per partial (per 5 GiB of one)."""
-    jobs = []
+    jobs: list[tuple[int, str, int, int]] = []
     for partial in partials:
         for start in range(0, partial.length, S3_MAX_PART):
             jobs.append((len(jobs) + 1, partial.source_key, start, min(partial.length, start + S3_MAX_PART)))
