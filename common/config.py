@@ -93,8 +93,13 @@ class RateLimitConfig(_Section):
     enabled: bool = True
     api_per_second: float = 50.0
     api_burst: int = 100
+    # tus upload creations (POST), never PATCHes: an honest upload is one creation (N+1 with
+    # N parallel parts), however many chunks it is sent in.
     upload_per_second: float = 20.0
     upload_burst: int = 50
+    # PATCH body bytes per second per client address and wallet (a bucket of one second's worth);
+    # 0: no cap. Over it a PATCH answers 429 + Retry-After with what arrived kept.
+    upload_bytes_per_second: Bytes = Bytes(0)
 
 
 class EdgeConfig(_Section):
