@@ -6,11 +6,11 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
-DEB_PACKAGES := redis-server ffmpeg chromium nodejs npm
-# Debian packages the tests run for real: the binaries they provide (chromium, node: tests/web).
-DEB_BINARIES := redis-server ffmpeg ffprobe chromium node npm
+DEB_PACKAGES := redis-server ffmpeg chromium nodejs npm iproute2
+# Debian packages the tests run for real: the binaries they provide (chromium, node: tests/web; ip: tests/fleet).
+DEB_BINARIES := redis-server ffmpeg ffprobe chromium node npm ip
 
-.PHONY: vendor-js install run test test-slow lint bench bench-transcode bench-edge bench-storage bench-storage-edge bench-tus-s3 loadtest system-deps bench-deps clean
+.PHONY: vendor-js install run test test-slow test-fleet lint bench bench-transcode bench-edge bench-storage bench-storage-edge bench-tus-s3 loadtest system-deps bench-deps clean
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python >= 3.11) on PATH"; exit 1; }
@@ -54,6 +54,9 @@ test: system-deps $(TEST_STAMP) node_modules/.installed  ## the whole suite (slo
 
 test-slow: system-deps $(TEST_STAMP)  ## long fault and load runs
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)
+
+test-fleet: system-deps $(TEST_STAMP)  ## the issue-12 fleet in network namespaces alone (as root; ~1 min; also part of make test)
+	$(PY) -m pytest -m fleet tests/fleet $(PYTEST_ARGS)
 
 # mypy checks the product as the `streamgate` package it is installed as (see [tool.mypy] in
 # pyproject.toml): build/mypy/streamgate/ links streamgate/'s files and the four code folders.

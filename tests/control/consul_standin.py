@@ -139,10 +139,11 @@ class Entry:
 
 
 class ConsulStandin:
-    """The stand-in agent; ``start()`` serves it on 127.0.0.1:``port`` from a background thread."""
+    """The stand-in agent; ``start()`` serves it on ``host``:``port`` from a background thread."""
 
-    def __init__(self, port: int = 0) -> None:
+    def __init__(self, port: int = 0, host: str = "127.0.0.1") -> None:
         self.port = port
+        self.host = host  # another address only inside a network namespace a test made (tests/fleet)
         self.index = 1
         self.services: dict[str, Service] = {}
         self.checks: dict[str, Check] = {}
@@ -160,7 +161,7 @@ class ConsulStandin:
     # ------------------------------------------------------------------ lifecycle
     @property
     def address(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def start(self) -> ConsulStandin:
         started = threading.Event()
@@ -215,7 +216,7 @@ class ConsulStandin:
         app = self._app()
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=0.5)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
+        site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         ticker = asyncio.create_task(self._tick())
@@ -599,3 +600,25 @@ class ConsulStandin:
 
     async def status_leader(self, request: web.Request) -> web.Response:
         return web.json_response(f"{NODE_ADDRESS}:8300")
+
+
+def main() -> None:
+    """``python consul_standin.py --host H --port P``: serve in the foreground until SIGTERM (tests/fleet)."""
+    import argparse
+    import signal
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8500)
+    args = parser.parse_args()
+    standin = ConsulStandin(args.port, args.host).start()
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    signal.signal(signal.SIGINT, lambda *_: done.set())
+    print(f"consul stand-in on {standin.address}", flush=True)
+    done.wait()
+    standin.stop()
+
+
+if __name__ == "__main__":
+    main()
