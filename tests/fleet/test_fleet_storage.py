@@ -418,6 +418,17 @@ def _run(fleet: Fleet, tmp_path: Path) -> None:
     r = requests.delete(f"{b}/api/v1/videos/{first}", headers=auth, timeout=30)
     assert r.status_code in (200, 204), (r.status_code, r.text)
     assert video(a, first) is None
+    # Gone for players too, on both edges, whatever tier of either edge held its files.
+    segment = next(k for k in from_a if k.endswith(".m4s"))
+    gone = [(base, rel) for base in (a, b) for rel in ("master.m3u8", "manifest.mpd", segment)]
+
+    def all_gone() -> bool:
+        # An edge's access verdicts live up to 2 s (edge/access/playback.py CACHE_TTL_S).
+        return all(requests.get(f"{base}/videos/{first}/{rel}", timeout=10).status_code == 404
+                   for base, rel in gone)
+
+    wait_until(all_gone, timeout=15, interval=0.25, what="the deleted video gone from both edges")
+    assert requests.get(signed["hls_url"], timeout=10).status_code == 404
     assert store_keys(fleet, f"media/{first}/") == [] and store_keys(fleet, f"sources/{first}/") == []
     assert requests.delete(f"{a}/api/v1/videos/{second}", headers={"Authorization": "Bearer forged.x"},
                            timeout=10).status_code == 401
