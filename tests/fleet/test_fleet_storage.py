@@ -310,7 +310,14 @@ def test_a_fleet_that_shares_no_disk(network: Network, tmp_path: Path) -> None:
     fleet = Fleet(network)
     fleet.start_services()
     try:
-        _run(fleet, tmp_path)
+        try:
+            _run(fleet, tmp_path)
+        except BaseException:
+            # What each host said, for a failure seen only in CI (pytest prints captured output).
+            for host in network.hosts.values():
+                for log in sorted(host.data_dir.glob("*.log")):
+                    print(f"===== {host.name}/{log.name}\n{log.read_text(errors='replace')[-4000:]}")
+            raise
         # The roles stop cleanly (within 10 s of SIGTERM) while the store and Consul are still up.
         assert network.stop([n for n in network.hosts if n != "services"]) == []
     finally:
