@@ -170,9 +170,9 @@ def video(base: str, video_id: str, token: str = "") -> dict[str, Any] | None:
     return r.json()
 
 
-def wait_ready(base: str, video_id: str, timeout: float) -> dict[str, Any]:
+def wait_ready(base: str, video_id: str, timeout: float, token: str = "") -> dict[str, Any]:
     def ready() -> dict[str, Any] | None:
-        v = video(base, video_id)
+        v = video(base, video_id, token)
         assert v is None or v["status"] != "failed", v
         return v if v is not None and v["status"] == "ready" else None
 
@@ -273,14 +273,14 @@ def play(url: str) -> None:
 
 
 def tus_upload(base: str, token: str, path: Path, chunk: int, stop_after: int | None = None,
-               url: str | None = None) -> Any:
+               url: str | None = None, **metadata: str) -> Any:
     """tuspy (sha1 checksums) from the start, or resuming the upload at ``url``; stops at ``stop_after``."""
     from tusclient import client as tus
 
     client = tus.TusClient(f"{base}/api/v1/uploads", headers={"Authorization": f"Bearer {token}"})
     with open(path, "rb") as stream:  # tuspy leaves a file it opened itself open
         uploader = client.uploader(file_stream=stream, url=url, chunk_size=chunk,
-                                   metadata={"filename": path.name}, upload_checksum=True)
+                                   metadata={"filename": path.name, **metadata}, upload_checksum=True)
         resumed_at = uploader.offset
         if stop_after is None:
             uploader.upload()
@@ -378,13 +378,14 @@ def _run(fleet: Fleet, tmp_path: Path) -> None:
     long_clip = make_video(tmp_path / "long.mp4", seconds=40.0, width=854, height=480, fps=30)
     long_size = long_clip.stat().st_size
     assert long_size > PART_SIZE + 2 * 1024 * 1024, long_size
-    started_long = tus_upload(a, token, long_clip, 2 * 1024 * 1024, stop_after=PART_SIZE + 1024 * 1024)
+    started_long = tus_upload(a, token, long_clip, 2 * 1024 * 1024, stop_after=PART_SIZE + 1024 * 1024,
+                              visibility="private")
     second = started_long.url.rstrip("/").rsplit("/", 1)[1]
     finished_long = tus_upload(b, token, long_clip, 2 * 1024 * 1024, url=f"{b}/api/v1/uploads/{second}")
     assert finished_long.resumed_at == started_long.offset and finished_long.offset == long_size
 
     def running() -> bool:
-        v = video(a, second)
+        v = video(a, second, token)
         assert v is None or v["status"] not in ("failed", "ready"), ("finished before the kill", v)
         return v is not None and v["status"] == "transcoding"
 
@@ -395,7 +396,7 @@ def _run(fleet: Fleet, tmp_path: Path) -> None:
     old_proc.wait(10)
     wait_until(lambda: standby_host.address in consul_kv(fleet, lock_key(config)), timeout=60,
                what="the standby broker taking the leader lock")
-    wait_ready(a, second, timeout=300)
+    wait_ready(a, second, timeout=300, token=token)
     assert "took the leader lock" in standby_log.read_text()
 
     # Exactly once: the journal (Redis) has one done for each job, the second in one attempt.
@@ -414,7 +415,15 @@ def _run(fleet: Fleet, tmp_path: Path) -> None:
     assert (totals.done, totals.failed) == (2, 0), totals
     assert rec1 is not None and rec1.state == "done", rec1
     assert rec2 is not None and rec2.state == "done" and rec2.attempts == 1, rec2
-    play(f"{b}/videos/{second}/master.m3u8")
+    # The second video is private: no player gets it bare; a URL signed on A plays on B.
+    for base in (a, b):
+        assert requests.get(f"{base}/videos/{second}/master.m3u8", timeout=10).status_code == 401
+    r = requests.post(f"{a}/api/v1/videos/{second}/playback-url", headers={"Authorization": f"Bearer {token}"},
+                      timeout=10)
+    assert r.status_code == 200, (r.status_code, r.text)
+    signed_on_a = r.json()
+    for url in (signed_on_a["hls_url"], signed_on_a["dash_url"]):
+        play(url.replace(a, b))
 
     # 4. A's token on B: a signed URL for the first video, then B deletes it; A sees it gone.
     auth = {"Authorization": f"Bearer {token}"}
