@@ -182,6 +182,27 @@ async def test_missing_object_is_404(fleet: tuple[Edge, Edge, dict[str, bytes]])
     assert (await fetch(a, "240p/777.m4s"))[0] == 404
 
 
+async def test_a_video_deleted_on_a_is_gone_from_b_whatever_b_cached(
+        fleet: tuple[Edge, Edge, dict[str, bytes]]) -> None:
+    from support import async_wait_until
+
+    a, b, files = fleet
+    cached = ["master.m3u8", "240p/index.m3u8", "240p/0.m4s"]
+    for rel in cached:  # B now holds them in its memory, Redis and disk tiers
+        assert (await fetch(b, rel))[0] == 200
+    # What DELETE /api/v1/videos/{id} on A does to the fleet's records (this test's id is not one
+    # the API route takes); the store keeps the objects here, so only the catalog can say "gone".
+    from streamgate.edge.stores import CATALOG
+
+    assert await a.app[CATALOG].delete(VIDEO)
+
+    async def gone() -> bool:
+        # B's access verdicts live up to 2 s (edge/access/playback.py CACHE_TTL_S).
+        return all([(await fetch(b, rel))[0] == 404 for rel in cached])
+
+    await async_wait_until(gone, timeout=10, interval=0.2, what="B answering 404 for the deleted video")
+
+
 async def test_private_video_plays_on_b_with_a_token_from_a(fleet: tuple[Edge, Edge, dict[str, bytes]]) -> None:
     from streamgate.edge.stores import CATALOG
 
