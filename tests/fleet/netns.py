@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -112,18 +113,22 @@ class Network:
         self.hosts[name] = host
         return host
 
-    def stop(self, names: list[str]) -> list[str]:
-        """SIGTERM the processes of these hosts, SIGKILL after 10 s; what did not stop in time."""
+    def stop(self, names: list[str], grace_s: float = 20.0) -> list[str]:
+        """SIGTERM the processes of these hosts, SIGKILL after ``grace_s``; what did not stop in time.
+
+        20 s: a farm waits drain_timeout + abort_grace + 2 s for its workers, then kills them.
+        """
         problems: list[str] = []
         running = [(h, label, p) for h in self.hosts.values() if h.name in names for label, p in h.procs]
         for _, _, proc in running:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
         for host, label, proc in running:
             try:
-                proc.wait(10)
+                proc.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                problems.append(f"{host.name}/{label} ignored SIGTERM for 10 s")
+                problems.append(f"{host.name}/{label} ignored SIGTERM for {grace_s:g} s")
                 proc.kill()
                 proc.wait(10)
         return problems

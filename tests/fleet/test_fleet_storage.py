@@ -318,7 +318,7 @@ def test_a_fleet_that_shares_no_disk(network: Network, tmp_path: Path) -> None:
                 for log in sorted(host.data_dir.glob("*.log")):
                     print(f"===== {host.name}/{log.name}\n{log.read_text(errors='replace')[-4000:]}")
             raise
-        # The roles stop cleanly (within 10 s of SIGTERM) while the store and Consul are still up.
+        # The roles stop on SIGTERM (within 20 s) while the store and Consul are still up.
         assert network.stop([n for n in network.hosts if n != "services"]) == []
     finally:
         network.stop([n for n in network.hosts if n != "services"])
