@@ -73,8 +73,10 @@ class Catalog(Protocol):
                      when: Collection[str] | None = None) -> Video | None:
         """Apply ``changes``; None when the video is missing or its status is not in ``when``."""
     async def page(self, *, limit: int, offset: int = 0, owner: str | None = None,
-                   public_only: bool = False) -> tuple[list[Video], int]:
-        """Newest first: one page and the total count."""
+                   public_only: bool = False, after: tuple[float, str] | None = None) -> tuple[list[Video], int]:
+        """Newest first: one page and the total count. ``after`` (the ``(created_at, id)`` of the
+        previous page's last video) starts the page right after it, whatever ``offset`` says: a
+        cursor that costs the same at any depth."""
     async def with_status(self, status: str) -> list[str]: ...
     async def delete(self, video_id: str) -> bool: ...
     async def close(self) -> None: ...
@@ -88,6 +90,38 @@ def _apply(video: Video, changes: dict[str, Any]) -> Video:
     return msgspec.structs.replace(video, **changes)
 
 
+# Pages walk an index in (created_at, id) order for each listing (all, public, an owner's, an
+# owner's public), so a page never sorts the catalog; ``video_counts`` holds each listing's total,
+# kept by triggers, so a page never counts it either (issue 18: a first page cost O(n) both ways).
+_SQLITE_INDEXES = """
+DROP INDEX IF EXISTS videos_created;
+CREATE INDEX IF NOT EXISTS videos_order ON videos (created_at, id);
+CREATE INDEX IF NOT EXISTS videos_visibility_order ON videos (visibility, created_at, id);
+CREATE INDEX IF NOT EXISTS videos_owner_order ON videos (owner, created_at, id);
+CREATE INDEX IF NOT EXISTS videos_owner_visibility_order ON videos (owner, visibility, created_at, id);
+CREATE INDEX IF NOT EXISTS videos_status ON videos (status);
+CREATE TABLE IF NOT EXISTS video_counts (scope TEXT PRIMARY KEY, n INTEGER NOT NULL);
+CREATE TRIGGER IF NOT EXISTS videos_counted AFTER INSERT ON videos BEGIN
+  INSERT INTO video_counts VALUES ('all', 1), ('owner:' || new.owner, 1)
+    ON CONFLICT(scope) DO UPDATE SET n = n + 1;
+  INSERT INTO video_counts SELECT 'public', 1 WHERE new.visibility = 'public'
+    ON CONFLICT(scope) DO UPDATE SET n = n + 1;
+  INSERT INTO video_counts SELECT 'public:' || new.owner, 1 WHERE new.visibility = 'public'
+    ON CONFLICT(scope) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS videos_uncounted AFTER DELETE ON videos BEGIN
+  UPDATE video_counts SET n = n - 1 WHERE scope IN ('all', 'owner:' || old.owner)
+    OR (old.visibility = 'public' AND scope IN ('public', 'public:' || old.owner));
+END;
+"""
+
+
+def _scope(owner: str | None, public_only: bool) -> str:
+    if owner is None:
+        return "public" if public_only else "all"
+    return ("public:" if public_only else "owner:") + owner
+
+
 class SqliteCatalog:
     """Single node: a table in the edge's SQLite file; queries are sub-millisecond, run inline."""
 
@@ -96,9 +130,24 @@ class SqliteCatalog:
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS videos (id TEXT PRIMARY KEY, created_at REAL NOT NULL,"
             " status TEXT NOT NULL, owner TEXT NOT NULL, visibility TEXT NOT NULL, body BLOB NOT NULL)")
-        self._db.execute("CREATE INDEX IF NOT EXISTS videos_created ON videos (created_at)")
-        self._db.execute("CREATE INDEX IF NOT EXISTS videos_status ON videos (status)")
+        self._db.executescript(_SQLITE_INDEXES)
+        self._count_existing()
         self._lock = asyncio.Lock()
+
+    def _count_existing(self) -> None:
+        """A catalog made before ``video_counts`` existed: count its videos once."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            if self._db.execute("SELECT 1 FROM video_counts WHERE scope = 'all'").fetchone() is None:
+                for statement in (
+                        "INSERT INTO video_counts SELECT 'all', count(*) FROM videos",
+                        "INSERT INTO video_counts SELECT 'public', count(*) FROM videos WHERE visibility = 'public'",
+                        "INSERT INTO video_counts SELECT 'owner:' || owner, count(*) FROM videos GROUP BY owner",
+                        "INSERT INTO video_counts SELECT 'public:' || owner, count(*) FROM videos"
+                        " WHERE visibility = 'public' GROUP BY owner"):
+                    self._db.execute(statement)
+        finally:
+            self._db.execute("COMMIT")
 
     async def create(self, video: Video) -> None:
         try:
@@ -131,17 +180,27 @@ class SqliteCatalog:
                 self._db.execute("COMMIT")
 
     async def page(self, *, limit: int, offset: int = 0, owner: str | None = None,
-                   public_only: bool = False) -> tuple[list[Video], int]:
-        where, args = [], []
+                   public_only: bool = False, after: tuple[float, str] | None = None) -> tuple[list[Video], int]:
+        where: list[str] = []
+        args: list[object] = []
         if owner is not None:
             where.append("owner = ?")
             args.append(owner)
         if public_only:
             where.append("visibility = 'public'")
+        if after is not None:
+            where.append("(created_at, id) < (?, ?)")
+            args.extend(after)
+            offset = 0
         clause = f" WHERE {' AND '.join(where)}" if where else ""
-        total = self._db.execute(f"SELECT count(*) FROM videos{clause}", args).fetchone()[0]
+        row = self._db.execute("SELECT n FROM video_counts WHERE scope = ?", (_scope(owner, public_only),)).fetchone()
+        total = row[0] if row else 0
+        # The page's ids from the index alone (an OFFSET skips index entries, not records), then
+        # their records: only ``limit`` of them are read and decoded.
         rows = self._db.execute(
-            f"SELECT body FROM videos{clause} ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?",
+            f"SELECT v.body FROM (SELECT id, created_at FROM videos{clause}"
+            " ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?) AS p"
+            " JOIN videos AS v ON v.id = p.id ORDER BY p.created_at DESC, p.id DESC",
             [*args, limit, offset]).fetchall()
         return [_decode(r[0]) for r in rows], total
 
@@ -222,7 +281,8 @@ class RedisCatalog:
                     continue
 
     async def page(self, *, limit: int, offset: int = 0, owner: str | None = None,
-                   public_only: bool = False) -> tuple[list[Video], int]:
+                   public_only: bool = False, after: tuple[float, str] | None = None) -> tuple[list[Video], int]:
+        # ZREVRANGE by rank is O(log n + limit) at any offset: ``after`` is not needed here.
         index = self._index(owner, public_only)
         total = await self._r.zcard(index)
         ids = await self._r.zrevrange(index, offset, offset + limit - 1) if limit > 0 else []

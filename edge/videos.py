@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import shutil
 import time
+import urllib.parse
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,16 +19,18 @@ from streamgate.common.storage import StorageUnavailable
 from streamgate.edge import stores
 from streamgate.edge.access import playback as access
 from streamgate.edge.access.auth import identity, require_writer
+from streamgate.edge.access.origin import public_base
 from streamgate.edge.access.playback import require_owner
 from streamgate.edge.access.ratelimit import enforce
 from streamgate.edge.access.tokens import Claims
 from streamgate.edge.catalog import Video
 from streamgate.edge.errors import HTTPError
 from streamgate.edge.intake import s3_upload
-from streamgate.edge.intake.objects import OBJECT_STORE, uses_store
 from streamgate.edge.intake.paths import partial_path
 from streamgate.edge.intake.submission import SUBMITTER
 from streamgate.edge.keys import CONFIG
+from streamgate.edge.objects import OBJECT_STORE, uses_store
+from streamgate.edge.redact import strip_paths
 
 MAX_PAGE = 100
 _VIDEO_ID = "{video_id:[0-9a-f]{32}}"
@@ -38,7 +41,7 @@ def _iso(ts: float) -> str:
 
 
 def _base(request: web.Request, config: Config) -> str:
-    return config.server.public_url.rstrip("/") or f"{request.scheme}://{request.host}"
+    return public_base(config)  # never the request's Host (issue 14)
 
 
 def eta(video: Video, now: float) -> float | None:
@@ -61,7 +64,8 @@ def video_json(video: Video, base: str) -> dict[str, Any]:
     return {
         "id": video.id, "title": video.title, "filename": video.filename, "status": video.status,
         "progress": round(video.progress, 4), "eta_s": eta(video, time.time()),
-        "error": video.error or None, "duration": video.duration,
+        # Scrubbed here too: records written before farm reasons were scrubbed on the way in.
+        "error": strip_paths(video.error) or None, "duration": video.duration,
         "renditions": [{"name": r.name, "width": r.width, "height": r.height, "bandwidth": r.bandwidth}
                        for r in video.renditions],
         "hls_url": f"{root}/{layout.MASTER}" if playable else None,
@@ -70,6 +74,20 @@ def video_json(video: Video, base: str) -> dict[str, Any]:
         "visibility": video.visibility, "owner": video.owner or None, "priority": video.priority,
         "size": video.size, "sha256": video.sha256 or None, "created_at": _iso(video.created_at),
     }
+
+
+def _cursor(request: web.Request) -> tuple[float, str] | None:
+    """``after=<created_at>_<id>`` of a ``next`` link: the last video of the previous page."""
+    raw = request.query.get("after")
+    if raw is None:
+        return None
+    created, sep, video_id = raw.partition("_")
+    try:
+        if not sep or not video_id:
+            raise ValueError(raw)
+        return float(created), video_id
+    except ValueError:
+        raise HTTPError(400, "bad request", "after must be the cursor of a next link") from None
 
 
 def _int_query(request: web.Request, name: str, default: int, low: int, high: int) -> int:
@@ -92,13 +110,19 @@ async def list_videos(request: web.Request) -> web.Response:
     if mine and not caller:
         raise HTTPError(401, "unauthorized", "mine=1 lists a wallet's videos: send its bearer token",
                         {"WWW-Authenticate": "Bearer"})
+    after = _cursor(request)
     videos, total = await request.app[stores.CATALOG].page(
-        limit=limit, offset=offset, owner=caller if mine else None, public_only=not mine)
+        limit=limit, offset=offset, owner=caller if mine else None, public_only=not mine, after=after)
     base = _base(request, config)
     following = offset + len(videos)
     next_url = None
-    if following < total:
-        next_url = f"/api/v1/videos?limit={limit}&offset={following}" + ("&mine=1" if mine else "")
+    if following < total and videos:
+        # ``after`` names the last video shown, so the next page seeks to it instead of counting
+        # ``offset`` videos again (issue 18); ``offset`` stays for the client's own bookkeeping.
+        last = videos[-1]
+        cursor = urllib.parse.quote(f"{last.created_at!r}_{last.id}", safe="")
+        next_url = (f"/api/v1/videos?limit={limit}&offset={following}&after={cursor}"
+                    + ("&mine=1" if mine else ""))
     return web.json_response({"videos": [video_json(v, base) for v in videos], "total": total,
                               "limit": limit, "offset": offset, "next": next_url})
 

@@ -5,6 +5,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urljoin
 
 from streamgate.common.config import Config
 from streamgate.control.edge_client import add_server_arguments
@@ -48,8 +49,9 @@ def main(args: argparse.Namespace, config: Config) -> int:
         urls = (client.json("POST", f"/api/v1/videos/{video_id}/playback-url")
                 if video["visibility"] == "private" else video)
         print(f"id:   {video_id}")
-        print(f"HLS:  {urls['hls_url']}")
-        print(f"DASH: {urls['dash_url']}")
+        # Relative when the edge has no server.public_url: resolve against the URL we used.
+        print(f"HLS:  {urljoin(client.base + '/', urls['hls_url'])}")
+        print(f"DASH: {urljoin(client.base + '/', urls['dash_url'])}")
         return 0
     except EdgeAPIError as exc:
         console.print(f"[red]streamgate upload: {exc}[/red]")

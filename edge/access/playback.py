@@ -11,9 +11,11 @@ TTL, never a store round-trip per segment; a token check is one HMAC.
 
 from __future__ import annotations
 
+import logging
 import time
 
 from aiohttp import web
+from redis.exceptions import RedisError
 
 from streamgate.edge import stores
 from streamgate.edge.access.auth import identity
@@ -26,6 +28,8 @@ from streamgate.edge.keys import CONFIG
 # video's entry lingers, and how long an unknown id stays unknown.
 CACHE_TTL_S = 2.0
 _CACHE_MAX = 100_000
+RETRY_AFTER_S = 2  # a Redis restart or failover takes about this long
+log = logging.getLogger("streamgate.edge")
 
 def is_owner(owner: str, caller: str) -> bool:
     """The one owner rule: a video uploaded without a wallet (``auth.required: false``) has no
@@ -81,7 +85,13 @@ async def authorize_playback(request: web.Request, video_id: str) -> None:
         if in_fleet_store and (await _lookup(app, video_id))[0] is None:
             raise HTTPError(404, "not found", "no such video")
         return
-    visibility, owner = await _lookup(app, video_id)
+    try:
+        visibility, owner = await _lookup(app, video_id)
+    except (RedisError, OSError) as exc:
+        # The catalog (Redis in a fleet) is down: a passing fault, not the edge's bug (issue 14).
+        log.warning("access check of %s: catalog unavailable: %s", video_id, exc)
+        raise HTTPError(503, "service unavailable", "the catalog is unreachable; retry shortly",
+                        {"Retry-After": str(RETRY_AFTER_S)}) from None
     if visibility is None and in_fleet_store:
         raise HTTPError(404, "not found", "no such video")
     if visibility != "private":

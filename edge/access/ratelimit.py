@@ -1,23 +1,33 @@
 """Token buckets per client address and per wallet, for the API and for uploads (429 + Retry-After).
 
-In-process on a single node; in Redis in a fleet, so a client cannot multiply its allowance by
-spreading requests over edges. A bucket holds up to ``burst`` tokens and refills at ``rate``/s.
+Shared by every edge process: in Redis in a fleet, in one SQLite file under ``data/run/`` on a
+single node (its ``--workers N`` copies each kept an in-memory bucket, so the node allowed N times
+the configured rate: issue 14). A client cannot multiply its allowance by spreading requests over
+processes or edges. A bucket holds up to ``burst`` tokens and refills at ``rate``/s.
+
+The address bucket is taken by :func:`limit_middleware` before any handler reads a token, so a
+flood of forged or missing tokens is limited like any other; the wallet bucket is taken by the
+handler once it knows the wallet.
 """
 
 from __future__ import annotations
 
 import math
+import sqlite3
 import time
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from aiohttp import web
 
 from streamgate.common.config import RateLimitConfig
 from streamgate.common.redis_keys import RedisKeys
-from streamgate.edge.errors import HTTPError
+from streamgate.common.sqlite import connect
+from streamgate.edge.errors import Handler, HTTPError
 
 Kind = Literal["api", "upload"]
 RATE_LIMITER: web.AppKey[RateLimiter] = web.AppKey("rate_limiter")
+_ADDRESS_TAKEN = web.RequestKey("streamgate_rate_address_taken", bool)
 
 
 class Buckets(Protocol):
@@ -50,6 +60,47 @@ class MemoryBuckets:
         self._buckets = {k: v for k, v in self._buckets.items() if now - v[1] < full_after}
 
 
+# One statement, so atomic across the processes sharing the file. SQLite evaluates every SET
+# expression against the row as it was (sqlite.org/lang_update.html), so `granted` and `tokens`
+# both see the refill before this take.
+_REFILL = "min(:burst, tokens + max(0.0, :now - ts) * :rate)"
+_SQLITE_TAKE = f"""
+INSERT INTO buckets (key, tokens, ts, granted) VALUES (:key, :burst - 1.0, :now, 1)
+ON CONFLICT(key) DO UPDATE SET
+    granted = ({_REFILL} >= 1.0),
+    tokens = {_REFILL} - ({_REFILL} >= 1.0),
+    ts = max(ts, :now)
+RETURNING granted, tokens
+"""
+
+
+class SqliteBuckets:
+    """The buckets of one node's edge processes, in one SQLite file (WAL, no fsync: a bucket lost
+    in a power cut is a full bucket, which is what a restart gives anyway)."""
+
+    _PRUNE_EVERY = 10_000
+    _IDLE_S = 3600.0  # rows idle this long are full again under any sane rate
+
+    def __init__(self, path: Path) -> None:
+        self._db: sqlite3.Connection = connect(path, busy_timeout_s=2.0, foreign_keys=False)
+        self._db.execute("PRAGMA synchronous=OFF")
+        self._db.execute("CREATE TABLE IF NOT EXISTS buckets (key TEXT PRIMARY KEY, tokens REAL NOT NULL, "
+                         "ts REAL NOT NULL, granted INTEGER NOT NULL) WITHOUT ROWID")
+        self._ops = 0
+
+    async def take(self, key: str, rate: float, burst: int, now: float) -> float:
+        # fetchall: the statement must run to its end, or it keeps the file's write lock.
+        ((granted, tokens),) = self._db.execute(
+            _SQLITE_TAKE, {"key": key, "rate": rate, "burst": float(burst), "now": now}).fetchall()
+        self._ops += 1
+        if self._ops % self._PRUNE_EVERY == 0:
+            self._db.execute("DELETE FROM buckets WHERE ts < ?", (now - self._IDLE_S,))
+        return 0.0 if granted else (1.0 - tokens) / rate
+
+    def close(self) -> None:
+        self._db.close()
+
+
 # KEYS[1] bucket; ARGV rate, burst, now. Returns the wait in ms (0: granted), as a string (float).
 _TAKE = """
 local rate = tonumber(ARGV[1]); local burst = tonumber(ARGV[2]); local now = tonumber(ARGV[3])
@@ -80,13 +131,18 @@ class RateLimiter:
         self._buckets = buckets
 
     async def enforce(self, request: web.Request, kind: Kind, wallet: str = "") -> None:
-        """Raise 429 with Retry-After when the client address or the wallet is over its rate."""
+        """Raise 429 with Retry-After when the client address or the wallet is over its rate.
+
+        The address bucket is taken once per request (the middleware may have taken it already)."""
         c = self._config
         if not c.enabled:
             return
         rate, burst = (c.api_per_second, c.api_burst) if kind == "api" else (c.upload_per_second, c.upload_burst)
         now = time.time()
-        keys = [f"{kind}:addr:{request.remote or 'unknown'}"]
+        keys = []
+        if not request.get(_ADDRESS_TAKEN, False):
+            request[_ADDRESS_TAKEN] = True
+            keys.append(f"{kind}:addr:{request.remote or 'unknown'}")
         if wallet:
             keys.append(f"{kind}:wallet:{wallet.lower()}")
         for key in keys:
@@ -100,3 +156,27 @@ class RateLimiter:
 
 async def enforce(request: web.Request, kind: Kind, wallet: str = "") -> None:
     await request.app[RATE_LIMITER].enforce(request, kind, wallet)
+
+
+def _kind(path: str) -> Kind | None:
+    """Which bucket a path draws on before its handler runs; None: not limited here (health
+    checks, metrics scrapes, playback and the web UI's files)."""
+    if path.startswith("/api/v1/uploads"):
+        return "upload"
+    if path.startswith(("/api/v1/videos", "/api/v1/auth/", "/api/v1/web/")):
+        return "api"
+    return None
+
+
+@web.middleware
+async def limit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The address bucket, before the handler reads any token."""
+    kind = _kind(request.path)
+    if kind is not None and request.method != "OPTIONS":  # CORS preflights and tus discovery
+        try:
+            await enforce(request, kind)
+        except HTTPError as exc:
+            if kind == "upload":
+                exc.headers.setdefault("Tus-Resumable", "1.0.0")  # tus 1.0: on every response
+            raise
+    return await handler(request)

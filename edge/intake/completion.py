@@ -31,12 +31,12 @@ from streamgate.edge.access import playback as access
 from streamgate.edge.intake import farm_link as farm_api
 from streamgate.edge.intake import s3_upload
 from streamgate.edge.intake.metadata import metadata_text
-from streamgate.edge.intake.objects import OBJECT_STORE, uses_store
 from streamgate.edge.intake.paths import partial_path, source_path
 from streamgate.edge.intake.progress import follow_events
 from streamgate.edge.intake.state import Upload, UploadLocked
 from streamgate.edge.intake.submission import SUBMITTER, JobSubmitter
 from streamgate.edge.keys import CONFIG
+from streamgate.edge.objects import OBJECT_STORE, uses_store
 
 log = logging.getLogger("streamgate.edge.intake.completion")
 

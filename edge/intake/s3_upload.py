@@ -33,9 +33,9 @@ from streamgate.common.config import Config
 from streamgate.common.storage import ObjectStore, PartInfo, StorageUnavailable, UploadNotFound
 from streamgate.edge import stores
 from streamgate.edge.errors import HTTPError
-from streamgate.edge.intake.objects import OBJECT_STORE
 from streamgate.edge.intake.state import StoredPart, Upload, UploadLocked
 from streamgate.edge.keys import CONFIG
+from streamgate.edge.objects import OBJECT_STORE
 
 log = logging.getLogger("streamgate.edge.intake.s3_upload")
 

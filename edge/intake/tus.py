@@ -27,16 +27,17 @@ from streamgate.common.config import Config
 from streamgate.common.storage import StorageUnavailable
 from streamgate.edge import stores
 from streamgate.edge.access.auth import require_writer
+from streamgate.edge.access.origin import public_base
 from streamgate.edge.access.ratelimit import enforce
 from streamgate.edge.catalog import Video
 from streamgate.edge.errors import HTTPError
 from streamgate.edge.intake import completion as intake
 from streamgate.edge.intake import s3_upload
 from streamgate.edge.intake.metadata import metadata_text, parse_metadata, video_fields
-from streamgate.edge.intake.objects import OBJECT_STORE, uses_store
 from streamgate.edge.intake.paths import partial_path, source_extension
 from streamgate.edge.intake.state import Upload, UploadLocked
 from streamgate.edge.keys import CONFIG
+from streamgate.edge.objects import OBJECT_STORE, uses_store
 
 log = logging.getLogger("streamgate.edge.intake.tus")
 
@@ -100,8 +101,7 @@ def _check_body_type(request: web.Request, config: Config) -> None:
 
 
 def _location(request: web.Request, config: Config, upload_id: str) -> str:
-    base = config.server.public_url.rstrip("/") or f"{request.scheme}://{request.host}"
-    return f"{base}/api/v1/uploads/{upload_id}"
+    return f"{public_base(config)}/api/v1/uploads/{upload_id}"  # never the request's Host
 
 
 async def _load(request: web.Request, config: Config, upload_id: str, owner: str) -> Upload:

@@ -20,7 +20,8 @@ from streamgate.edge import metrics
 from streamgate.edge.access import playback as access
 from streamgate.edge.errors import HTTPError
 from streamgate.edge.fastpath import sendfile
-from streamgate.edge.keys import CONFIG, DISCOVERY, READINESS_CHECKS, REDIS
+from streamgate.edge.keys import CONFIG, DISCOVERY, REDIS
+from streamgate.edge.objects import OBJECT_STORE
 from streamgate.edge.playback.conditional import RangeNotSatisfiable, parse_range
 from streamgate.edge.playback.delivery import Delivery
 from streamgate.edge.playback.files import Servable
@@ -149,14 +150,9 @@ async def delivery_ctx(app: web.Application) -> AsyncIterator[None]:
         discovery = app.get(DISCOVERY)
         app[ORIGIN_RESOLVER] = (DiscoveredOrigins(discovery) if discovery is not None
                                 else default_resolver(config))
-    store = None
-    if config.storage.backend == "s3":
-        # The fleet's media is in the object store, which replaces origin pull (storepull.py).
-        from streamgate.common.storage import open_store
-        from streamgate.edge.health import storage_check
-
-        store = await open_store(config)
-        app[READINESS_CHECKS]["storage"] = storage_check(store)
+    # In a fleet the media is in the object store (edge/objects.py opened it, after the caches'
+    # own contexts and before this one), which replaces origin pull (storepull.py).
+    store = app.get(OBJECT_STORE)
     delivery = Delivery(config, app.get(REDIS), app[ORIGIN_RESOLVER], store)
     app[DELIVERY] = delivery
     flusher = asyncio.create_task(metrics.flush_forever(), name="edge-metrics-flush")
@@ -164,8 +160,6 @@ async def delivery_ctx(app: web.Application) -> AsyncIterator[None]:
     flusher.cancel()
     await asyncio.gather(flusher, return_exceptions=True)
     await delivery.close()
-    if store is not None:
-        await store.close()
 
 
 def setup(app: web.Application) -> None:

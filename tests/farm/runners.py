@@ -32,7 +32,10 @@ def _started_marker(run: JobRun) -> None:
     """Tell the test which attempt is running now (a file it polls for)."""
     marker = Path(run.job.out_dir).parent / f"{run.job.job_id}.running-{run.attempt}"
     marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text(str(os.getpid()))
+    # Written whole, then renamed: a test that sees the marker can read the pid at once.
+    partial = marker.with_name(marker.name + ".partial")
+    partial.write_text(str(os.getpid()))
+    partial.rename(marker)
 
 
 def gated(run: JobRun) -> TranscodeResult:

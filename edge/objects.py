@@ -1,6 +1,8 @@
-"""The object store of the intake (``storage.backend: s3``): opened once per edge process.
+"""The edge process's one object store (``storage.backend: s3``), shared by the intake (tus
+uploads into multipart objects) and playback (the store tier behind the caches).
 
-On disk (the single-node default) nothing is opened and the intake keeps its partial files.
+On disk (the single-node default) nothing is opened: the intake keeps its partial files and
+playback reads the media tree from the data dir.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from streamgate.common.storage import ObjectStore, open_store
 from streamgate.edge.health import storage_check
 from streamgate.edge.keys import CONFIG, READINESS_CHECKS
 
-OBJECT_STORE: web.AppKey[ObjectStore] = web.AppKey("intake_object_store")
+OBJECT_STORE: web.AppKey[ObjectStore] = web.AppKey("object_store")
 
 
 def uses_store(config: Config) -> bool:
@@ -28,8 +30,7 @@ async def objects_ctx(app: web.Application):  # type: ignore[no-untyped-def]
     store = await open_store(config)
     app[OBJECT_STORE] = store
 
-    # Playback (edge/playback/routes.py) opens its own store and sets the same check after this.
-    app[READINESS_CHECKS].setdefault("storage", storage_check(store))
+    app[READINESS_CHECKS]["storage"] = storage_check(store)
     try:
         yield
     finally:
