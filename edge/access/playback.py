@@ -21,8 +21,8 @@ from streamgate.edge import stores
 from streamgate.edge.access.auth import identity
 from streamgate.edge.access.tokens import BadToken
 from streamgate.edge.errors import HTTPError
-from streamgate.edge.intake.objects import uses_store
 from streamgate.edge.keys import CONFIG
+from streamgate.edge.objects import uses_store
 
 # Visibility and owner never change after creation; the TTL only bounds how long a deleted
 # video's entry lingers, and how long an unknown id stays unknown.
