@@ -6,10 +6,10 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
-DEB_PACKAGES := redis-server ffmpeg chromium nodejs npm systemd-container mmdebstrap haproxy
+DEB_PACKAGES := redis-server ffmpeg chromium nodejs npm systemd-container mmdebstrap haproxy iproute2
 # Debian packages the tests run for real: the binaries they provide (chromium, node: tests/web;
 # systemd-nspawn, mmdebstrap: the fleet hosts of tests/fleet; haproxy: tests/deploy).
-DEB_BINARIES := redis-server ffmpeg ffprobe chromium node npm systemd-nspawn mmdebstrap haproxy
+DEB_BINARIES := redis-server ffmpeg ffprobe chromium node npm systemd-nspawn mmdebstrap haproxy ip
 
 .PHONY: vendor-js install run test test-slow lint lint-deps dashboards test-container bench bench-transcode bench-edge bench-storage bench-storage-edge bench-tus-s3 loadtest system-deps bench-deps clean bench-quick bench-quality bench-catalog bench-broker bench-uploads fleet-up fleet-down fleet-test bench-upload-parallel
 

@@ -21,6 +21,8 @@ from streamgate.edge import stores
 from streamgate.edge.access.auth import identity
 from streamgate.edge.access.tokens import BadToken
 from streamgate.edge.errors import HTTPError
+from streamgate.edge.keys import CONFIG
+from streamgate.edge.objects import uses_store
 
 # Visibility and owner never change after creation; the TTL only bounds how long a deleted
 # video's entry lingers, and how long an unknown id stays unknown.
@@ -69,6 +71,9 @@ async def authorize_playback(request: web.Request, video_id: str) -> None:
     app = request.app
     if stores.CATALOG not in app:  # an app built without the intake (delivery-only tests)
         return
+    # In a fleet (the s3 backend) every edge's tiers (memory, Redis, disk cache) may still hold a
+    # video that another edge deleted: the catalog is what says it exists, not a cached copy.
+    in_fleet_store = CONFIG in app and uses_store(app[CONFIG])
     token = request.match_info.get("token")
     if token is not None:
         try:
@@ -77,6 +82,8 @@ async def authorize_playback(request: web.Request, video_id: str) -> None:
             raise HTTPError(403, "forbidden", f"playback URL refused: {exc}") from None
         if claims.vid != video_id:
             raise HTTPError(403, "forbidden", "this playback URL is for another video")
+        if in_fleet_store and (await _lookup(app, video_id))[0] is None:
+            raise HTTPError(404, "not found", "no such video")
         return
     try:
         visibility, owner = await _lookup(app, video_id)
@@ -85,6 +92,8 @@ async def authorize_playback(request: web.Request, video_id: str) -> None:
         log.warning("access check of %s: catalog unavailable: %s", video_id, exc)
         raise HTTPError(503, "service unavailable", "the catalog is unreachable; retry shortly",
                         {"Retry-After": str(RETRY_AFTER_S)}) from None
+    if visibility is None and in_fleet_store:
+        raise HTTPError(404, "not found", "no such video")
     if visibility != "private":
-        return  # public, or unknown (the playback path answers 404)
+        return  # public, or unknown on disk (the playback path answers 404)
     require_owner(owner, identity(request), "play this private video (or use a signed playback URL)")

@@ -148,7 +148,7 @@ class Entry:
 
 
 class ConsulStandin:
-    """The stand-in agent; ``start()`` serves it on 127.0.0.1:``port`` from a background thread."""
+    """The stand-in agent; ``start()`` serves it on ``host``:``port`` from a background thread."""
 
     def __init__(self, port: int = 0, host: str = "127.0.0.1") -> None:
         self.port = port
@@ -680,3 +680,25 @@ class ConsulStandin:
 
     async def status_leader(self, request: web.Request) -> web.Response:
         return web.json_response(f"{NODE_ADDRESS}:8300")
+
+
+def main() -> None:
+    """``python consul_standin.py --host H --port P``: serve in the foreground until SIGTERM (tests/fleet)."""
+    import argparse
+    import signal
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8500)
+    args = parser.parse_args()
+    standin = ConsulStandin(args.port, args.host).start()
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    signal.signal(signal.SIGINT, lambda *_: done.set())
+    print(f"consul stand-in on {standin.address}", flush=True)
+    done.wait()
+    standin.stop()
+
+
+if __name__ == "__main__":
+    main()
