@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import free_port
 from intake_support import Edge, bearer, edge, new_account, sign_in  # noqa: F401 - the fixture
 from storage_support import SeaweedFS, start_seaweedfs, stop_seaweedfs
 
@@ -24,8 +25,10 @@ SECRET = "one-secret-for-the-whole-fleet"
 
 
 def s3_config(data_dir: Path, server: SeaweedFS, redis_url: str, prefix: str, **extra: Any) -> Config:
+    port = free_port()  # the edge fixture listens there; public_url is where sign-in expects it
     tree: dict[str, Any] = {
         "deployment": {"mode": "fleet"},
+        "server": {"host": "127.0.0.1", "port": port, "public_url": f"http://127.0.0.1:{port}"},
         "storage": {"data_dir": str(data_dir), **server.storage_tree(prefix, connect_timeout="1s",
                                                                    request_timeout="3s")},
         "cache": {"redis_url": redis_url},
