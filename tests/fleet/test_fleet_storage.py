@@ -73,8 +73,10 @@ class Fleet:
         svc = self.services.address
         return {
             "deployment": {"mode": "fleet", "node_name": host.name},
+            # public_url: the origin SIWE messages name (never the request's Host); each edge is
+            # reached at its own address here, where a fleet would put one load balancer.
             "server": {"host": "0.0.0.0", "port": EDGE_PORT, "workers": 1, "control_port": CONTROL_PORT,
-                       "shutdown_timeout": "5s"},
+                       "shutdown_timeout": "5s", "public_url": f"http://{host.address}:{EDGE_PORT}"},
             "storage": {**self.s3.storage_tree("fleet", part_size="5MiB"), "data_dir": str(host.data_dir / "data"),
                         "min_free_space": 0},
             "cache": {"redis_url": f"redis://{svc}:6379/0"},
