@@ -10,6 +10,7 @@ writer that finds the file locked by another process waits for it instead of fai
 from __future__ import annotations
 
 import asyncio
+import errno
 import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -39,6 +40,19 @@ def connect(path: Path, *, busy_timeout_s: float = BUSY_TIMEOUT_S, foreign_keys:
 T = TypeVar("T")
 
 
+class StoreFull(OSError):
+    """A SQLite write failed because the disk is full (SQLITE_FULL): an ENOSPC like any other."""
+
+
+def _translated(fn: Callable[..., T], db: sqlite3.Connection, *args: Any) -> T:
+    try:
+        return fn(db, *args)
+    except sqlite3.OperationalError as exc:
+        if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+            raise StoreFull(errno.ENOSPC, f"SQLite: {exc}") from exc
+        raise
+
+
 class SqliteThread:
     """One SQLite connection owned by one dedicated thread; the event loop only awaits its results.
 
@@ -54,7 +68,7 @@ class SqliteThread:
 
     def call_sync(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(connection, *args)`` on the store's thread and wait: for set-up, before a loop runs."""
-        return self._pool.submit(fn, self._db, *args).result()
+        return self._pool.submit(_translated, fn, self._db, *args).result()
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(connection, *args)`` on the store's thread; a cancelled caller lets it finish.
@@ -63,7 +77,7 @@ class SqliteThread:
         disconnect saves its acknowledged offset on the way out, and that save must not be
         dropped from the queue by a second cancellation.
         """
-        return await asyncio.shield(asyncio.wrap_future(self._pool.submit(fn, self._db, *args)))
+        return await asyncio.shield(asyncio.wrap_future(self._pool.submit(_translated, fn, self._db, *args)))
 
     async def execute(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
         """One statement; its rows (fetched on the thread)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -51,6 +52,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         # The client went away mid-answer: its doing, not a fault (issue 14); aiohttp closes.
         log.debug("client gone during %s %s", request.method, request.path)
         raise
-    except Exception:
+    except Exception as exc:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            # The data dir is full (a file or a SQLite commit): the client may retry later.
+            log.error("%s %s: disk full: %s", request.method, request.path, exc)
+            return json_response(507, "insufficient storage", "the node's disk is full; retry later",
+                                 {"Retry-After": "60"})
         log.exception("unhandled error on %s %s", request.method, request.path)
         return json_response(500, "internal error", "the edge failed to answer; see its log")

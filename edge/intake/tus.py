@@ -34,6 +34,7 @@ from streamgate.edge.intake import completion as intake
 from streamgate.edge.intake import s3_upload
 from streamgate.edge.intake.metadata import metadata_text, parse_metadata, video_fields
 from streamgate.edge.intake.paths import partial_path, source_extension
+from streamgate.edge.intake.space import require_room
 from streamgate.edge.intake.state import Upload, UploadLocked
 from streamgate.edge.keys import CONFIG
 from streamgate.edge.objects import OBJECT_STORE, uses_store
@@ -257,6 +258,7 @@ async def create(request: web.Request) -> web.Response:
         raise _error(config, 413, "payload too large",
                      f"Upload-Length {length} exceeds Tus-Max-Size {int(config.uploads.max_size)}",
                      **{"Tus-Max-Size": str(int(config.uploads.max_size))})
+    require_room(config, length)
     try:
         metadata = parse_metadata(request.headers.get("Upload-Metadata", ""))
         fields = video_fields(metadata, config)
@@ -314,6 +316,7 @@ async def patch(request: web.Request) -> web.Response:
     await enforce(request, "upload", owner)
     offset = _int_header(request, config, "Upload-Offset")
     checksum = _checksum(request, config)
+    require_room(config, request.content_length or 0)
     upload = await _receive_locked(request, config, request.match_info["upload_id"], owner, offset, checksum)
     return web.Response(status=204, headers=_progress_headers(config, upload))
 
