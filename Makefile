@@ -10,7 +10,7 @@ DEB_PACKAGES := redis-server ffmpeg chromium nodejs npm
 # Debian packages the tests run for real: the binaries they provide (chromium, node: tests/web).
 DEB_BINARIES := redis-server ffmpeg ffprobe chromium node npm
 
-.PHONY: vendor-js install run test test-slow lint bench bench-transcode bench-edge bench-storage bench-storage-edge bench-tus-s3 loadtest system-deps bench-deps clean
+.PHONY: vendor-js install run test test-slow test-chaos lint bench bench-transcode bench-edge bench-storage bench-storage-edge bench-tus-s3 loadtest system-deps bench-deps clean
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python >= 3.11) on PATH"; exit 1; }
@@ -54,6 +54,12 @@ test: system-deps $(TEST_STAMP) node_modules/.installed  ## the whole suite (slo
 
 test-slow: system-deps $(TEST_STAMP)  ## long fault and load runs
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)
+
+# The long seeded chaos runs and fuzzing (issue 14); their short versions run in `make test`.
+CHAOS_TESTS := tests/control/test_chaos.py tests/control/test_disk_full.py tests/common/test_fuzz_parsers.py \
+	tests/edge/test_fuzz_tus.py
+test-chaos: system-deps $(TEST_STAMP)  ## long fault-injection (kill -9, disk full) and fuzzing runs
+	$(PY) -m pytest -m slow $(CHAOS_TESTS) $(PYTEST_ARGS)
 
 # mypy checks the product as the `streamgate` package it is installed as (see [tool.mypy] in
 # pyproject.toml): build/mypy/streamgate/ links streamgate/'s files and the four code folders.
