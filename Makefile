@@ -10,7 +10,7 @@ DEB_PACKAGES := redis-server ffmpeg chromium nodejs npm
 # Debian packages the tests run for real: the binaries they provide (chromium, node: tests/web).
 DEB_BINARIES := redis-server ffmpeg ffprobe chromium node npm
 
-.PHONY: vendor-js install run test test-slow test-chaos lint bench bench-transcode bench-edge bench-storage bench-storage-edge bench-tus-s3 loadtest system-deps bench-deps clean
+.PHONY: vendor-js install run test test-slow test-chaos lint lint-deps dashboards test-container bench bench-transcode bench-edge bench-storage bench-storage-edge bench-tus-s3 loadtest system-deps bench-deps clean bench-quick bench-quality bench-catalog bench-broker bench-uploads
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python >= 3.11) on PATH"; exit 1; }
@@ -50,7 +50,7 @@ bench-deps: system-deps  ## the references the benchmarks compare against
 	$(call ensure-debs,nginx wrk,nginx wrk)
 
 test: system-deps $(TEST_STAMP) node_modules/.installed  ## the whole suite (slow fault and load runs excluded: make test-slow)
-	$(PY) -m pytest -m "not slow and not consul" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow and not consul and not container" $(PYTEST_ARGS)
 
 test-slow: system-deps $(TEST_STAMP)  ## long fault and load runs
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)
@@ -65,11 +65,45 @@ test-chaos: system-deps $(TEST_STAMP)  ## long fault-injection (kill -9, disk fu
 # pyproject.toml): build/mypy/streamgate/ links streamgate/'s files and the four code folders.
 MYPY_TREE := build/mypy/streamgate
 
-lint: $(TEST_STAMP)
-	$(VENV)/bin/ruff check edge farm control common streamgate tests bench loadtests
+# Debian packages `make lint` runs: promtool (from prometheus) checks and unit-tests the alert rules.
+LINT_DEB_PACKAGES := prometheus
+LINT_DEB_BINARIES := promtool
+
+lint-deps:  ## the linters' Debian packages (installed with apt when root)
+	$(call ensure-debs,$(LINT_DEB_BINARIES),$(LINT_DEB_PACKAGES))
+
+lint: lint-deps $(TEST_STAMP)  ## ruff, mypy, the monitoring rules, the Dockerfile, compose.yaml, the Kubernetes manifests
+	$(VENV)/bin/ruff check edge farm control common streamgate tests bench loadtests deploy
 	rm -rf $(MYPY_TREE) && mkdir -p $(MYPY_TREE)
 	ln -s $(abspath streamgate)/*.py $(abspath edge farm control common) $(MYPY_TREE)/
 	$(VENV)/bin/mypy
+	promtool check rules deploy/monitoring/rules.yml
+	cd deploy/monitoring && promtool test rules rules_test.yml
+	$(PY) deploy/monitoring/dashboards.py --check
+	$(VENV)/bin/hadolint Dockerfile
+	$(VENV)/bin/check-jsonschema --builtin-schema vendor.compose-spec compose.yaml
+	@# Kubernetes: the overlays rendered (kubectl's built-in kustomize) when kubectl is on PATH,
+	@# else the base's complete manifests one by one (overlay patches are partial objects).
+	@if command -v kubectl >/dev/null; then \
+	  for o in single fleet; do echo "kubernetes-validate --strict overlays/$$o"; \
+	    kubectl kustomize deploy/kubernetes/overlays/$$o | $(VENV)/bin/kubernetes-validate --strict --quiet /dev/stdin || exit 1; \
+	  done; \
+	else \
+	  echo "no kubectl: validating the base manifests without rendering the overlays"; \
+	  $(VENV)/bin/kubernetes-validate --strict --quiet $$(ls deploy/kubernetes/base/*.yaml | grep -v -e kustomization -e /config.yaml); \
+	fi
+
+# Debian packages the container test runs: podman with runc (crun refuses this kernel's hybrid
+# cgroups) and mmdebstrap to build the base image from Debian's packages.
+CONTAINER_DEB_PACKAGES := podman runc mmdebstrap
+CONTAINER_DEB_BINARIES := podman runc mmdebstrap
+
+test-container: system-deps $(TEST_STAMP)  ## build the Dockerfile with podman, run it, upload and play a clip (root)
+	$(call ensure-debs,$(CONTAINER_DEB_BINARIES),$(CONTAINER_DEB_PACKAGES))
+	$(PY) -m pytest -m container tests/deploy/test_container.py -s $(PYTEST_ARGS)
+
+dashboards: $(TEST_STAMP)  ## regenerate deploy/monitoring/dashboards/*.json (grafana-foundation-sdk)
+	$(PY) deploy/monitoring/dashboards.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info node_modules
@@ -116,4 +150,23 @@ bench-storage-edge: bench-deps $(STAMP)  ## an s3-backed edge: cold miss vs a di
 bench-tus-s3: $(TEST_STAMP)  ## a tus upload into SeaweedFS through an edge vs a direct multipart upload; BENCH_ARGS="--size 200 --rounds 3"
 	$(PY) bench/tus_s3.py $(BENCH_ARGS)
 
-bench: bench-transcode bench-edge  ## every benchmark, each printing its ratios against its reference
+bench-quality: bench-deps $(STAMP)  ## PSNR/SSIM/bitrate per rung: streamgate transcode vs the ffmpeg command line; BENCH_ARGS="--seconds 10"
+	$(PY) bench/quality.py $(BENCH_ARGS)
+
+bench-catalog: system-deps $(TEST_STAMP)  ## GET /api/v1/videos p99 at 1k, 10k, 100k videos, SQLite and Redis; BENCH_ARGS="--requests 300"
+	$(PY) bench/catalog.py $(BENCH_ARGS)
+
+bench-broker: system-deps $(TEST_STAMP)  ## broker submit jobs/s (durable journal, group commit) and journal size after 100k finished jobs
+	$(PY) bench/broker.py $(BENCH_ARGS)
+
+bench-uploads: system-deps $(TEST_STAMP)  ## tus PATCH MiB/s with sha256 vs write+fsync of the same chunks, and @tus/server (npm, temp dir)
+	$(PY) bench/uploads.py $(BENCH_ARGS)
+
+# Every benchmark in bench/, one after another (they share the CPUs): each prints its ratios
+# against its reference run in the same invocation and the load average. BENCH_ARGS=--quick: a smoke run.
+BENCHES := bench-transcode bench-edge bench-storage bench-storage-edge bench-tus-s3 bench-quality bench-catalog bench-broker bench-uploads
+bench:  ## every benchmark, each printing its ratios against its reference and the load average
+	@for b in $(BENCHES); do echo "== make $$b"; $(MAKE) --no-print-directory $$b || exit 1; done
+
+bench-quick:  ## every benchmark's --quick mode (tiny sizes, one round)
+	@$(MAKE) --no-print-directory bench BENCH_ARGS=--quick

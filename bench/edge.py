@@ -196,7 +196,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="run only loads whose name contains this (repeatable): 1 MiB, 200 KiB, playlists, Redis")
     parser.add_argument("--edge-env", action="append", default=[], metavar="KEY=VALUE",
                         help="extra environment for the edges, e.g. STREAMGATE__EDGE__FAST_PATH=false")
+    parser.add_argument("--quick", action="store_true", help="smoke run: one round of 1 s per load")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.rounds, args.seconds = 1, 1.0
     extra_env = dict(item.split("=", 1) for item in args.edge_env)
     for tool in ("nginx", "wrk", "redis-server"):
         if shutil.which(tool) is None:

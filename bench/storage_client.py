@@ -234,7 +234,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--objects", type=int, default=64, help="1 MiB objects per scenario")
+    parser.add_argument("--quick", action="store_true", help="smoke run: one round of 4 objects")
     args = parser.parse_args()
+    if args.quick:
+        args.rounds, args.objects = 1, 4
+    print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())} ({os.cpu_count()} CPUs)", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-storage-") as tmp:
         work = Path(tmp)
         big = work / "big.bin"
@@ -251,6 +255,7 @@ def main() -> None:
     for name, by in results.items():
         a, o, s = (statistics.median(by[k]) for k in ("aiobotocore", "obstore", "S3Store"))
         print(f"{name:48} {a:12.2f} {o:10.2f} {s:10.2f} {o / a:14.2f} {s / a:14.2f}")
+    print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())} ({os.cpu_count()} CPUs)")
 
 
 if __name__ == "__main__":

@@ -51,7 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=30, help="fresh 1 MiB objects for the cold runs")
     parser.add_argument("--warm-requests", type=int, default=300, help="requests per warm run")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 3 cold objects, 20 warm requests")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.rounds, args.warm_requests = 3, 20
     if shutil.which("nginx") is None:
         raise SystemExit("nginx is not installed (make bench-deps)")
     import botocore.session

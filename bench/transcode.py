@@ -184,7 +184,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3, help="runs of each way (alternating); medians")
     parser.add_argument("--renditions", default="1080,720,480")
     parser.add_argument("--preset", default="veryfast")
+    parser.add_argument("--quick", action="store_true", help="smoke run: one run of the 480p rung alone")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.runs, args.renditions = 1, "480"
     if shutil.which("ffmpeg") is None:
         print("ffmpeg is not installed", file=sys.stderr)
         return 2

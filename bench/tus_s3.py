@@ -112,4 +112,8 @@ if __name__ == "__main__":
     parser.add_argument("--part", type=int, default=8, help="part size in MiB (storage.s3.part_size)")
     parser.add_argument("--chunk", type=int, default=32, help="MiB per PATCH")
     parser.add_argument("--rounds", type=int, default=3)
-    asyncio.run(main(parser.parse_args()))
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 16 MiB, one round")
+    parsed = parser.parse_args()
+    if parsed.quick:
+        parsed.size, parsed.chunk, parsed.rounds = 16, 8, 1
+    asyncio.run(main(parsed))

@@ -21,6 +21,7 @@ import yaml
 
 from streamgate.common import layout
 from streamgate.common.redis_keys import RedisKeys
+from streamgate.common.seed import SeedConfigError, check_service_name, normalise_tree
 from streamgate.common.units import Bytes, Seconds, format_duration, format_size
 
 CONFIG_ENV = "STREAMGATE_CONFIG"
@@ -35,8 +36,11 @@ class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 class DeploymentConfig(_Section):
+    # The seed's monolith / microservice are read as single / fleet (common/seed.py).
     mode: Literal["single", "fleet"] = "single"
-    service_name: str = "streamgate"
+    # The seed service this process is (api-gateway, transcoder, ...): under `streamgate run` in a
+    # fleet it picks the role (common/seed.py SEED_SERVICES); empty: the command's role.
+    service_name: str = ""
     node_name: str = ""  # empty: the host name
     version: str = ""  # empty: the installed package version
 
@@ -58,6 +62,31 @@ class ServerConfig(_Section):
     restart_delay: Seconds = Seconds(0.5)
     restart_delay_max: Seconds = Seconds(10)
     restart_reset_after: Seconds = Seconds(60)
+    # The seed's timeouts, as stall timeouts on the edge (a request head not arriving, a response
+    # write not moving); 0: edge.client_timeout.
+    read_timeout: Seconds = Seconds(0)
+    write_timeout: Seconds = Seconds(0)
+
+    def edge_read_timeout(self, edge: EdgeConfig) -> float:
+        return float(self.read_timeout or edge.client_timeout)
+
+    def edge_write_timeout(self, edge: EdgeConfig) -> float:
+        return float(self.write_timeout or edge.client_timeout)
+
+
+class GrpcConfig(_Section):
+    # Accepted from the seed and logged: StreamGate has no gRPC (common/seed.py notices).
+    port: int = 0
+
+
+class NatsConfig(_Section):
+    url: str = ""
+
+
+class EventbusConfig(_Section):
+    # Accepted from the seed and logged: StreamGate's roles use ZeroMQ, not a bus.
+    type: Literal["", "memory", "nats"] = ""
+    nats: NatsConfig = msgspec.field(default_factory=NatsConfig)
 
 
 class RateLimitConfig(_Section):
@@ -181,6 +210,9 @@ class BrokerConfig(_Section):
     retry_backoff: Seconds = Seconds(1)
     stall_timeout: Seconds = Seconds(120)
     journal_path: str = ""  # empty: data/state/broker-journal.sqlite3
+    # Finished jobs (done, failed, cancelled) older than this leave the journal (their outcomes
+    # stay counted), so it stays bounded however many jobs pass; 0 keeps every job forever.
+    journal_retention: Seconds = Seconds(7 * 24 * 3600)
 
     def endpoints(self, deployment: DeploymentConfig, storage: StorageConfig) -> BrokerEndpoints:
         if deployment.mode == "single":
@@ -242,7 +274,10 @@ class TranscoderConfig(_Section):
 
 class RegistryConfig(_Section):
     type: Literal["none", "static", "consul"] = "none"
-    consul_address: str = "http://127.0.0.1:8500"
+    consul_address: str = "http://127.0.0.1:8500"  # the seed's registry.consul.address is read too
+    # Prefix of every Consul service name (<prefix>-edge, ...); deployment.service_name until the
+    # seed's meaning of that key (which service this is) took it.
+    service_prefix: str = "streamgate"
     consul_token: str = ""
     check_interval: Seconds = Seconds(10)
     ttl: Seconds = Seconds(15)
@@ -296,6 +331,8 @@ class MetricsConfig(_Section):
 class Config(_Section):
     deployment: DeploymentConfig = msgspec.field(default_factory=DeploymentConfig)
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
+    grpc: GrpcConfig = msgspec.field(default_factory=GrpcConfig)
+    eventbus: EventbusConfig = msgspec.field(default_factory=EventbusConfig)
     edge: EdgeConfig = msgspec.field(default_factory=EdgeConfig)
     uploads: UploadsConfig = msgspec.field(default_factory=UploadsConfig)
     storage: StorageConfig = msgspec.field(default_factory=StorageConfig)
@@ -343,6 +380,9 @@ ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     "DEPLOYMENT_MODE": ("deployment", "mode"),
     "SERVICE_NAME": ("deployment", "service_name"),
     "SERVER_PORT": ("server", "port"),
+    "GRPC_PORT": ("grpc", "port"),
+    "EVENTBUS_TYPE": ("eventbus", "type"),
+    "NATS_URL": ("eventbus", "nats", "url"),
     "REGISTRY_TYPE": ("registry", "type"),
     "CONSUL_ADDRESS": ("registry", "consul_address"),
     "TRANSCODER_WORKERS": ("transcoder", "worker_pool_size"),
@@ -458,11 +498,21 @@ def load_config(path: str | os.PathLike[str] | None = None,
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{source}: the top level must be a mapping of sections")
         tree = loaded or {}
+    try:
+        # The seed's spellings first, so an environment override still beats the file.
+        normalise_tree(tree)
+    except SeedConfigError as exc:
+        raise ConfigError(f"{source or 'defaults'}: {exc}") from None
     _apply_env(tree, env)
     return config_from_tree(tree, origin=str(source) if source else "defaults")
 
 
 def config_from_tree(tree: Mapping[str, Any], origin: str = "config") -> Config:
+    try:
+        if isinstance(tree, dict):
+            normalise_tree(tree)
+    except SeedConfigError as exc:
+        raise ConfigError(f"{origin}: {exc}") from None
     try:
         config = msgspec.convert(tree, Config, strict=False, dec_hook=_dec_hook)
     except msgspec.ValidationError as exc:
@@ -511,6 +561,8 @@ def _check(config: Config, origin: str) -> None:
     for ok, key, why in rules:
         if not ok:
             raise ConfigError(f"{origin}: {key}: {why}")
+    if (service := check_service_name(config.deployment.service_name)) is not None:
+        raise ConfigError(f"{origin}: deployment.service_name: {service}")
 
 
 def dump_config(config: Config) -> str:

@@ -12,8 +12,12 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from streamgate.common.config import ConfigError, load_config
+from streamgate.common.config import ConfigError, load_config, supervisor_pid
 from streamgate.common.service import configure_logging
+
+# Verbs that serve or check a config: they log the seed keys StreamGate does differently, once per
+# node (not again in the processes a supervisor or an edge starts, which carry its pid).
+NOTICE_VERBS = {"run", "edge", "broker", "farm", "control", "config"}
 
 # verb -> module under streamgate.control.commands
 VERBS: dict[str, str] = {
@@ -71,6 +75,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"streamgate: config error: {exc}", file=sys.stderr)
         return 2
+    if args.verb in NOTICE_VERBS and supervisor_pid() is None:
+        from streamgate.common.seed import notices
+
+        for line in notices(config, args.verb):
+            logging.getLogger("streamgate.config").warning("%s", line)
     try:
         return int(command.main(args, config) or 0)
     except KeyboardInterrupt:

@@ -87,7 +87,7 @@ def instance_status(checks: list[CheckState]) -> str:
 
 
 async def consul_instances(client: ConsulClient, config: Config) -> list[FleetInstance]:
-    prefix = f"{config.deployment.service_name}-"
+    prefix = f"{config.registry.service_prefix}-"
     _, services = await asyncio.wait_for(client.catalog.services(), REQUEST_TIMEOUT_S)
     found: list[FleetInstance] = []
     for name in sorted(n for n in (services or {}) if n.startswith(prefix)):

@@ -72,8 +72,10 @@ class Catalog(Protocol):
                      when: Collection[str] | None = None) -> Video | None:
         """Apply ``changes``; None when the video is missing or its status is not in ``when``."""
     async def page(self, *, limit: int, offset: int = 0, owner: str | None = None,
-                   public_only: bool = False) -> tuple[list[Video], int]:
-        """Newest first: one page and the total count."""
+                   public_only: bool = False, after: tuple[float, str] | None = None) -> tuple[list[Video], int]:
+        """Newest first: one page and the total count. ``after`` (the ``(created_at, id)`` of the
+        previous page's last video) starts the page right after it, whatever ``offset`` says: a
+        cursor that costs the same at any depth."""
     async def with_status(self, status: str) -> list[str]: ...
     async def delete(self, video_id: str) -> bool: ...
     async def close(self) -> None: ...
@@ -85,6 +87,38 @@ def _apply(video: Video, changes: dict[str, Any]) -> Video:
         changes["renditions"] = [r if isinstance(r, Rendition) else msgspec.convert(r, Rendition)
                                  for r in changes["renditions"]]
     return msgspec.structs.replace(video, **changes)
+
+
+# Pages walk an index in (created_at, id) order for each listing (all, public, an owner's, an
+# owner's public), so a page never sorts the catalog; ``video_counts`` holds each listing's total,
+# kept by triggers, so a page never counts it either (issue 18: a first page cost O(n) both ways).
+_SQLITE_INDEXES = """
+DROP INDEX IF EXISTS videos_created;
+CREATE INDEX IF NOT EXISTS videos_order ON videos (created_at, id);
+CREATE INDEX IF NOT EXISTS videos_visibility_order ON videos (visibility, created_at, id);
+CREATE INDEX IF NOT EXISTS videos_owner_order ON videos (owner, created_at, id);
+CREATE INDEX IF NOT EXISTS videos_owner_visibility_order ON videos (owner, visibility, created_at, id);
+CREATE INDEX IF NOT EXISTS videos_status ON videos (status);
+CREATE TABLE IF NOT EXISTS video_counts (scope TEXT PRIMARY KEY, n INTEGER NOT NULL);
+CREATE TRIGGER IF NOT EXISTS videos_counted AFTER INSERT ON videos BEGIN
+  INSERT INTO video_counts VALUES ('all', 1), ('owner:' || new.owner, 1)
+    ON CONFLICT(scope) DO UPDATE SET n = n + 1;
+  INSERT INTO video_counts SELECT 'public', 1 WHERE new.visibility = 'public'
+    ON CONFLICT(scope) DO UPDATE SET n = n + 1;
+  INSERT INTO video_counts SELECT 'public:' || new.owner, 1 WHERE new.visibility = 'public'
+    ON CONFLICT(scope) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS videos_uncounted AFTER DELETE ON videos BEGIN
+  UPDATE video_counts SET n = n - 1 WHERE scope IN ('all', 'owner:' || old.owner)
+    OR (old.visibility = 'public' AND scope IN ('public', 'public:' || old.owner));
+END;
+"""
+
+
+def _scope(owner: str | None, public_only: bool) -> str:
+    if owner is None:
+        return "public" if public_only else "all"
+    return ("public:" if public_only else "owner:") + owner
 
 
 class SqliteCatalog:
@@ -113,19 +147,30 @@ class SqliteCatalog:
         return await self._db.call(_update, video_id, changes, when)
 
     async def page(self, *, limit: int, offset: int = 0, owner: str | None = None,
-                   public_only: bool = False) -> tuple[list[Video], int]:
-        where, args = [], []
+                   public_only: bool = False, after: tuple[float, str] | None = None) -> tuple[list[Video], int]:
+        where: list[str] = []
+        args: list[object] = []
         if owner is not None:
             where.append("owner = ?")
             args.append(owner)
         if public_only:
             where.append("visibility = 'public'")
+        if after is not None:
+            where.append("(created_at, id) < (?, ?)")
+            args.extend(after)
+            offset = 0
         clause = f" WHERE {' AND '.join(where)}" if where else ""
+        scope = _scope(owner, public_only)
 
         def query(db: sqlite3.Connection) -> tuple[list[Video], int]:
-            total = db.execute(f"SELECT count(*) FROM videos{clause}", args).fetchone()[0]
+            row = db.execute("SELECT n FROM video_counts WHERE scope = ?", (scope,)).fetchone()
+            total = row[0] if row else 0
+            # The page's ids from the index alone (an OFFSET skips index entries, not records),
+            # then their records: only ``limit`` of them are read and decoded.
             rows = db.execute(
-                f"SELECT body FROM videos{clause} ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?",
+                f"SELECT v.body FROM (SELECT id, created_at FROM videos{clause}"
+                " ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?) AS p"
+                " JOIN videos AS v ON v.id = p.id ORDER BY p.created_at DESC, p.id DESC",
                 [*args, limit, offset]).fetchall()
             return [_decode(r[0]) for r in rows], total
 
@@ -146,8 +191,24 @@ def _create_schema(db: sqlite3.Connection) -> None:
     db.execute(
         "CREATE TABLE IF NOT EXISTS videos (id TEXT PRIMARY KEY, created_at REAL NOT NULL,"
         " status TEXT NOT NULL, owner TEXT NOT NULL, visibility TEXT NOT NULL, body BLOB NOT NULL)")
-    db.execute("CREATE INDEX IF NOT EXISTS videos_created ON videos (created_at)")
-    db.execute("CREATE INDEX IF NOT EXISTS videos_status ON videos (status)")
+    db.executescript(_SQLITE_INDEXES)
+    _count_existing(db)
+
+
+def _count_existing(db: sqlite3.Connection) -> None:
+    """A catalog made before ``video_counts`` existed: count its videos once."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        if db.execute("SELECT 1 FROM video_counts WHERE scope = 'all'").fetchone() is None:
+            for statement in (
+                    "INSERT INTO video_counts SELECT 'all', count(*) FROM videos",
+                    "INSERT INTO video_counts SELECT 'public', count(*) FROM videos WHERE visibility = 'public'",
+                    "INSERT INTO video_counts SELECT 'owner:' || owner, count(*) FROM videos GROUP BY owner",
+                    "INSERT INTO video_counts SELECT 'public:' || owner, count(*) FROM videos"
+                    " WHERE visibility = 'public' GROUP BY owner"):
+                db.execute(statement)
+    finally:
+        db.execute("COMMIT")
 
 
 def _update(db: sqlite3.Connection, video_id: str, changes: dict[str, Any],
@@ -234,7 +295,8 @@ class RedisCatalog:
                     continue
 
     async def page(self, *, limit: int, offset: int = 0, owner: str | None = None,
-                   public_only: bool = False) -> tuple[list[Video], int]:
+                   public_only: bool = False, after: tuple[float, str] | None = None) -> tuple[list[Video], int]:
+        # ZREVRANGE by rank is O(log n + limit) at any offset: ``after`` is not needed here.
         index = self._index(owner, public_only)
         total = await self._r.zcard(index)
         ids = await self._r.zrevrange(index, offset, offset + limit - 1) if limit > 0 else []

@@ -123,7 +123,12 @@ def render() -> tuple[bytes, str]:
 
 
 async def metrics_route(request: web.Request) -> web.Response:
+    from streamgate.edge import storage_metrics
+    from streamgate.edge.keys import CONFIG
+
     edge_metrics().flush()  # this process's tallies; the others flush on their own each second
+    if CONFIG in request.app:
+        storage_metrics.update(request.app[CONFIG])
     body, content_type = render()
     return web.Response(body=body, headers={"Content-Type": content_type})
 

@@ -48,7 +48,7 @@ class EdgeServer:
         self.app = build_app(config)
         self.runner = web.AppRunner(self.app, handle_signals=False, access_log=None,
                                     shutdown_timeout=float(config.server.shutdown_timeout),
-                                    keepalive_timeout=float(config.edge.client_timeout))
+                                    keepalive_timeout=config.server.edge_read_timeout(config.edge))
         self.fast: FastPath | None = None
         self.server: asyncio.Server | None = None
         self._sweep: asyncio.Task[None] | None = None
@@ -60,8 +60,10 @@ class EdgeServer:
         assert handler is not None  # made by setup()
         factory: Any = json_errors(handler)
         if config.edge.fast_path:
+            # server.read_timeout / write_timeout (the seed's names) refine edge.client_timeout.
             self.fast = FastPath(self.app, self.app[DELIVERY], factory,
-                                 float(config.edge.client_timeout), int(config.edge.max_header_size))
+                                 config.server.edge_read_timeout(config.edge), int(config.edge.max_header_size),
+                                 write_timeout_s=config.server.edge_write_timeout(config.edge))
             factory = self.fast
             self._sweep = asyncio.create_task(self.fast.sweep(), name="fast-path-sweep")
         self.server = await asyncio.get_running_loop().create_server(

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import shutil
 import time
+import urllib.parse
 from datetime import UTC, datetime
 from typing import Any
 
@@ -72,6 +73,20 @@ def video_json(video: Video, base: str) -> dict[str, Any]:
     }
 
 
+def _cursor(request: web.Request) -> tuple[float, str] | None:
+    """``after=<created_at>_<id>`` of a ``next`` link: the last video of the previous page."""
+    raw = request.query.get("after")
+    if raw is None:
+        return None
+    created, sep, video_id = raw.partition("_")
+    try:
+        if not sep or not video_id:
+            raise ValueError(raw)
+        return float(created), video_id
+    except ValueError:
+        raise HTTPError(400, "bad request", "after must be the cursor of a next link") from None
+
+
 def _int_query(request: web.Request, name: str, default: int, low: int, high: int) -> int:
     raw = request.query.get(name)
     if raw is None:
@@ -92,13 +107,19 @@ async def list_videos(request: web.Request) -> web.Response:
     if mine and not caller:
         raise HTTPError(401, "unauthorized", "mine=1 lists a wallet's videos: send its bearer token",
                         {"WWW-Authenticate": "Bearer"})
+    after = _cursor(request)
     videos, total = await request.app[stores.CATALOG].page(
-        limit=limit, offset=offset, owner=caller if mine else None, public_only=not mine)
+        limit=limit, offset=offset, owner=caller if mine else None, public_only=not mine, after=after)
     base = _base(request, config)
     following = offset + len(videos)
     next_url = None
-    if following < total:
-        next_url = f"/api/v1/videos?limit={limit}&offset={following}" + ("&mine=1" if mine else "")
+    if following < total and videos:
+        # ``after`` names the last video shown, so the next page seeks to it instead of counting
+        # ``offset`` videos again (issue 18); ``offset`` stays for the client's own bookkeeping.
+        last = videos[-1]
+        cursor = urllib.parse.quote(f"{last.created_at!r}_{last.id}", safe="")
+        next_url = (f"/api/v1/videos?limit={limit}&offset={following}&after={cursor}"
+                    + ("&mine=1" if mine else ""))
     return web.json_response({"videos": [video_json(v, base) for v in videos], "total": total,
                               "limit": limit, "offset": offset, "next": next_url})
 

@@ -74,6 +74,10 @@ log = logging.getLogger("streamgate.broker")
 RETRY_BACKOFF_MAX_S = 60.0  # longest wait before a failed job runs again
 
 
+# Submits read from the socket in one turn and journaled in one commit, at most.
+GROUP_COMMIT_MAX = 256
+
+
 class WorkerState:
     """What the broker knows of one connected worker (keyed by its ROUTER identity)."""
 
@@ -122,6 +126,8 @@ class Broker:
         # (farm/publish.py) fails every attempt at once; retrying at once would burn them all.
         self._delayed: list[tuple[float, str]] = []
         self.stall_s = float(broker.stall_timeout)
+        self.retention_s = float(broker.journal_retention)
+        self._next_prune = 0.0
         self.task_timeout_s = float(config.transcoder.task_timeout)
         self.max_queue = config.transcoder.max_queue_size
         self.max_running = config.transcoder.max_concurrent_tasks
@@ -222,6 +228,7 @@ class Broker:
             last_turn = now
             await self.purge_workers(now)
             await self.check_leases(now)
+            await self.prune_journal(now)
             if now >= next_beat:
                 next_beat = now + self.heartbeat_s
                 await self.send_heartbeats()
@@ -245,22 +252,41 @@ class Broker:
             await self.on_worker_message(frames[0], message)
 
     async def _read_clients(self) -> None:
+        """Every request waiting in the socket at once: consecutive submits among them share one
+        journal commit (group commit), each acknowledged only after that commit returns."""
         assert self.frontend is not None
         while True:
-            try:
-                frames = await self.frontend.recv_multipart(flags=zmq.NOBLOCK)
-            except zmq.Again:
+            batch: list[tuple[bytes, ClientRequest | None, str]] = []
+            while len(batch) < GROUP_COMMIT_MAX:
+                try:
+                    frames = await self.frontend.recv_multipart(flags=zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                if len(frames) != 3 or frames[1] != CLIENT:
+                    log.warning("broker: dropped a malformed client message (%d frames)", len(frames))
+                    continue
+                try:
+                    batch.append((frames[0], self._client_decoder.decode(frames[2]), ""))
+                except msgspec.DecodeError as exc:
+                    batch.append((frames[0], None, str(exc)))
+            if not batch:
                 return
-            if len(frames) != 3 or frames[1] != CLIENT:
-                log.warning("broker: dropped a malformed client message (%d frames)", len(frames))
-                continue
-            try:
-                request = self._client_decoder.decode(frames[2])
-            except msgspec.DecodeError as exc:
-                reply: msgspec.Struct = ErrorReply(request_id=-1, reason=f"bad request: {exc}")
-            else:
-                reply = await self.on_client_request(request)
-            await self.frontend.send_multipart([frames[0], CLIENT, encode(reply)])
+            i = 0
+            while i < len(batch):
+                j = i
+                while j < len(batch) and isinstance(batch[j][1], Submit):
+                    j += 1
+                if j > i:
+                    submits = [request for _, request, _ in batch[i:j]]
+                    replies: list[msgspec.Struct] = list(await self.submit_many(submits))  # type: ignore[arg-type]
+                else:
+                    identity, request, error = batch[i]
+                    j = i + 1
+                    replies = [ErrorReply(request_id=-1, reason=f"bad request: {error}") if request is None
+                               else await self.on_client_request(request)]
+                for (identity, _, _), reply in zip(batch[i:j], replies, strict=True):
+                    await self.frontend.send_multipart([identity, CLIENT, encode(reply)])
+                i = j
 
     # -- workers -------------------------------------------------------------------------------
 
@@ -491,6 +517,17 @@ class Broker:
                                    attempt=record.attempts))
         self._observe_queue()
 
+    async def prune_journal(self, now: float) -> None:
+        """Drop finished jobs past ``broker.journal_retention``, a batch a turn so the loop never
+        stalls on it; after a short batch, wait a while before looking again."""
+        if self.retention_s <= 0 or now < self._next_prune:
+            return
+        batch = 1000
+        dropped = await self.journal.prune(time.time() - self.retention_s, limit=batch)
+        self._next_prune = now if dropped >= batch else now + min(60.0, self.retention_s / 10)
+        if dropped:
+            log.info("broker: pruned %d finished jobs older than %gs from the journal", dropped, self.retention_s)
+
     async def send_heartbeats(self) -> None:
         for identity in list(self.workers):
             await self.send_worker(identity, Heartbeat())
@@ -535,26 +572,49 @@ class Broker:
         raise AssertionError(f"unhandled request {request!r}")  # the union is exhaustive
 
     async def submit(self, request_id: int, spec: JobSpec) -> SubmitReply:
-        if not spec.job_id:
-            return SubmitReply(request_id=request_id, accepted=False, reason="job_id is empty")
-        existing = self.jobs.get(spec.job_id) or await self.journal.get(spec.job_id)
-        if existing is not None and existing.state in ("queued", "running", "done"):
-            # A resubmit (the client timed out, or the edge resumed) is acknowledged, not repeated.
-            return SubmitReply(request_id=request_id, accepted=True,
-                               reason=f"already {existing.state}", state=existing.state)
-        if len(self.queue) >= self.max_queue:
-            return SubmitReply(request_id=request_id, accepted=False, reason="queue full",
-                               state="", retry_after_s=max(1.0, self.heartbeat_s * 5))
-        if not spec.submitted_at:
-            spec = msgspec.structs.replace(spec, submitted_at=time.time())
-        record = JobRecord(spec=spec)
-        await self.journal.save(record)  # durable before the client hears "accepted"
-        self.jobs[spec.job_id] = record
-        self.queue.push(spec.job_id, spec.priority)
-        self.publish(JobQueued(job_id=spec.job_id, priority=spec.priority, attempt=0))
-        self._observe_queue()
-        await self.dispatch()
-        return SubmitReply(request_id=request_id, accepted=True, state=record.state)
+        (reply,) = await self.submit_many([Submit(request_id=request_id, job=spec)])
+        return reply
+
+    async def submit_many(self, requests: list[Submit]) -> list[SubmitReply]:
+        """Accept a batch of submits with one durable journal write: every reply waits for it."""
+        replies: list[SubmitReply | None] = []
+        accepted: list[tuple[int, JobRecord]] = []
+        in_batch: dict[str, JobRecord] = {}
+        for request in requests:
+            request_id, spec = request.request_id, request.job
+            if not spec.job_id:
+                replies.append(SubmitReply(request_id=request_id, accepted=False, reason="job_id is empty"))
+                continue
+            existing = (in_batch.get(spec.job_id) or self.jobs.get(spec.job_id)
+                        or await self.journal.get(spec.job_id))
+            if existing is not None and existing.state in ("queued", "running", "done"):
+                # A resubmit (the client timed out, or the edge resumed) is acknowledged, not repeated.
+                replies.append(SubmitReply(request_id=request_id, accepted=True,
+                                           reason=f"already {existing.state}", state=existing.state))
+                continue
+            if len(self.queue) + len(accepted) >= self.max_queue:
+                replies.append(SubmitReply(request_id=request_id, accepted=False, reason="queue full",
+                                           state="", retry_after_s=max(1.0, self.heartbeat_s * 5)))
+                continue
+            if not spec.submitted_at:
+                spec = msgspec.structs.replace(spec, submitted_at=time.time())
+            record = JobRecord(spec=spec)
+            in_batch[spec.job_id] = record
+            accepted.append((len(replies), record))
+            replies.append(None)
+        if accepted:
+            # Durable before any client hears "accepted": one commit (one fsync) for the batch.
+            await self.journal.save_many([record for _, record in accepted])
+            for index, record in accepted:
+                spec = record.spec
+                self.jobs[spec.job_id] = record
+                self.queue.push(spec.job_id, spec.priority)
+                self.publish(JobQueued(job_id=spec.job_id, priority=spec.priority, attempt=0))
+                replies[index] = SubmitReply(request_id=requests[index].request_id, accepted=True,
+                                             state=record.state)
+            self._observe_queue()
+            await self.dispatch()
+        return [reply for reply in replies if reply is not None]
 
     async def cancel(self, job_id: str) -> tuple[bool, str]:
         record = self.jobs.get(job_id)

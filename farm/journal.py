@@ -65,8 +65,16 @@ class Journal(Protocol):
     async def save(self, record: JobRecord) -> None:
         """Durably write ``record`` (insert or replace by job id) before returning."""
 
+    async def save_many(self, records: list[JobRecord]) -> None:
+        """Durably write every one of ``records`` together (one commit) before returning."""
+
     async def totals(self) -> Totals:
-        """Outcome counters over every journaled job (survive restarts)."""
+        """Outcome counters over every journaled job (survive restarts and pruning)."""
+
+    async def prune(self, before: float, *, limit: int = 1000) -> int:
+        """Forget up to ``limit`` finished jobs last changed before ``before`` (unix time); their
+        outcomes stay in :meth:`totals`. Queued and running jobs are never pruned. Returns how
+        many were dropped."""
 
     async def close(self) -> None: ...
 
@@ -80,6 +88,15 @@ CREATE TABLE IF NOT EXISTS jobs (
     record     BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
+CREATE INDEX IF NOT EXISTS jobs_finished ON jobs(updated_at) WHERE state NOT IN ('queued', 'running');
+-- The outcomes of pruned jobs, so totals() still counts every job ever journaled.
+CREATE TABLE IF NOT EXISTS pruned (
+    id           INTEGER PRIMARY KEY CHECK (id = 1),
+    done         INTEGER NOT NULL,
+    failed       INTEGER NOT NULL,
+    done_seconds REAL NOT NULL
+);
+INSERT OR IGNORE INTO pruned VALUES (1, 0, 0, 0);
 """
 
 
@@ -103,21 +120,62 @@ class SqliteJournal:
         row = self._db.execute("SELECT record FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
         return self._decode(row[0]) if row else None
 
-    async def save(self, record: JobRecord) -> None:
+    _UPSERT = (
+        "INSERT INTO jobs (job_id, state, elapsed_s, updated_at, record) VALUES (?, ?, ?, ?, ?)"
+        " ON CONFLICT(job_id) DO UPDATE SET state = excluded.state,"
+        " elapsed_s = excluded.elapsed_s, updated_at = excluded.updated_at, record = excluded.record")
+
+    def _row(self, record: JobRecord) -> tuple[str, str, float, float, bytes]:
         record.updated_at = time.time()
-        self._db.execute(
-            "INSERT INTO jobs (job_id, state, elapsed_s, updated_at, record) VALUES (?, ?, ?, ?, ?)"
-            " ON CONFLICT(job_id) DO UPDATE SET state = excluded.state,"
-            " elapsed_s = excluded.elapsed_s, updated_at = excluded.updated_at, record = excluded.record",
-            (record.job_id, record.state, record.elapsed_s, record.updated_at, self._encode(record)),
-        )
+        return (record.job_id, record.state, record.elapsed_s, record.updated_at, self._encode(record))
+
+    async def save(self, record: JobRecord) -> None:
+        self._db.execute(self._UPSERT, self._row(record))
+
+    async def save_many(self, records: list[JobRecord]) -> None:
+        # One transaction: with synchronous=FULL its COMMIT is the batch's only fsync.
+        rows = [self._row(record) for record in records]
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.executemany(self._UPSERT, rows)
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
 
     async def totals(self) -> Totals:
         done, seconds = self._db.execute(
             "SELECT count(*), coalesce(sum(elapsed_s), 0) FROM jobs WHERE state = 'done'"
         ).fetchone()
         (failed,) = self._db.execute("SELECT count(*) FROM jobs WHERE state = 'failed'").fetchone()
-        return Totals(done=done, failed=failed, done_seconds=seconds)
+        p_done, p_failed, p_seconds = self._db.execute(
+            "SELECT done, failed, done_seconds FROM pruned").fetchone()
+        return Totals(done=done + p_done, failed=failed + p_failed, done_seconds=seconds + p_seconds)
+
+    async def prune(self, before: float, *, limit: int = 1000) -> int:
+        # One transaction: the rows go and their outcomes move into ``pruned`` together.
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute(
+                "CREATE TEMP TABLE IF NOT EXISTS prune_batch (job_id TEXT PRIMARY KEY, state TEXT, elapsed_s REAL)")
+            db.execute("DELETE FROM prune_batch")
+            db.execute(
+                "INSERT INTO prune_batch SELECT job_id, state, elapsed_s FROM jobs"
+                " WHERE state NOT IN ('queued', 'running') AND updated_at < ? ORDER BY updated_at LIMIT ?",
+                (before, limit))
+            db.execute(
+                "UPDATE pruned SET"
+                " done = done + (SELECT count(*) FROM prune_batch WHERE state = 'done'),"
+                " failed = failed + (SELECT count(*) FROM prune_batch WHERE state = 'failed'),"
+                " done_seconds = done_seconds + (SELECT coalesce(sum(elapsed_s), 0) FROM prune_batch"
+                " WHERE state = 'done')")
+            count = db.execute("DELETE FROM jobs WHERE job_id IN (SELECT job_id FROM prune_batch)").rowcount
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return count
 
     async def close(self) -> None:
         self._db.close()

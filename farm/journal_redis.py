@@ -13,6 +13,7 @@ Keys under ``<prefix>`` (``streamgate:broker`` by default)::
     <prefix>:totals  hash   done, failed, done_seconds
     <prefix>:seq     int    acceptance counter
     <prefix>:epoch   int    the leadership epoch (fencing token)
+    <prefix>:finished zset  job_id -> when it became terminal, for pruning (broker.journal_retention)
 
 Each save is one Lua script, so a record, its state, the active set and the totals change
 together. **Fencing**: a leader takes a new epoch (``INCR <prefix>:epoch``) when it wins the lock
@@ -49,8 +50,10 @@ if state == 'queued' or state == 'running' then
   if not redis.call('ZSCORE', KEYS[3], job_id) then
     redis.call('ZADD', KEYS[3], redis.call('INCR', KEYS[5]), job_id)
   end
+  redis.call('ZREM', KEYS[7], job_id)
 else
   redis.call('ZREM', KEYS[3], job_id)
+  redis.call('ZADD', KEYS[7], ARGV[6], job_id)
   if old ~= state then
     if state == 'done' then
       redis.call('HINCRBY', KEYS[4], 'done', 1)
@@ -63,6 +66,17 @@ end
 return 1
 """
 
+# Finished jobs changed before ARGV[1], at most ARGV[2] of them: gone from the record and state
+# hashes and the finished set at once (their outcomes stay in the totals hash).
+_PRUNE = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', '(' .. ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+if #ids == 0 then return 0 end
+redis.call('HDEL', KEYS[1], unpack(ids))
+redis.call('HDEL', KEYS[2], unpack(ids))
+redis.call('ZREM', KEYS[3], unpack(ids))
+return #ids
+"""
+
 
 class RedisJournal:
     """The broker journal in Redis; ``epoch`` (from :meth:`take_epoch`) fences a deposed leader."""
@@ -73,8 +87,10 @@ class RedisJournal:
         self.prefix = prefix
         self.epoch = epoch
         self._owns_client = owns_client
-        self._keys = [f"{prefix}:{name}" for name in ("jobs", "states", "active", "totals", "seq", "epoch")]
+        self._keys = [f"{prefix}:{name}" for name in ("jobs", "states", "active", "totals", "seq", "epoch",
+                                                        "finished")]
         self._save = redis.register_script(_SAVE)
+        self._prune = redis.register_script(_PRUNE)
         self._encode = msgspec.msgpack.Encoder().encode
         self._decode = msgspec.msgpack.Decoder(JobRecord).decode
 
@@ -100,22 +116,45 @@ class RedisJournal:
         raw = await self.redis.hget(self._keys[0], job_id)
         return self._decode(raw) if raw is not None else None
 
+    def _args(self, record: JobRecord) -> list[Any]:
+        record.updated_at = time.time()
+        return [record.job_id, self._encode(record), record.state, repr(float(record.elapsed_s)),
+                "" if self.epoch is None else str(self.epoch), repr(record.updated_at)]
+
     async def save(self, record: JobRecord) -> None:
         import redis.exceptions
 
-        record.updated_at = time.time()
         try:
-            await self._save(keys=self._keys, args=[
-                record.job_id, self._encode(record), record.state, repr(float(record.elapsed_s)),
-                "" if self.epoch is None else str(self.epoch)])
+            await self._save(keys=self._keys, args=self._args(record))
         except redis.exceptions.ResponseError as exc:
             if "FENCED" in str(exc):
                 raise Fenced(f"broker epoch {self.epoch} was superseded: {exc}") from None
             raise
 
+    async def save_many(self, records: list[JobRecord]) -> None:
+        """One round trip (a MULTI of save scripts); with ``appendfsync always`` one fsync."""
+        import redis.exceptions
+
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for record in records:
+                await self._save(keys=self._keys, args=self._args(record), client=pipe)
+            try:
+                results = await pipe.execute(raise_on_error=False)
+            except redis.exceptions.ResponseError as exc:
+                results = [exc]
+        for result in results:
+            if isinstance(result, Exception):
+                if "FENCED" in str(result):
+                    raise Fenced(f"broker epoch {self.epoch} was superseded: {result}")
+                raise result
+
     async def totals(self) -> Totals:
         done, failed, seconds = await self.redis.hmget(self._keys[3], ["done", "failed", "done_seconds"])
         return Totals(done=int(done or 0), failed=int(failed or 0), done_seconds=float(seconds or 0.0))
+
+    async def prune(self, before: float, *, limit: int = 1000) -> int:
+        keys = [self._keys[0], self._keys[1], self._keys[6]]
+        return int(await self._prune(keys=keys, args=[repr(float(before)), limit]))
 
     async def close(self) -> None:
         if self._owns_client:

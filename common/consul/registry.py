@@ -1,6 +1,6 @@
 """Consul registration of one StreamGate instance, kept alive from the role's own event loop.
 
-Every role registers as ``<service_name>-<role>`` (``streamgate-edge``, ``streamgate-broker``, ...)
+Every role registers as ``<registry.service_prefix>-<role>`` (``streamgate-edge``, ``streamgate-broker``, ...)
 with an id per instance, its address and port, tags and meta (version, node, role). Edges and the
 control service get an HTTP check on ``/health`` that the agent polls; the broker and the farm
 get a TTL check that :class:`Registrar` refreshes from the role's event loop, so a wedged loop
@@ -60,7 +60,7 @@ class Registration(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def service_name(config: Config, role: str) -> str:
-    return f"{config.deployment.service_name}-{role}"
+    return f"{config.registry.service_prefix}-{role}"
 
 
 def _default_port_and_check(role: str, config: Config) -> tuple[int, CheckKind]:
@@ -236,7 +236,7 @@ async def keep_registered(role: str, config: Config, stop: asyncio.Event, *, por
 
 async def set_maintenance(config: Config, enable: bool, reason: str = "") -> list[str]:
     """Consul maintenance mode on/off for every StreamGate service of this node; returns their ids."""
-    prefix = f"{config.deployment.service_name}-"
+    prefix = f"{config.registry.service_prefix}-"
     async with consul_client(config.registry) as client:
         services = await asyncio.wait_for(client.agent.services(), REQUEST_TIMEOUT_S) or {}
         ids = sorted(sid for sid, s in services.items()

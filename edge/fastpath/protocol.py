@@ -66,11 +66,13 @@ class FastPath:
 
     def __init__(self, app: web.Application, delivery: Delivery,
                  fallback: Callable[[], asyncio.Protocol], client_timeout_s: float,
-                 max_header_size: int) -> None:
+                 max_header_size: int, write_timeout_s: float | None = None) -> None:
         self.app = app
         self.delivery = delivery
         self.fallback = fallback
+        # Waiting for a request head (read) and for a response write to move (write).
         self.client_timeout_s = client_timeout_s
+        self.write_timeout_s = client_timeout_s if write_timeout_s is None else write_timeout_s
         self.max_header_size = max_header_size
         self.connections: set[FastConnection] = set()
         self.targets: dict[bytes, Target] = {}
@@ -103,14 +105,14 @@ class FastPath:
         """Close connections idle or stalled past ``edge.client_timeout`` (slow clients)."""
         loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(min(1.0, self.client_timeout_s / 2))
+            await asyncio.sleep(min(1.0, self.client_timeout_s / 2, self.write_timeout_s / 2))
             now = loop.time()
             for conn in [c for c in self.connections if c.deadline < now]:
                 write = conn.write
                 if write is not None and write.sent != conn.sent_mark:
                     # A long download that still moves is not a slow client.
                     conn.sent_mark = write.sent
-                    conn.deadline = now + self.client_timeout_s
+                    conn.deadline = now + self.write_timeout_s
                     continue
                 conn.expire()
 
@@ -449,6 +451,7 @@ class FastConnection(asyncio.Protocol):
         else:
             self.write = write
             self.busy = True
+            self.deadline = self.loop.time() + self.shared.write_timeout_s
 
     def error(self, request: Request, exc: HTTPError, started: float) -> None:
         body = json.dumps({"error": exc.error, "detail": exc.detail}).encode()

@@ -80,14 +80,14 @@ def test_bad_yaml_is_a_config_error(tmp_path: Path) -> None:
 def test_operator_environment_names_override_the_file(tmp_path: Path) -> None:
     path = write(tmp_path, "server: {port: 9000}\nauth: {required: true}\n")
     env = {
-        "DEPLOYMENT_MODE": "fleet", "SERVICE_NAME": "sg-eu1", "SERVER_PORT": "9100",
+        "DEPLOYMENT_MODE": "fleet", "SERVICE_NAME": "transcoder", "SERVER_PORT": "9100",
         "REGISTRY_TYPE": "consul", "CONSUL_ADDRESS": "http://10.0.0.5:8500",
         "TRANSCODER_WORKERS": "6", "TRANSCODER_MAX_TASKS": "12", "REDIS_URL": "redis://r:6379/0",
         "STREAMGATE_DATA_DIR": "/srv/streamgate", "AUTH_REQUIRED": "false",
     }
     config = load_config(path, env=env)
     assert config.deployment.mode == "fleet"
-    assert config.deployment.service_name == "sg-eu1"
+    assert config.deployment.service_name == "transcoder"
     assert config.server.port == 9100
     assert config.registry.type == "consul"
     assert config.registry.consul_address == "http://10.0.0.5:8500"

@@ -62,7 +62,7 @@ def test_config_check_names_the_bad_key_without_a_traceback(tmp_path: Path) -> N
 
 def test_config_from_environment_variable(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
-    path.write_text("deployment: {service_name: from-env-file}\n")
+    path.write_text("registry: {service_prefix: from-env-file}\n")
     result = streamgate("config", "check", env={"STREAMGATE_CONFIG": str(path)}, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "service_name: from-env-file" in result.stdout
+    assert "service_prefix: from-env-file" in result.stdout

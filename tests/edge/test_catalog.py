@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -148,3 +149,57 @@ async def test_nonces_are_single_use_and_expire(backend: dict[str, Any]) -> None
     await nonces.issue("abcdefgh2", 0.001)
     await asyncio.sleep(0.01)  # the expiry itself is what is tested here
     assert await nonces.take("abcdefgh2") is False
+
+
+async def test_pages_by_cursor_match_pages_by_offset(backend: dict[str, Any]) -> None:
+    """Following ``after`` (the last video of the previous page) walks the same pages as counting
+    ``offset``, ties of created_at included, for every listing."""
+    catalog = backend["catalog"]
+    for i in range(23):
+        await catalog.create(_video(f"v{i:02d}", 100.0 + i // 3, owner="0xA" if i % 2 else "0xB",
+                                    visibility="private" if i % 5 == 0 else "public"))
+    for listing in ({}, {"public_only": True}, {"owner": "0xA"}, {"owner": "0xB", "public_only": True}):
+        by_offset, offset = [], 0
+        while True:
+            page, total = await catalog.page(limit=4, offset=offset, **listing)
+            if not page:
+                break
+            by_offset += [v.id for v in page]
+            offset += len(page)
+        by_cursor, offset, after = [], 0, None
+        while True:
+            page, total_c = await catalog.page(limit=4, offset=offset, after=after, **listing)
+            if not page:
+                break
+            by_cursor += [v.id for v in page]
+            offset += len(page)
+            after = (page[-1].created_at, page[-1].id)
+        assert by_cursor == by_offset and len(by_offset) == total == total_c, listing
+        assert len(set(by_offset)) == len(by_offset)
+
+
+async def test_sqlite_totals_are_kept_not_counted_and_survive_reopening(tmp_path: Path) -> None:
+    """The SQLite totals come from ``video_counts`` (triggers), rebuilt for a catalog made before it."""
+    path = tmp_path / "edge.sqlite3"
+    catalog = SqliteCatalog(path)
+    for i in range(6):
+        await catalog.create(_video(f"v{i}", float(i), owner="0xA" if i < 4 else "0xB",
+                                    visibility="private" if i == 0 else "public"))
+    await catalog.delete("v1")
+    expected = {(): 5, ("public_only",): 4, ("0xA",): 3, ("0xA", "public_only"): 2, ("0xB",): 2}
+
+    async def totals(c: SqliteCatalog) -> dict[tuple[str, ...], int]:
+        out = {}
+        for key in expected:
+            owner = key[0] if key and key[0].startswith("0x") else None
+            out[key] = (await c.page(limit=1, owner=owner, public_only="public_only" in key))[1]
+        return out
+
+    assert await totals(catalog) == expected
+    await catalog.close()
+    # An older catalog file: no counts table yet. Opening it counts what is there.
+    with sqlite3.connect(path) as db:
+        db.execute("DROP TABLE video_counts")
+    reopened = SqliteCatalog(path)
+    assert await totals(reopened) == expected
+    await reopened.close()
