@@ -26,7 +26,7 @@ from streamgate.edge.intake.metadata import metadata_text, parse_metadata
 
 QUICK = settings(max_examples=100, deadline=None, database=None, derandomize=True,
                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-LONG = settings(max_examples=5000, deadline=None, database=None,
+LONG = settings(max_examples=2000, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
 # ---------------------------------------------------------------- tus Upload-Metadata
@@ -68,6 +68,7 @@ def test_upload_metadata_round_trips(values: dict[str, bytes]) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 @LONG
 @given(_headerish)
 def test_upload_metadata_parser_raises_only_value_error_long(header: str) -> None:
@@ -144,6 +145,7 @@ def test_siwe_parser_raises_only_malformed_message(text: str) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 @LONG
 @given(mutated_siwe() | st.text(max_size=600))
 def test_siwe_parser_raises_only_malformed_message_long(text: str) -> None:
@@ -221,6 +223,7 @@ def test_load_config_of_arbitrary_text_raises_only_config_error(tmp_path: Path, 
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 @LONG
 @given(config_trees())
 def test_config_from_tree_raises_only_config_error_long(tree: Any) -> None:
