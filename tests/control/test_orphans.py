@@ -43,6 +43,7 @@ def test_the_edge_port_refuses_connections_soon_after_the_supervisor_is_killed(r
     edges = wait_until(lambda: (found if len(found := [p for p in descendants_of(platform.proc.pid)
                                                         if title_of(p) == "streamgate edge"]) >= 2 else None),
                        timeout=30, what="both edge processes")
+    tree = descendants_of(platform.proc.pid)
     # Stalled PATCHes in flight, spread over both processes by SO_REUSEPORT.
     stalled = []
     for _ in range(8):
@@ -60,6 +61,11 @@ def test_the_edge_port_refuses_connections_soon_after_the_supervisor_is_killed(r
         wait_until(lambda: not any(alive(p) for p in edges), timeout=30, what="the edge processes to exit")
         exited_after = time.monotonic() - killed_at
         assert exited_after < 10, f"the orphaned edge lingered {exited_after:.1f}s"
+        # Every other role notices too: the whole tree is gone soon after.
+        wait_until(lambda: not any(alive(p) for p in tree), timeout=30, what="every role to exit")
+        all_after = time.monotonic() - killed_at
+        assert all_after < 10, f"orphaned roles lingered {all_after:.1f}s"
+        print(f"every role gone after {all_after:.2f}s")
         print(f"port refused after {refused_after:.2f}s, edge processes gone after {exited_after:.2f}s")
     finally:
         for conn in stalled:
