@@ -9,6 +9,8 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from streamgate.edge.redact import strip_paths
+
 log = logging.getLogger("streamgate.edge")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -31,7 +33,8 @@ class HTTPError(Exception):
 
 def json_response(status: int, error: str, detail: str = "",
                   headers: dict[str, str] | None = None) -> web.Response:
-    return web.json_response({"error": error, "detail": detail}, status=status, headers=headers)
+    # The one boundary every error detail crosses: no server path leaves the edge (issue 14).
+    return web.json_response({"error": error, "detail": strip_paths(detail)}, status=status, headers=headers)
 
 
 @web.middleware

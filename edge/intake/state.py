@@ -23,6 +23,9 @@ import msgspec
 from streamgate.common.redis_keys import DEFAULT_PREFIX
 from streamgate.common.sqlite import SqliteThread
 
+# tus creation-defer-length: an upload's ``length`` until a PATCH's Upload-Length sets it.
+UNKNOWN_LENGTH = -1
+
 # How long a terminated or expired upload answers 410 Gone instead of 404 (tus 1.0 termination).
 TOMBSTONE_TTL_S = 7 * 24 * 3600
 
@@ -53,6 +56,11 @@ class Upload(msgspec.Struct, kw_only=True):
     multipart_id: str = ""
     parts: list[StoredPart] = msgspec.field(default_factory=list)
     tail_size: int = 0
+    # tus concatenation (edge/intake/concat.py): a partial upload is never a video of its own; a
+    # final one is made of the partial uploads ``concat`` (ids, in order) and is created whole
+    # (offset == length): its completion assembles them into its source.
+    partial: bool = False
+    concat: list[str] = msgspec.field(default_factory=list)
 
 
 class UploadLocked(Exception):
@@ -180,6 +188,8 @@ class RedisUploadStore:
         async with self._r.pipeline(transaction=True) as pipe:
             pipe.set(self._key(upload.id), _encode(upload))
             pipe.zadd(f"{self._p}uploads:expiry", {upload.id: upload.expires_at})
+            if upload.offset == upload.length and not upload.done:  # a final upload (concatenation)
+                pipe.sadd(f"{self._p}uploads:pending", upload.id)
             await pipe.execute()
 
     async def get(self, upload_id: str) -> Upload | None:
