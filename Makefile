@@ -11,7 +11,7 @@ DEB_PACKAGES := redis-server ffmpeg chromium nodejs npm systemd-container mmdebs
 # systemd-nspawn, mmdebstrap: the fleet hosts of tests/fleet; haproxy: tests/deploy).
 DEB_BINARIES := redis-server ffmpeg ffprobe chromium node npm systemd-nspawn mmdebstrap haproxy ip
 
-.PHONY: vendor-js install run test test-slow lint lint-deps dashboards test-container bench bench-transcode bench-edge bench-storage bench-storage-edge bench-tus-s3 loadtest system-deps bench-deps clean bench-quick bench-quality bench-catalog bench-broker bench-uploads fleet-up fleet-down fleet-test bench-upload-parallel
+.PHONY: vendor-js install run test test-slow test-chaos lint lint-deps dashboards test-container bench bench-transcode bench-edge bench-storage bench-storage-edge bench-tus-s3 loadtest system-deps bench-deps clean bench-quick bench-quality bench-catalog bench-broker bench-uploads fleet-up fleet-down fleet-test bench-upload-parallel
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python >= 3.11) on PATH"; exit 1; }
@@ -55,6 +55,12 @@ test: system-deps $(TEST_STAMP) node_modules/.installed  ## the whole suite (slo
 
 test-slow: system-deps $(TEST_STAMP)  ## long fault and load runs
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)
+
+# The long seeded chaos runs and fuzzing (issue 14); their short versions run in `make test`.
+CHAOS_TESTS := tests/control/test_chaos.py tests/control/test_disk_full.py tests/common/test_fuzz_parsers.py \
+	tests/edge/test_fuzz_tus.py
+test-chaos: system-deps $(TEST_STAMP)  ## long fault-injection (kill -9, disk full) and fuzzing runs
+	$(PY) -m pytest -m slow $(CHAOS_TESTS) $(PYTEST_ARGS)
 
 # mypy checks the product as the `streamgate` package it is installed as (see [tool.mypy] in
 # pyproject.toml): build/mypy/streamgate/ links streamgate/'s files and the four code folders.

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import logging
+import sys
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -54,6 +56,22 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         # The client went away mid-answer: its doing, not a fault (issue 14); aiohttp closes.
         log.debug("client gone during %s %s", request.method, request.path)
         raise
-    except Exception:
+    except Exception as exc:
+        if _state_store_down(exc):
+            # Redis (a fleet's upload state, locks, catalog) is unreachable: retry, not a fault here.
+            log.warning("%s %s: state store unreachable: %s", request.method, request.path, exc)
+            return json_response(503, "service unavailable", "the state store is unreachable; retry shortly",
+                                 {"Retry-After": "1"})
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            # The data dir is full (a file or a SQLite commit): the client may retry later.
+            log.error("%s %s: disk full: %s", request.method, request.path, exc)
+            return json_response(507, "insufficient storage", "the node's disk is full; retry later",
+                                 {"Retry-After": "60"})
         log.exception("unhandled error on %s %s", request.method, request.path)
         return json_response(500, "internal error", "the edge failed to answer; see its log")
+
+
+def _state_store_down(exc: BaseException) -> bool:
+    """A Redis connection or timeout error (only looked up when redis is loaded: a fleet edge)."""
+    exceptions = sys.modules.get("redis.exceptions")
+    return exceptions is not None and isinstance(exc, (exceptions.ConnectionError, exceptions.TimeoutError))

@@ -37,6 +37,7 @@ from streamgate.edge.intake import concat, s3_upload
 from streamgate.edge.intake.limits import ByteMeter, room_for
 from streamgate.edge.intake.metadata import metadata_text, parse_metadata, video_fields
 from streamgate.edge.intake.paths import partial_path, source_extension
+from streamgate.edge.intake.space import require_room
 from streamgate.edge.intake.state import UNKNOWN_LENGTH, Upload, UploadLocked
 from streamgate.edge.keys import CONFIG
 from streamgate.edge.objects import OBJECT_STORE, uses_store
@@ -314,6 +315,7 @@ async def create(request: web.Request) -> web.Response:
     if kind == "final":
         return await _create_final(request, config, owner, partial_ids)
     length = _creation_length(request, config)
+    require_room(config, length)
     try:
         metadata = parse_metadata(request.headers.get("Upload-Metadata", ""))
         fields = video_fields(metadata, config)
@@ -413,6 +415,7 @@ async def patch(request: web.Request) -> web.Response:
     offset = _int_header(request, config, "Upload-Offset")
     length = _int_header(request, config, "Upload-Length") if "Upload-Length" in request.headers else None
     checksum = _checksum(request, config)
+    require_room(config, request.content_length or 0)
     upload = await _receive_locked(request, config, request.match_info["upload_id"], owner, offset,
                                    checksum, length)
     return web.Response(status=204, headers=_progress_headers(config, upload))
