@@ -83,6 +83,10 @@ class Delivery:
             entry = self.files.get(f"{video_dir}/{rel}", rel, video_dir)
             if entry is not None:
                 return entry
+        return self.lookup_pulled(video_id, rel)
+
+    def lookup_pulled(self, video_id: str, rel: str) -> Servable | _Remote | None:
+        """``lookup_now`` past the media tree (the fast path has just missed it there)."""
         if not self.remote_enabled:
             return None
         key = f"{video_id}/{rel}"
@@ -104,15 +108,20 @@ class Delivery:
             return found
         return await self.lookup_remote(video_id, rel)
 
-    async def lookup_remote(self, video_id: str, rel: str) -> Servable:
+    def redis_hit(self, key: str, record: HotRecord) -> Servable:
+        """A Redis record as a servable, kept in the memory tier for its max-age."""
+        self.metrics.tier("redis", "hit")
+        hit = servable(key, record, self._ttl(record.cache_control), self.files.cors)
+        self.memory.put(key, hit)
+        return hit
+
+    async def lookup_remote(self, video_id: str, rel: str, past_redis: bool = False) -> Servable:
+        """The async tiers; ``past_redis``: Redis has just said it lacks the object."""
         key = f"{video_id}/{rel}"
         if self.redis is not None:
-            record = await self.redis.get(key)
+            record = None if past_redis else await self.redis.get(key)
             if record is not None:
-                self.metrics.tier("redis", "hit")
-                hit = servable(key, record, self._ttl(record.cache_control), self.files.cors)
-                self.memory.put(key, hit)
-                return hit
+                return self.redis_hit(key, record)
             self.metrics.tier("redis", "miss")
             entry = self._from_disk(key, rel)
             if entry is not None:
