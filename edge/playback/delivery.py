@@ -24,6 +24,7 @@ from streamgate.edge.playback import names as media
 from streamgate.edge.playback.diskcache import DiskCache
 from streamgate.edge.playback.files import OpenFileCache, Servable
 from streamgate.edge.playback.hotcache import HotRecord, MemoryLRU, RedisTier, servable
+from streamgate.edge.playback.hotwire import MgetPipe, connection_params
 from streamgate.edge.playback.origin import (
     NotAtOrigin,
     OriginPuller,
@@ -54,9 +55,11 @@ class Delivery:
         self.files = OpenFileCache(edge)
         self.memory = MemoryLRU(int(edge.memory_cache_size))
         self.hot_ttl_s = float(config.cache.hot_ttl)
-        self.redis = (RedisTier(redis_client, int(config.cache.redis_max_object_size), self.hot_ttl_s,
-                                config.redis_keys.hot)
-                      if redis_client is not None else None)
+        self.redis = None
+        if redis_client is not None:
+            params = connection_params(redis_client)
+            self.redis = RedisTier(redis_client, int(config.cache.redis_max_object_size), self.hot_ttl_s,
+                                   config.redis_keys.hot, MgetPipe(params) if params is not None else None)
         self.disk = DiskCache(config.storage.cache_dir / "media", int(edge.disk_cache_size))
         self.resolver = resolver
         self.store = store

@@ -21,6 +21,7 @@ import msgspec
 
 from streamgate.common.redis_keys import RedisKeys
 from streamgate.edge.playback.files import Servable
+from streamgate.edge.playback.hotwire import MgetPipe
 
 log = logging.getLogger("streamgate.edge.cache")
 
@@ -118,8 +119,11 @@ class RedisTier:
     the client for a burst of requests, and concurrent lookups of one key share a reply.
     """
 
-    def __init__(self, client: Any, max_object_size: int, max_ttl_s: float, prefix: str = RedisKeys().hot) -> None:
+    def __init__(self, client: Any, max_object_size: int, max_ttl_s: float, prefix: str = RedisKeys().hot,
+                 pipe: MgetPipe | None = None) -> None:
         self.client = client
+        # Lookups go out on the pipe when it is connected (edge/playback/hotwire.py), else by the client.
+        self.pipe = pipe
         self.prefix = prefix
         self.max_object_size = max_object_size
         self.max_ttl_s = max_ttl_s
@@ -150,6 +154,23 @@ class RedisTier:
 
     def _send_batch(self) -> None:
         batch, self._batch = self._batch or {}, None
+        pipe = self.pipe
+        if pipe is not None:
+            keys = list(batch)
+            loop = asyncio.get_running_loop()
+
+            def answered(reply: Any) -> None:
+                if isinstance(reply, list) and len(reply) == len(keys):
+                    self._failing = False
+                    _answer(batch, keys, reply)
+                else:  # the pipe failed under this MGET: a miss, answered from a callback
+                    loop.call_soon(_answer, batch, keys, [None] * len(keys))
+
+            self.round_trips += 1
+            if pipe.send([(self.prefix + key).encode() for key in keys], answered):
+                return
+            self.round_trips -= 1
+            pipe.ensure()
         task = asyncio.get_running_loop().create_task(self._mget(batch), name="redis-hot-mget")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -175,6 +196,8 @@ class RedisTier:
         asyncio.get_running_loop().call_soon(_answer, batch, keys, values)
 
     async def close(self) -> None:
+        if self.pipe is not None:
+            await self.pipe.close()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
