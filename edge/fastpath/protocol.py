@@ -268,6 +268,8 @@ class FastConnection(asyncio.Protocol):
             verdict = cache.get(request.video_id) if cache is not None else None
             if verdict is None or verdict[1] == "private" or verdict[0] <= time.monotonic():
                 return False
+        if shared.delivery.store is not None:  # s3 mode: no media tree here (edge/playback/delivery.py)
+            return self.answer_pulled(request, raw, started)
         local = request.local
         if local is None:
             video_dir = f"{shared.media_root}/{request.video_id}"

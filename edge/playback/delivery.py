@@ -14,6 +14,7 @@ Steps 1, 2 and a fresh 4 are synchronous, which is what the fast path serves wit
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from streamgate.common.config import Config
@@ -33,6 +34,10 @@ from streamgate.edge.playback.origin import (
     StaticOrigins,
 )
 from streamgate.edge.playback.storepull import StorePuller, master_uris
+
+# The servables kept for Redis records (see Delivery.redis_hit): playlists and init segments.
+REDIS_SERVABLES = 256
+REDIS_SERVABLE_MAX_BYTES = 16 * 1024
 
 
 class _Remote:
@@ -71,6 +76,7 @@ class Delivery:
             self.puller = OriginPuller(resolver, self.disk, float(edge.origin_timeout),
                                        int(edge.hot_object_max_size), float(edge.vod_playlist_max_age))
         self.metrics = edge_metrics()
+        self._redis_servables: dict[str, tuple[HotRecord, Servable]] = {}
 
     @property
     def remote_enabled(self) -> bool:
@@ -112,9 +118,25 @@ class Delivery:
         return await self.lookup_remote(video_id, rel)
 
     def redis_hit(self, key: str, record: HotRecord) -> Servable:
-        """A Redis record as a servable, kept in the memory tier for its max-age."""
+        """A Redis record as a servable, kept in the memory tier for its max-age.
+
+        The servable made for the record Redis gave last time is reused when Redis gives the
+        same record again: its headers are already built. Redis still answers every request
+        (it stays the tier that says what is current); only small objects are kept, so the
+        bound is REDIS_SERVABLES x REDIS_SERVABLE_MAX_BYTES.
+        """
         self.metrics.tier("redis", "hit")
-        hit = servable(key, record, self._ttl(record.cache_control), self.files.cors)
+        ttl = self._ttl(record.cache_control)
+        last = self._redis_servables.get(key)
+        if last is not None and last[0] == record:
+            hit = last[1]
+            hit.expires_at = time.monotonic() + ttl
+        else:
+            hit = servable(key, record, ttl, self.files.cors)
+            if len(record.body) <= REDIS_SERVABLE_MAX_BYTES:
+                if len(self._redis_servables) >= REDIS_SERVABLES:
+                    self._redis_servables.clear()
+                self._redis_servables[key] = (record, hit)
         self.memory.put(key, hit)
         return hit
 
