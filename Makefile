@@ -10,7 +10,7 @@ DEB_PACKAGES := redis-server ffmpeg chromium nodejs npm
 # Debian packages the tests run for real: the binaries they provide (chromium, node: tests/web).
 DEB_BINARIES := redis-server ffmpeg ffprobe chromium node npm
 
-.PHONY: vendor-js install run test test-slow lint lint-deps dashboards test-container bench bench-transcode bench-edge bench-storage bench-storage-edge bench-tus-s3 loadtest system-deps bench-deps clean bench-quick bench-quality bench-catalog bench-broker bench-uploads
+.PHONY: vendor-js install run test test-slow lint lint-deps dashboards test-container bench bench-transcode bench-edge bench-storage bench-storage-edge bench-tus-s3 loadtest system-deps bench-deps clean bench-quick bench-quality bench-catalog bench-broker bench-uploads bench-connections
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python >= 3.11) on PATH"; exit 1; }
@@ -153,12 +153,15 @@ bench-catalog: system-deps $(TEST_STAMP)  ## GET /api/v1/videos p99 at 1k, 10k, 
 bench-broker: system-deps $(TEST_STAMP)  ## broker submit jobs/s (durable journal, group commit) and journal size after 100k finished jobs
 	$(PY) bench/broker.py $(BENCH_ARGS)
 
+bench-connections: bench-deps $(STAMP)  ## RSS per idle keep-alive connection, edge vs nginx (10k from one client); BENCH_ARGS="--connections 5000"
+	$(PY) bench/connections.py $(BENCH_ARGS)
+
 bench-uploads: system-deps $(TEST_STAMP)  ## tus PATCH MiB/s with sha256 vs write+fsync of the same chunks, and @tus/server (npm, temp dir)
 	$(PY) bench/uploads.py $(BENCH_ARGS)
 
 # Every benchmark in bench/, one after another (they share the CPUs): each prints its ratios
 # against its reference run in the same invocation and the load average. BENCH_ARGS=--quick: a smoke run.
-BENCHES := bench-transcode bench-edge bench-storage bench-storage-edge bench-tus-s3 bench-quality bench-catalog bench-broker bench-uploads
+BENCHES := bench-transcode bench-edge bench-connections bench-storage bench-storage-edge bench-tus-s3 bench-quality bench-catalog bench-broker bench-uploads
 bench:  ## every benchmark, each printing its ratios against its reference and the load average
 	@for b in $(BENCHES); do echo "== make $$b"; $(MAKE) --no-print-directory $$b || exit 1; done
 
