@@ -11,7 +11,7 @@ DEB_PACKAGES := redis-server ffmpeg chromium nodejs npm systemd-container mmdebs
 # systemd-nspawn, mmdebstrap: the fleet hosts of tests/fleet; haproxy: tests/deploy).
 DEB_BINARIES := redis-server ffmpeg ffprobe chromium node npm systemd-nspawn mmdebstrap haproxy ip
 
-.PHONY: vendor-js install run test test-slow test-chaos lint lint-deps dashboards test-container bench bench-transcode bench-edge bench-storage bench-storage-edge bench-tus-s3 loadtest system-deps bench-deps clean bench-quick bench-quality bench-catalog bench-broker bench-uploads fleet-up fleet-down fleet-test bench-upload-parallel
+.PHONY: vendor-js install run test test-slow test-chaos lint lint-deps dashboards test-container bench bench-transcode bench-edge bench-storage bench-storage-edge bench-tus-s3 loadtest system-deps bench-deps clean bench-quick bench-quality bench-catalog bench-broker bench-uploads fleet-up fleet-down fleet-test bench-upload-parallel bench-connections
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python >= 3.11) on PATH"; exit 1; }
@@ -163,12 +163,15 @@ bench-broker: system-deps $(TEST_STAMP)  ## broker submit jobs/s (durable journa
 bench-upload-parallel: $(STAMP)  ## streamgate upload 1 vs 4 parallel parts (tus concatenation) vs write+fsync, disk backend; BENCH_ARGS="--quick"
 	$(PY) bench/upload_parallel.py $(BENCH_ARGS)
 
+bench-connections: bench-deps $(STAMP)  ## RSS per idle keep-alive connection, edge vs nginx (10k from one client); BENCH_ARGS="--connections 5000"
+	$(PY) bench/connections.py $(BENCH_ARGS)
+
 bench-uploads: system-deps $(TEST_STAMP)  ## tus PATCH MiB/s with sha256 vs write+fsync of the same chunks, and @tus/server (npm, temp dir)
 	$(PY) bench/uploads.py $(BENCH_ARGS)
 
 # Every benchmark in bench/, one after another (they share the CPUs): each prints its ratios
 # against its reference run in the same invocation and the load average. BENCH_ARGS=--quick: a smoke run.
-BENCHES := bench-transcode bench-edge bench-storage bench-storage-edge bench-tus-s3 bench-quality bench-catalog bench-broker bench-uploads bench-upload-parallel
+BENCHES := bench-transcode bench-edge bench-connections bench-storage bench-storage-edge bench-tus-s3 bench-quality bench-catalog bench-broker bench-uploads bench-upload-parallel
 bench:  ## every benchmark, each printing its ratios against its reference and the load average
 	@for b in $(BENCHES); do echo "== make $$b"; $(MAKE) --no-print-directory $$b || exit 1; done
 
