@@ -164,7 +164,8 @@ class RedisTier:
                     self._failing = False
                     _answer(batch, keys, reply)
                 else:  # the pipe failed under this MGET: a miss, answered from a callback
-                    loop.call_soon(_answer, batch, keys, [None] * len(keys))
+                    misses: list[bytes | None] = [None] * len(keys)
+                    loop.call_soon(_answer, batch, keys, misses)
 
             self.round_trips += 1
             if pipe.send([(self.prefix + key).encode() for key in keys], answered):

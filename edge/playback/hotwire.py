@@ -42,7 +42,7 @@ def connection_params(client: Any) -> dict[str, Any] | None:
     """What to connect to, from a redis-py client; None when this module cannot speak to it."""
     pool = getattr(client, "connection_pool", None)
     kwargs = getattr(pool, "connection_kwargs", None)
-    if not isinstance(kwargs, dict) or "ssl" in getattr(pool.connection_class, "__name__", "").lower():
+    if not isinstance(kwargs, dict) or "ssl" in getattr(getattr(pool, "connection_class", None), "__name__", "").lower():
         return None
     if kwargs.get("path"):
         return {"path": kwargs["path"], "username": kwargs.get("username"),
