@@ -12,6 +12,7 @@ from streamgate.edge import health, objects, openapi, stores, videos
 from streamgate.edge.access import auth
 from streamgate.edge.access.origin import PUBLIC_ORIGIN, public_origin
 from streamgate.edge.access.ratelimit import limit_middleware
+from streamgate.edge.bodies import body_idle_middleware
 from streamgate.edge.errors import error_middleware
 from streamgate.edge.intake import completion, farm_link, tus
 from streamgate.edge.keys import CONFIG, DISCOVERY, READINESS_CHECKS, REDIS, STARTED_AT
@@ -57,7 +58,11 @@ async def _discovery_ctx(app: web.Application) -> AsyncIterator[None]:
 
 def build_app(config: Config) -> web.Application:
     app = web.Application(
-        middlewares=[error_middleware, limit_middleware],  # limits before any handler reads a token
+        # A body that stops arriving fails after the idle timeout on every route, and its
+        # connection closes after the answer (edge/bodies.py: outermost, it sees that answer);
+        # then errors as JSON; limits before any handler reads a token.
+        middlewares=[body_idle_middleware(config.server.edge_read_timeout(config.edge)),
+                     error_middleware, limit_middleware],
         client_max_size=1024**2,
         handler_args={"max_field_size": int(config.edge.max_header_size),
                       "max_line_size": int(config.edge.max_header_size)},

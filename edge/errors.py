@@ -7,7 +7,7 @@ import logging
 import sys
 from collections.abc import Awaitable, Callable
 
-from aiohttp import web
+from aiohttp import ClientPayloadError, web
 
 from streamgate.edge.redact import strip_paths
 
@@ -48,6 +48,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             raise
         headers = {k: v for k, v in exc.headers.items() if k.lower() not in ("content-type", "content-length")}
         return json_response(exc.status, exc.reason.lower(), exc.text or "", headers)
+    except ClientPayloadError as exc:
+        # The body stopped (edge/bodies.py) or broke off: the client's doing, never an ERROR.
+        log.info("%s %s: request body failed: %s", request.method, request.path, exc)
+        return json_response(408, "request timeout", "the request body stopped arriving",
+                             {"Connection": "close"})
     except ConnectionError:
         transport = request.transport
         if transport is not None and not transport.is_closing():
