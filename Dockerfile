@@ -1,7 +1,9 @@
 # StreamGate: one image for every role; the command picks it (run, edge, broker, farm, control).
 #
 #   docker build -t streamgate .
-#   docker run -p 8080:8080 -e AUTH_REQUIRED=false streamgate            # single node
+#   docker run -p 8080:8080 -e AUTH_REQUIRED=false streamgate            # single node, no sign-in
+#   docker run -p 8080:8080 -e STREAMGATE__SERVER__PUBLIC_URL=https://videos.example streamgate
+#                                        # with sign-in: the origin SIWE messages must name
 #   docker run streamgate edge --workers 2                               # one role of a fleet
 #
 # The base is a build argument so the same file builds on python:3.11-slim (the default) or on
@@ -35,7 +37,9 @@ RUN if ! command -v tini >/dev/null; then \
     && install -d -m 0755 /etc/streamgate
 COPY --from=build /opt/streamgate /opt/streamgate
 
-# No config file is baked in: the defaults (auth required) plus the environment, or a mounted
+# No config file is baked in: the defaults (auth required, so server.public_url or auth.domain
+# must be given: an edge never takes its sign-in domain from a request's Host) plus the
+# environment, or a mounted
 # /etc/streamgate/config.yaml (STREAMGATE_CONFIG). The multiprocess directory is where every
 # StreamGate process of the container writes its metrics (common/metrics.py).
 ENV PATH=/opt/streamgate/bin:$PATH \
