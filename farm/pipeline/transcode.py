@@ -36,6 +36,7 @@ from streamgate.farm.pipeline.encoder import EncoderHandle
 from streamgate.farm.pipeline.encoder_protocol import EncoderJob
 from streamgate.farm.pipeline.errors import (
     BadInputError,
+    BadSettingsError,
     EncoderFailedError,
     GateError,
     TranscodeCancelled,
@@ -101,7 +102,7 @@ class TranscodeSettings(msgspec.Struct, frozen=True, kw_only=True):
         try:
             return msgspec.convert(values, cls)
         except msgspec.ValidationError as exc:  # job settings come from the wire: a failed job, not a crash
-            raise TranscodeError(f"bad settings: {exc}") from exc
+            raise BadSettingsError(f"bad settings: {exc}") from exc
 
 
 def _timescale(info: SourceInfo) -> int:
@@ -178,7 +179,7 @@ def _transcode(source: Path, out_dir: Path, settings: TranscodeSettings,
     if cancel is not None and cancel.is_set():
         raise TranscodeCancelled()
     if settings.segment_duration <= 0 or settings.ring_slots < 2:
-        raise TranscodeError("bad settings: segment_duration must be > 0 and ring_slots >= 2")
+        raise BadSettingsError("bad settings: segment_duration must be > 0 and ring_slots >= 2")
     rungs = plan_ladder(info.width, info.height, float(info.fps), settings.ladder,
                         peak_bitrate_1080p=settings.peak_bitrate_1080p, bufsize_factor=settings.bufsize_factor)
     out_dir.mkdir(parents=True, exist_ok=True)
