@@ -50,3 +50,10 @@ class BadSettingsError(TranscodeError):
     """The job's settings cannot run (they came from the wire): a rerun fails the same way."""
 
     retryable = False
+
+
+class ResourceLimitError(TranscodeError):
+    """The job reached a memory or CPU-time limit (farm/pipeline/limits.py): the same source
+    would reach it again."""
+
+    retryable = False
