@@ -57,7 +57,7 @@ def _quarter_turns(rotation: float) -> int:
 
 
 # Demuxers of single pictures: a photo renamed .mp4 is not a video (it made a 0.04 s one).
-_IMAGE_FORMATS = ("image2", "jpeg_pipe", "png_pipe", "webp_pipe", "bmp_pipe", "gif", "tiff_pipe")
+_IMAGE_FORMATS = ("image2", "jpeg_pipe", "png_pipe", "webp_pipe", "bmp_pipe", "tiff_pipe")  # not gif: it moves
 
 
 def _check_size(width: int, height: int, max_pixels: int) -> None:
