@@ -88,6 +88,8 @@ def probe(source: Path, *, max_pixels: int = 0, max_duration_s: float = 0.0) -> 
         if vstream is None:
             kind = "audio only" if container.streams.audio else "no streams"
             raise BadInputError(f"no video stream in source ({kind})")
+        if vstream.codec_context is None:  # a cut or corrupt sample description: no decoder to open
+            raise BadInputError(f"video stream {vstream.index} has no usable codec parameters (corrupt or truncated)")
         if container.format.name in _IMAGE_FORMATS or vstream.codec_context.name in ("mjpeg", "png") and (
                 vstream.frames == 1 or container.format.name.endswith("_pipe")):
             raise BadInputError(f"source is a still image ({container.format.name}), not a video")

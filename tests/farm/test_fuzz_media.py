@@ -201,3 +201,18 @@ def test_manifests_of_any_segments_pass_the_gate_schema(track: tuple[int, float,
     root = etree.fromstring(text.encode())
     templates = root.findall(".//{urn:mpeg:dash:schema:mpd:2011}SegmentTemplate")
     assert all(_timeline_count(t) == len(segments) for t in templates)
+
+
+def test_an_mp4_cut_inside_its_sample_description_is_bad_input(originals: dict[str, bytes], tmp_path: Path) -> None:
+    # Found by test_mutated_media_long_run[mp4]: cut there, the video stream has no codec
+    # context, and the probe raised AttributeError ('NoneType' object has no attribute 'name').
+    data = originals["mp4"]
+    stsd = data.find(b"stsd", data.rfind(b"moov"))
+    assert stsd > 0
+    source = tmp_path / "cut.mp4"
+    for cut in range(stsd, min(len(data), stsd + 160), 3):
+        source.write_bytes(data[:cut])
+        try:
+            probe(source)
+        except BadInputError as exc:
+            assert exc.reason.strip()
