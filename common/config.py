@@ -247,6 +247,9 @@ class ScalingPolicy(_Section):
     scale_up_threshold: float = 2.5
     scale_down_threshold: float = 0.5
     check_interval: Seconds = Seconds(10)
+    # A worker whose job has run this long no longer counts as capacity for waiting jobs: the
+    # pool starts another (within max_workers), so one long job cannot hold every short one; 0: off.
+    long_job_after: Seconds = Seconds(60)
 
 
 class TranscoderConfig(_Section):
@@ -275,6 +278,17 @@ class TranscoderConfig(_Section):
     drain_timeout: Seconds = Seconds(5)
     # A cancelled or aborted run that has not stopped after this long is wedged: its worker exits.
     abort_grace: Seconds = Seconds(5)
+    # Bounded cost per upload: the probe refuses a source above this many pixels per picture
+    # (4096x2304) or longer than this, before a frame ring or an encoder exists; 0: no limit.
+    max_source_pixels: int = 4096 * 2304
+    max_source_duration: Seconds = Seconds(24 * 3600)
+    # A source that decodes to less than this share of its declared duration is truncated or
+    # corrupt: the job fails rather than publishing a half video as ready; 0: off.
+    min_decoded_ratio: float = 0.9
+    # Address-space limit (RLIMIT_AS) of each worker and encoder process, and CPU seconds
+    # (RLIMIT_CPU) each of them may spend on one job; a hit fails the job with the reason; 0: off.
+    worker_memory_limit: Bytes = Bytes(8 * 2**30)
+    cpu_time_limit_per_job: Seconds = Seconds(4 * 3600)
 
 
 class RegistryConfig(_Section):

@@ -49,6 +49,14 @@ class WorkerHandle:
         self.liveness = Liveness(health_s, self.started)
         self.retiring = False
         self.killed = False
+        self.busy_since: float | None = None  # when its current job started (as it reported)
+
+    def report(self, state: str, now: float) -> None:
+        if state == "busy" and self.state != "busy":
+            self.busy_since = now
+        elif state != "busy":
+            self.busy_since = None
+        self.state = state
 
     def uptime(self, now: float) -> float:
         """How long it has been up; a worker that died before reporting was never up."""
@@ -163,7 +171,7 @@ class Pool:
             try:
                 while handle.conn.poll():
                     kind, state = handle.conn.recv()
-                    handle.state = state
+                    handle.report(state, time.monotonic())
                     if handle.up_at is None:
                         handle.up_at = time.monotonic()
                     if kind == "pong":
@@ -209,8 +217,12 @@ class Pool:
             return
         live = self.live()
         busy = sum(1 for w in live if w.state == "busy")
+        now = time.monotonic()
+        long_after = float(self.policy.long_job_after)
+        long_running = sum(1 for w in live if w.busy_since is not None and long_after > 0
+                           and now - w.busy_since >= long_after)
         want = desired_workers(self.policy, queue_length=stats.queue_length, workers=self.headcount(),
-                               busy=busy)
+                               busy=busy, long_running=long_running)
         self.converge(want, f"queue {stats.queue_length}")
 
     def converge(self, want: int, why: str) -> None:

@@ -9,6 +9,11 @@ read the policy the same way:
   least one more), the count that brings the backlog per worker back to the target.
 * ``ratio <= scale_down_threshold`` with idle workers: shrink by one per check (gently: a burst
   of uploads should not find the pool just emptied); busy workers are never retired.
+* ``long_running`` workers (their job has run past ``long_job_after``) are not capacity for
+  the jobs waiting: while any job waits, at least ``long_running + 1`` workers, so one long job
+  (a 10 h clip) cannot hold every short one back at ``min_workers``. The pool, not the broker,
+  does this: it already knows how long each of its workers has been busy, and a reserved worker
+  would sit idle whenever only long jobs exist.
 * always within ``[min_workers, max_workers]``.
 """
 
@@ -19,7 +24,8 @@ import math
 from streamgate.common.config import ScalingPolicy
 
 
-def desired_workers(policy: ScalingPolicy, *, queue_length: int, workers: int, busy: int) -> int:
+def desired_workers(policy: ScalingPolicy, *, queue_length: int, workers: int, busy: int,
+                    long_running: int = 0) -> int:
     target = max(policy.target_queue_len, 1)
     ratio = queue_length / max(workers, 1) / target
     desired = workers
@@ -27,4 +33,6 @@ def desired_workers(policy: ScalingPolicy, *, queue_length: int, workers: int, b
         desired = max(workers + 1, math.ceil(queue_length / target))
     elif ratio <= policy.scale_down_threshold and busy < workers:
         desired = max(workers - 1, busy)
+    if queue_length > 0 and long_running > 0:
+        desired = max(desired, long_running + 1)
     return max(policy.min_workers, min(policy.max_workers, desired))

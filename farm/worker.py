@@ -53,6 +53,7 @@ from streamgate.common.protocol import (
     encode,
     reconnect_max_s,
 )
+from streamgate.farm.pipeline.limits import end_cpu_budget, set_memory_limit, start_cpu_budget
 
 log = logging.getLogger("streamgate.worker")
 
@@ -120,12 +121,13 @@ class Current:
     future: asyncio.Future[TranscodeResult] | None = None
     aborted: str = ""  # the broker took the lease back: report nothing but READY when it stops
     handed_back: bool = False
+    limit_hit: str = ""  # the run reached this process's CPU budget: a final failure with this reason
 
 
 class Worker:
     def __init__(self, config: Config, *, endpoint: str | None = None, runner: Runner = run_pipeline,
                  worker_id: str | None = None, pool: Connection | None = None,
-                 metrics: bool = False) -> None:
+                 metrics: bool = False, cpu_budget_s: float = 0.0) -> None:
         self.config = config
         self.endpoint = endpoint or config.broker_endpoints.backend
         self.runner = runner
@@ -137,6 +139,9 @@ class Worker:
         self.reconnect_max_s = reconnect_max_s(self.heartbeat_s)
         self.drain_timeout_s = float(config.transcoder.drain_timeout)
         self.abort_grace_s = float(config.transcoder.abort_grace)
+        # RLIMIT_CPU per job (farm/pipeline/limits.py); only a worker in a process of its own
+        # sets it (worker_process), never one running inside another program.
+        self.cpu_budget_s = cpu_budget_s
         self.draining = asyncio.Event()
         self.current: Current | None = None
         self.jobs_done = 0
@@ -343,6 +348,8 @@ class Worker:
         run = JobRun(job=assign.job, attempt=assign.attempt, config=self.config,
                      on_progress=on_progress, cancel=current.cancel)
         log.info("worker %s: job %s attempt %d", self.worker_id, assign.job.job_id, assign.attempt)
+        if self.cpu_budget_s > 0:
+            start_cpu_budget(self.cpu_budget_s)
         current.future = loop.run_in_executor(self._executor, self.runner, run)
         current.future.add_done_callback(lambda f: self._finish(current, f))
         self._report_to_pool()
@@ -357,6 +364,8 @@ class Worker:
         """The runner returned or raised: report the outcome (unless the lease was taken back)."""
         if self.current is current:
             self.current = None
+        if self.cpu_budget_s > 0:
+            end_cpu_budget()
         self._progress = None
         elapsed = time.monotonic() - current.started
         job_id, attempt = current.job.job_id, current.attempt
@@ -368,10 +377,11 @@ class Worker:
             self._outbox.append(HandBack(job_id=job_id, attempt=attempt, reason="worker stopping"))
         elif (exc := future.exception()) is not None:
             self.jobs_failed += 1
-            reason = getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}"
+            reason = current.limit_hit or getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}"
+            retryable = not current.limit_hit and bool(getattr(exc, "retryable", True))
             log.warning("worker %s: job %s attempt %d failed: %s", self.worker_id, job_id, attempt, reason)
             self._outbox.append(Failed(job_id=job_id, attempt=attempt, reason=str(reason),
-                                       retryable=bool(getattr(exc, "retryable", True))))
+                                       retryable=retryable))
         else:
             self.jobs_done += 1
             result = future.result()
@@ -391,6 +401,18 @@ class Worker:
         log.warning("worker %s: job %s attempt %d aborted: %s", self.worker_id, abort.job_id,
                     abort.attempt, abort.reason)
         current.aborted = abort.reason
+        current.cancel.set()
+        self._spawn(self._wedge_guard(current))
+
+    def on_cpu_limit(self) -> None:
+        """SIGXCPU: the running job spent this process's CPU budget; stop it, fail it for good."""
+        end_cpu_budget()  # no more signals; a run deaf to its cancel meets the wedge guard
+        current = self.current
+        if current is None or current.limit_hit:
+            return
+        current.limit_hit = (f"CPU time limit of {self.cpu_budget_s:g} s per job reached "
+                             "(transcoder.cpu_time_limit_per_job)")
+        log.warning("worker %s: job %s: %s", self.worker_id, current.job.job_id, current.limit_hit)
         current.cancel.set()
         self._spawn(self._wedge_guard(current))
 
@@ -521,6 +543,10 @@ def worker_process(config: Config, conn: Connection | None, runner_spec: str, pa
     from streamgate.farm import pipeline  # noqa: F401
 
     runner = load_runner(runner_spec)
+    # One upload must not take the host: this process and the encoders it starts (each sets its
+    # own) stay under the configured address space; CPU is budgeted per job (Worker).
+    set_memory_limit(int(config.transcoder.worker_memory_limit))
+    cpu_budget_s = float(config.transcoder.cpu_time_limit_per_job)
 
     if config.storage.backend == "s3":
         from streamgate.farm.publish import sweep_scratch
@@ -534,12 +560,13 @@ def worker_process(config: Config, conn: Connection | None, runner_spec: str, pa
             await _run_following(config, conn, runner, worker_id, metrics)
             return
         worker = Worker(config, runner=runner, pool=conn, worker_id=worker_id,
-                        metrics=metrics)
+                        metrics=metrics, cpu_budget_s=cpu_budget_s)
         await _serve(worker, conn)
 
     async def _serve(worker: Worker, conn: Connection | None) -> None:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, worker.drain)
+        loop.add_signal_handler(signal.SIGXCPU, worker.on_cpu_limit)
         if conn is not None:
             loop.add_reader(conn.fileno(), worker.on_pool_message)
             conn.send(("state", "connecting"))  # up: from now on the pool pings us
@@ -558,7 +585,7 @@ def worker_process(config: Config, conn: Connection | None, runner_spec: str, pa
 
         async with Discovery(config) as discovery:
             worker = discovered_worker(config, discovery, runner=runner, pool=conn, worker_id=worker_id,
-                                       metrics=metrics)
+                                       metrics=metrics, cpu_budget_s=cpu_budget_s)
             follower = asyncio.create_task(follow_leader(discovery, lambda e: worker.retarget(e.backend)),
                                            name="worker-follow-leader")
             try:

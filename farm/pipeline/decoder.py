@@ -31,7 +31,12 @@ from streamgate.farm.pipeline.encoder_protocol import (
     Released,
     SegmentWritten,
 )
-from streamgate.farm.pipeline.errors import BadInputError, EncoderFailedError, TranscodeCancelled
+from streamgate.farm.pipeline.errors import (
+    BadInputError,
+    EncoderFailedError,
+    ResourceLimitError,
+    TranscodeCancelled,
+)
 from streamgate.farm.pipeline.packager import SegmentInfo
 from streamgate.farm.pipeline.poster import poster_time, write_poster
 from streamgate.farm.pipeline.probe import SourceInfo
@@ -116,8 +121,8 @@ class DecodeLoop:
                             # Every encoder has the ring mapped: drop its name, so from here on
                             # nothing can leak whatever dies (a mapping outlives its name).
                             self.ring.unlink()
-                    case Failed(reason=reason):
-                        raise EncoderFailedError(reason)
+                    case Failed(reason=reason, resource_limit=limit):
+                        raise (ResourceLimitError if limit else EncoderFailedError)(reason)
             if encoder.eof:
                 self._selector.unregister(encoder.fd)
                 if encoder.name not in self.finished:
@@ -125,7 +130,7 @@ class DecodeLoop:
                         encoder.proc.wait(2)
                     except Exception:  # noqa: BLE001 - still running: reported as not answering
                         pass
-                    raise EncoderFailedError(encoder.death_reason())
+                    raise encoder.death_error()
         if time.monotonic() - self._last_event > self.stall_timeout_s:
             raise EncoderFailedError(f"encoders made no progress for {self.stall_timeout_s:.0f} s")
         self._report()

@@ -37,6 +37,8 @@ from streamgate.farm.pipeline.encoder_protocol import (
     frame_message,
     split_messages,
 )
+from streamgate.farm.pipeline.errors import EncoderFailedError, ResourceLimitError, TranscodeError
+from streamgate.farm.pipeline.limits import EXIT_CPU_LIMIT
 
 
 class _ParentGone(Exception):
@@ -85,6 +87,12 @@ def run(in_fd: int, out_fd: int) -> int:
 
     from streamgate.common.process import die_with_parent, set_title
     from streamgate.farm.pipeline.cmaf import avc_sample, avcc, video_init
+    from streamgate.farm.pipeline.limits import (
+        memory_error_reason,
+        near_memory_limit,
+        set_memory_limit,
+        start_cpu_budget,
+    )
     from streamgate.farm.pipeline.packager import TrackSegmenter
     from streamgate.farm.pipeline.ring import RingView
 
@@ -94,6 +102,8 @@ def run(in_fd: int, out_fd: int) -> int:
     except _ParentGone:  # the job was cancelled before this process started
         return 1
     set_title(f"encoder {job.name}")
+    set_memory_limit(job.memory_limit)
+    start_cpu_budget(job.cpu_limit_s)
     die_with_parent(signal.SIGKILL, expected_parent=job.parent_pid or None)
     ring = RingView(job.ring_name, job.ring_width, job.ring_height, job.ring_slots)
     _send(out_fd, Attached())
@@ -178,8 +188,11 @@ def run(in_fd: int, out_fd: int) -> int:
     except _ParentGone:
         return 1
     except Exception as exc:  # reported to the parent as the job's reason
+        # RLIMIT_AS: av.error.MemoryError is a MemoryError; x264 says "generic error".
+        limit = isinstance(exc, MemoryError) or near_memory_limit(job.memory_limit)
+        reason = memory_error_reason(exc, job.memory_limit) if limit else f"{type(exc).__name__}: {exc}"
         try:
-            _send(out_fd, Failed(f"encoder {job.name}: {type(exc).__name__}: {exc}"))
+            _send(out_fd, Failed(f"encoder {job.name}: {reason}", resource_limit=limit))
         except OSError:
             pass
         return 1
@@ -252,6 +265,13 @@ class EncoderHandle:
         except (OSError, ValueError):
             return ""
         return text[-limit:]
+
+    def death_error(self) -> TranscodeError:
+        """Why the process ended without finishing, as the job's failure."""
+        if self.proc.poll() == EXIT_CPU_LIMIT:
+            limit = f" of {self.job.cpu_limit_s:g} s" if self.job is not None else ""
+            return ResourceLimitError(f"encoder {self.name} reached its CPU time limit{limit} per job")
+        return EncoderFailedError(self.death_reason())
 
     def death_reason(self) -> str:
         code = self.proc.poll()

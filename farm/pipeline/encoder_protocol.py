@@ -40,6 +40,8 @@ class EncoderJob(msgspec.Struct, frozen=True, kw_only=True):
     x264_params: str = ""
     interpolation: str = "BICUBIC"
     parent_pid: int = 0
+    memory_limit: int = 0  # RLIMIT_AS bytes of the encoder process; 0: none
+    cpu_limit_s: float = 0.0  # RLIMIT_CPU seconds of the encoder process (it lives one job); 0: none
 
 
 class Attached(msgspec.Struct, tag=True):
@@ -64,6 +66,7 @@ class Finished(msgspec.Struct, tag=True, kw_only=True):
 
 class Failed(msgspec.Struct, tag=True):
     reason: str
+    resource_limit: bool = False  # a memory limit was reached: final, not an encoder crash
 
 
 EncoderEvent = Attached | Released | SegmentWritten | Finished | Failed

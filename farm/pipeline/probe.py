@@ -56,8 +56,22 @@ def _quarter_turns(rotation: float) -> int:
     return round(rotation / 90) % 4
 
 
-def probe(source: Path) -> SourceInfo:
-    """Describe ``source`` or raise :class:`BadInputError` with the reason."""
+# Demuxers of single pictures: a photo renamed .mp4 is not a video (it made a 0.04 s one).
+_IMAGE_FORMATS = ("image2", "jpeg_pipe", "png_pipe", "webp_pipe", "bmp_pipe", "tiff_pipe")  # not gif: it moves
+
+
+def _check_size(width: int, height: int, max_pixels: int) -> None:
+    if max_pixels > 0 and width * height > max_pixels:
+        raise BadInputError(f"source is {width}x{height} ({width * height / 1e6:.1f} MP): over the "
+                            f"limit of {max_pixels / 1e6:.1f} megapixels per picture")
+
+
+def probe(source: Path, *, max_pixels: int = 0, max_duration_s: float = 0.0) -> SourceInfo:
+    """Describe ``source`` or raise :class:`BadInputError` with the reason.
+
+    ``max_pixels`` and ``max_duration_s`` (0: none) bound the cost of one job: the size the
+    container declares is checked before a picture is decoded, the decoded one after.
+    """
     source = Path(source)
     try:
         size = source.stat().st_size
@@ -74,6 +88,12 @@ def probe(source: Path) -> SourceInfo:
         if vstream is None:
             kind = "audio only" if container.streams.audio else "no streams"
             raise BadInputError(f"no video stream in source ({kind})")
+        if vstream.codec_context is None:  # a cut or corrupt sample description: no decoder to open
+            raise BadInputError(f"video stream {vstream.index} has no usable codec parameters (corrupt or truncated)")
+        if container.format.name in _IMAGE_FORMATS or vstream.codec_context.name in ("mjpeg", "png") and (
+                vstream.frames == 1 or container.format.name.endswith("_pipe")):
+            raise BadInputError(f"source is a still image ({container.format.name}), not a video")
+        _check_size(vstream.codec_context.width or 0, vstream.codec_context.height or 0, max_pixels)
         vstream.thread_type = "AUTO"
         astream = container.streams.audio[0] if container.streams.audio else None
         first = _first_frame(container, vstream)
@@ -82,6 +102,7 @@ def probe(source: Path) -> SourceInfo:
         width, height = (first.height, first.width) if turns % 2 else (first.width, first.height)
         if min(width, height) < 2 or max(width, height) > MAX_DIMENSION:
             raise BadInputError(f"unsupported frame size {width}x{height}")
+        _check_size(width, height, max_pixels)
         rate = vstream.average_rate or vstream.guessed_rate or vstream.base_rate
         if not rate or rate <= 0 or rate > 240:
             rate = Fraction(30)
@@ -92,6 +113,8 @@ def probe(source: Path) -> SourceInfo:
             duration = float(vstream.duration * tb)
         elif container.duration:
             duration = container.duration / av.time_base
+        if max_duration_s > 0 and duration > max_duration_s:
+            raise BadInputError(f"source is {duration:.0f} s long: longer than the limit of {max_duration_s:.0f} s")
         frames = vstream.frames or round(duration * rate)
         video_start = float(first.time) if first.time is not None else 0.0
         info: dict[str, Any] = {}  # the audio fields of SourceInfo, when there is audio

@@ -8,6 +8,7 @@ The farm worker calls this from inside a worker process, possibly off its main t
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -36,14 +37,17 @@ from streamgate.farm.pipeline.encoder import EncoderHandle
 from streamgate.farm.pipeline.encoder_protocol import EncoderJob
 from streamgate.farm.pipeline.errors import (
     BadInputError,
+    BadSettingsError,
     EncoderFailedError,
     GateError,
+    ResourceLimitError,
     TranscodeCancelled,
     TranscodeError,
 )
 from streamgate.farm.pipeline.gate import check_ladder
 from streamgate.farm.pipeline.hls import AudioMedia, Variant, master_playlist, media_playlist, target_duration
 from streamgate.farm.pipeline.ladder import Rung, encoder_threads, plan_ladder
+from streamgate.farm.pipeline.limits import memory_error_reason
 from streamgate.farm.pipeline.packager import INIT_NAME, SEGMENT_NAME, SegmentInfo, write_atomic
 from streamgate.farm.pipeline.probe import SourceInfo, probe
 from streamgate.farm.pipeline.ring import FrameRing
@@ -80,6 +84,11 @@ class TranscodeSettings(msgspec.Struct, frozen=True, kw_only=True):
     x264_params: str = ""
     stall_timeout_s: float = 120.0
     gate: bool = True
+    max_source_pixels: int = 4096 * 2304  # 0: no limit
+    max_source_duration: float = 24 * 3600.0  # seconds; 0: no limit
+    min_decoded_ratio: float = 0.9  # decoded / declared duration below this: truncated; 0: off
+    memory_limit: int = 0  # RLIMIT_AS bytes of each encoder process; 0: none
+    cpu_limit_s: float = 0.0  # RLIMIT_CPU seconds of each encoder process; 0: none
     mpd_schema: str = ""  # empty: ../shared/conformance/dash/DASH-MPD.xsd beside the repo
 
     @classmethod
@@ -92,16 +101,22 @@ class TranscodeSettings(msgspec.Struct, frozen=True, kw_only=True):
             "audio_bitrate": transcoder.audio_bitrate,
             "ring_slots": transcoder.ring_slots,
         }
-        for name in ("peak_bitrate_1080p", "bufsize_factor", "x264_threads", "x264_params", "mpd_schema"):
+        for name in ("peak_bitrate_1080p", "bufsize_factor", "x264_threads", "x264_params", "mpd_schema",
+                     "max_source_pixels", "min_decoded_ratio"):
             if hasattr(transcoder, name):
                 values[name] = getattr(transcoder, name)
+        if hasattr(transcoder, "worker_memory_limit"):
+            values["memory_limit"] = int(transcoder.worker_memory_limit)
+            values["cpu_limit_s"] = float(transcoder.cpu_time_limit_per_job)
+        if hasattr(transcoder, "max_source_duration"):
+            values["max_source_duration"] = float(transcoder.max_source_duration)
         if hasattr(transcoder, "encoder_stall_timeout"):
             values["stall_timeout_s"] = float(transcoder.encoder_stall_timeout)
         values.update({k: v for k, v in overrides.items() if v is not None})
         try:
             return msgspec.convert(values, cls)
         except msgspec.ValidationError as exc:  # job settings come from the wire: a failed job, not a crash
-            raise TranscodeError(f"bad settings: {exc}") from exc
+            raise BadSettingsError(f"bad settings: {exc}") from exc
 
 
 def _timescale(info: SourceInfo) -> int:
@@ -150,7 +165,12 @@ def transcode(source: Path, out_dir: Path, settings: TranscodeSettings, *,
         return _transcode(Path(source), Path(out_dir), settings, on_progress, cancel, spares, publish)
     except TranscodeError:
         raise
-    except Exception as exc:  # an unforeseen failure (disk full, a codec error) is still a failed job
+    except Exception as exc:
+        if isinstance(exc, MemoryError) or isinstance(exc, OSError) and exc.errno == errno.ENOMEM:
+            # RLIMIT_AS of this process (transcoder.worker_memory_limit): the same source would
+            # reach it again. av.error.MemoryError is a MemoryError; a ring's mmap says ENOMEM.
+            raise ResourceLimitError(memory_error_reason(exc, settings.memory_limit)) from exc
+        # An unforeseen failure (disk full, a codec error) is still a failed job.
         log.exception("transcode of %s failed", source)
         raise TranscodeError(f"transcode failed: {type(exc).__name__}: {exc}") from exc
     finally:
@@ -173,12 +193,12 @@ def _transcode(source: Path, out_dir: Path, settings: TranscodeSettings,
                                           frames_total=frames))
 
     report("probe", 0.0)
-    info = probe(source)
+    info = probe(source, max_pixels=settings.max_source_pixels, max_duration_s=settings.max_source_duration)
     stages["probe"] = time.monotonic() - started
     if cancel is not None and cancel.is_set():
         raise TranscodeCancelled()
     if settings.segment_duration <= 0 or settings.ring_slots < 2:
-        raise TranscodeError("bad settings: segment_duration must be > 0 and ring_slots >= 2")
+        raise BadSettingsError("bad settings: segment_duration must be > 0 and ring_slots >= 2")
     rungs = plan_ladder(info.width, info.height, float(info.fps), settings.ladder,
                         peak_bitrate_1080p=settings.peak_bitrate_1080p, bufsize_factor=settings.bufsize_factor)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -286,6 +306,7 @@ def _transcode(source: Path, out_dir: Path, settings: TranscodeSettings,
             for encoder in encoders:
                 encoder.stop()
     assert loop is not None
+    _check_complete(info, video_segments[rungs[0].name], timescale, settings.min_decoded_ratio)
     report("package", 0.96, loop.frames)
     packaged = time.monotonic()
     result = _package(emit, info, rungs, loop, video_segments, timescale, audio, audio_segments,
@@ -300,6 +321,18 @@ def _transcode(source: Path, out_dir: Path, settings: TranscodeSettings,
     stages["total"] = time.monotonic() - started
     report("done", 1.0, loop.frames)
     return msgspec.structs.replace(result, stage_seconds=stages, warnings=loop.warnings)
+
+
+def _check_complete(info: SourceInfo, segments: list[SegmentInfo], timescale: int,
+                    min_ratio: float) -> None:
+    """No half video called ready: a source that decodes to much less than it declares (a cut
+    upload whose index survived) fails with the reason. (A photo is refused by the probe; a
+    one-frame video stream is a video, as its encoder meant it.)"""
+    decoded = presentation_seconds(segments, timescale) if segments else 0.0
+    declared = info.duration_s
+    if min_ratio > 0 and declared > 0 and decoded < declared * min_ratio:
+        raise BadInputError(f"source declares {declared:.1f} s but decodes to {decoded:.1f} s "
+                            f"({decoded / declared:.0%}): truncated or corrupt")
 
 
 def _finished(encoder: EncoderHandle, loop: DecodeLoop | None) -> bool:
@@ -317,6 +350,7 @@ def _job(rung: Rung, out_dir: Path, ring: FrameRing, info: SourceInfo, timescale
         crf=settings.crf, maxrate=rung.maxrate, bufsize=rung.bufsize,
         threads=settings.x264_threads if settings.x264_threads > 0 else threads,
         x264_params=settings.x264_params, parent_pid=os.getpid(),
+        memory_limit=settings.memory_limit, cpu_limit_s=settings.cpu_limit_s,
     )
 
 

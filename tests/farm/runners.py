@@ -83,3 +83,13 @@ def gated_mid(run: JobRun) -> TranscodeResult:
     return run_pipeline(JobRun(job=msgspec.structs.replace(run.job, settings={
         k: v for k, v in run.job.settings.items() if not k.startswith("test_")}),
         attempt=run.attempt, config=run.config, on_progress=on_progress, cancel=run.cancel))
+
+
+def encoder_crash_first(run: JobRun) -> TranscodeResult:
+    """Attempt 1 fails as an encoder crash would (a transient error); later attempts run."""
+    from streamgate.farm.pipeline.errors import EncoderFailedError
+
+    _started_marker(run)
+    if run.attempt == 1:
+        raise EncoderFailedError("encoder 240p was killed by SIGSEGV")
+    return _pipeline(run)
