@@ -430,6 +430,12 @@ async def terminate(request: web.Request) -> web.Response:
     try:
         async with request.app[stores.UPLOAD_STORE].lock(upload_id, float(config.uploads.lock_wait)):
             upload = await _load(request, config, upload_id, owner)
+            if upload.done:
+                # Its bytes became a video: terminating the upload would delete nothing a client
+                # can see (and must not take the video's source away), so say where to go.
+                raise _error(config, 409, "conflict",
+                             f"the upload is complete and is video {upload_id}: delete it with "
+                             f"DELETE /api/v1/videos/{upload_id}")
             try:
                 await intake.discard_upload(request.app, upload)
             except StorageUnavailable as exc:

@@ -130,8 +130,14 @@ class OpenFileCache:
 
     def _load(self, path: str, rel: str, video_dir: str | None,
               meta: tuple[str, str, str] | None) -> Servable | None:
+        # Never through a symlink (issue 14): not the file (O_NOFOLLOW), nor a video or rendition
+        # folder (the resolved folder must be the folder itself; the media root is resolved).
+        # Only on a cache miss: a hit re-checks the file's identity, which a swapped-in link changes.
+        folder = os.path.dirname(path)
+        if os.path.realpath(folder) != folder:
+            return None
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
         except OSError:
             return None
         keep = False

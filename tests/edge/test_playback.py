@@ -187,6 +187,27 @@ async def test_traversal_attempts_never_leave_the_tree(fast_path, data_dir: Path
 
 
 @FAST
+async def test_symlinks_in_the_media_tree_are_not_followed(fast_path, data_dir: Path, make_config, start_edge,
+                                                           client) -> None:
+    """A link planted in the tree (a file, a rendition folder, a video folder) leads nowhere."""
+    outside = data_dir / "outside"
+    (outside / "240p").mkdir(parents=True)
+    (outside / "secret.m3u8").write_text("#EXTM3U\nSECRET\n")
+    (outside / "240p" / "index.m3u8").write_text("#EXTM3U\nSECRET\n")
+    video = data_dir / "media" / VIDEO_ID
+    (video / "linked.m3u8").symlink_to(outside / "secret.m3u8")
+    (video / "720p").symlink_to(outside / "240p")
+    (data_dir / "media" / ("l" * 32)).symlink_to(outside)
+    async with start_edge(make_config(data_dir, fast_path=fast_path)) as server:
+        for path in (V + "/linked.m3u8", V + "/720p/index.m3u8", f"/videos/{'l' * 32}/secret.m3u8"):
+            async with client.get(url(server, path)) as r:
+                assert r.status == 404, path
+                assert "SECRET" not in await r.text()
+        async with client.get(url(server, V + "/master.m3u8")) as r:
+            assert r.status == 200  # the real tree still plays
+
+
+@FAST
 async def test_unknown_ids_and_files_are_json_404s(fast_path, data_dir: Path, make_config, start_edge, client) -> None:
     async with start_edge(make_config(data_dir, fast_path=fast_path)) as server:
         for path in ("/videos/nope/master.m3u8", V + "/240p/999.m4s", V + "/9000p/index.m3u8"):

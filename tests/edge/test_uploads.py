@@ -188,6 +188,25 @@ def _config(e):  # type: ignore[no-untyped-def]
     return e.app[CONFIG]
 
 
+async def test_terminating_a_completed_upload_is_refused_and_keeps_the_video(edge) -> None:  # noqa: F811
+    """Its bytes became a video: a tus DELETE says so (409, the way to delete the video) instead
+    of answering 204 and deleting nothing (issue 14); the source stays for the farm."""
+    e = await edge()
+    url = await _create(e, 5)
+    status, _, _ = await _patch(e, url, 0, b"hello")
+    assert status == 204
+    video_id = url.rsplit("/", 1)[1]
+    async with e.session.delete(url, headers=TUS) as r:
+        assert r.status == 409
+        body = await r.json()
+        assert body["error"] == "conflict" and f"DELETE /api/v1/videos/{video_id}" in body["detail"]
+    assert (await _head(e, url))[0] == 200
+    async with e.session.get(f"{e.url}/api/v1/videos/{video_id}") as r:
+        assert r.status == 200 and (await r.json())["status"] != "uploading"
+    sources = list((_config(e).storage.sources_dir / video_id).iterdir())
+    assert [p.read_bytes() for p in sources] == [b"hello"]
+
+
 async def test_a_patch_that_stops_mid_body_keeps_what_arrived(edge) -> None:  # noqa: F811
     e = await edge()
     url = await _create(e, 10_000)
