@@ -34,15 +34,22 @@ REPO = ref.REPO
 
 
 def short_source(seconds: int) -> Path:
-    from streamgate.common.synth import make_video
-
-    ref.CACHE.mkdir(parents=True, exist_ok=True)
-    (ref.CACHE / ".gitignore").write_text("*\n")
+    """The standard 1080p30 source (bench/transcode.py) cut to ``seconds`` (or repeated, for a
+    longer one) by stream copy: the same pictures, made in a moment rather than re-synthesised."""
+    if seconds == ref.SECONDS:
+        return ref.standard_source()
     path = ref.CACHE / f"source-{ref.HEIGHT}p{ref.FPS}-{seconds}s.mp4"
     if not path.exists():
-        print(f"making the source {path} (once) ...", flush=True)
+        standard = ref.standard_source()
         tmp = path.with_name(f".source-{seconds}.tmp.mp4")
-        make_video(tmp, seconds=seconds, width=ref.WIDTH, height=ref.HEIGHT, fps=ref.FPS, preset="veryfast")
+        if seconds < ref.SECONDS:
+            cmd = ["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", str(standard), "-t", str(seconds)]
+        else:
+            listing = ref.CACHE / f".concat-{seconds}.txt"
+            listing.write_text(f"file '{standard}'\n" * -(-seconds // ref.SECONDS))
+            cmd = ["ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "concat", "-safe", "0", "-i", str(listing),
+                   "-t", str(seconds)]
+        subprocess.run([*cmd, "-c", "copy", "-f", "mp4", str(tmp)], check=True)
         os.replace(tmp, path)
     return path
 
@@ -156,7 +163,6 @@ async def bench(args: argparse.Namespace) -> int:
 
     renditions = [int(h) for h in args.renditions.split(",")]
     source = short_source(args.seconds)
-    ref.SECONDS = args.seconds
     settings, rungs = ref.ladder_plan(renditions, args.preset)
     farm = FarmUnderTest(args.workers, renditions, args.preset, settings.segment_duration)
     client = BrokerClient(farm.config.broker_endpoints, timeout_s=30)
