@@ -76,6 +76,18 @@ async def _first_segment(session, playlist_url: str) -> bool:  # type: ignore[no
         return r.status == 200
 
 
+async def _first_frame(browser, wall0: float) -> tuple[float | None, str, str]:  # type: ignore[no-untyped-def]
+    assert browser.stdout is not None
+    while line := (await browser.stdout.readline()).decode():
+        if line.startswith("FIRSTFRAME"):
+            _, at_ms, level = line.split()
+            print(f"  {float(at_ms) / 1000 - wall0:6.2f} s first frame in Chromium ({level}p)", flush=True)
+            return float(at_ms) / 1000 - wall0, level, ""
+        if line.startswith("ERROR"):
+            return None, "", line.strip()
+    return None, "", "the browser driver ended"
+
+
 def _start_platform(env: dict[str, str], tmp: Path):  # type: ignore[no-untyped-def]
     log = open(tmp / "run.log", "wb")  # noqa: SIM115 - closed by the caller
     return subprocess.Popen([sys.executable, "-m", "streamgate", "run"], env=env, stdout=log,
@@ -136,6 +148,7 @@ async def bench(args: argparse.Namespace) -> int:
                     "Content-Type": "application/offset+octet-stream"}) as r:
                 assert r.status == 204, await r.text()
             t0, wall0 = time.monotonic(), time.time()
+            frame_task = asyncio.create_task(_first_frame(browser, wall0)) if browser is not None else None
             first: dict[str, float] = {}
             rungs: list[str] = []
             ready = None
@@ -149,10 +162,12 @@ async def bench(args: argparse.Namespace) -> int:
                             rungs = [line.split("/")[0] for line in (await r.text()).splitlines()
                                      if line and not line.startswith("#")] + ["audio"]
                             first["master"] = now
+                            print(f"  {now:6.2f} s master.m3u8", flush=True)
                 for rung in rungs:
                     if rung not in first and await _first_segment(
                             session, f"{base}/videos/{video_id}/{rung}/index.m3u8"):
                         first[rung] = time.monotonic() - t0
+                        print(f"  {first[rung]:6.2f} s first segment of {rung}", flush=True)
                 async with session.get(f"{base}/api/v1/videos/{video_id}") as r:
                     status = (await r.json()).get("status")
                     if status == "ready":
@@ -161,16 +176,8 @@ async def bench(args: argparse.Namespace) -> int:
                         raise RuntimeError(f"the transcode failed: {await r.text()}")
                 await asyncio.sleep(0.02)
             frame_s, frame_level, frame_detail = None, "", ""
-            if browser is not None:
-                assert browser.stdout is not None
-                while line := (await asyncio.wait_for(browser.stdout.readline(), 120)).decode():
-                    if line.startswith("FIRSTFRAME"):
-                        _, at_ms, frame_level = line.split()
-                        frame_s = float(at_ms) / 1000 - wall0
-                        break
-                    if line.startswith("ERROR"):
-                        frame_detail = line.strip()
-                        break
+            if frame_task is not None:
+                frame_s, frame_level, frame_detail = await asyncio.wait_for(frame_task, 120)
     finally:
         if browser is not None and browser.returncode is None:
             browser.kill()
