@@ -205,8 +205,14 @@ async def bench(args: argparse.Namespace) -> int:
     print(f"| ready | {ready:.2f} |")
     worst = max(v for k, v in first.items() if k != "master")
     print(f"worst rung's first segment {worst:.2f} s (goal <= {segment_s + 1.5:.1f} s)")
+    sys.path.insert(0, str(REPO / "bench"))
+    from report import load_line, ratio_line
+
+    print(ratio_line("worst first segment / (segment + 1.5 s)", worst / (segment_s + 1.5), "<= 1.00x",
+                     worst <= segment_s + 1.5))
     if frame_s is not None:
-        print(f"time to first frame {frame_s:.2f} s (goal <= 2.5 s)")
+        print(ratio_line("time to first frame / 2.5 s", frame_s / 2.5, "<= 1.00x", frame_s <= 2.5))
+    print(load_line())
     del first_s
     return 0 if frame_s is not None or not use_browser else 1
 

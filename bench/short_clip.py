@@ -29,6 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import transcode as ref  # noqa: E402  (bench/transcode.py: the reference command lines)
+from report import load_line, ratio_line  # noqa: E402
 
 REPO = ref.REPO
 
@@ -210,10 +211,13 @@ async def bench(args: argparse.Namespace) -> int:
             f"{k} {statistics.median(s.get(k, 0.0) for s in stages):.2f}" for k in keys))
     print(f"farm (warm worker) wall {farm_wall:.2f} s, ffmpeg single decode wall {ffmpeg_wall:.2f} s")
     goal = args.goal if args.goal is not None else (0.9 if args.jobs == 1 else 1.0)
-    print(f"farm / ffmpeg single decode (wall): {farm_wall / ffmpeg_wall:.2f}x  (goal <= {goal:.2f}x)")
+    name = "farm warm worker / ffmpeg single decode wall" + (f" ({args.jobs} jobs, {args.workers} workers)"
+                                                              if args.jobs > 1 else "")
+    print(ratio_line(name, farm_wall / ffmpeg_wall, f"<= {goal:.2f}x", farm_wall / ffmpeg_wall <= goal))
     if walls["cli"]:
         cli = statistics.median(walls["cli"])
         print(f"streamgate transcode (cold) / ffmpeg single decode (wall): {cli / ffmpeg_wall:.2f}x")
+    print(load_line())
     return 0
 
 
