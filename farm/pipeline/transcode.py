@@ -189,6 +189,10 @@ def _transcode(source: Path, out_dir: Path, settings: TranscodeSettings,
     out_dir.mkdir(parents=True, exist_ok=True)
     _clear_outputs(out_dir, [r.name for r in rungs])
     timescale = _timescale(info)
+    if info.duration_s < 2 * settings.segment_duration:
+        # A clip this short is ready about as soon as a short first segment would be; and its
+        # last segment, ~1 s with B-frames, sits at the edge of the gate's EXTINF tolerance.
+        settings = msgspec.structs.replace(settings, first_segment_duration=0.0)
     target = target_duration(settings.segment_duration)
     video_segments: dict[str, list[SegmentInfo]] = {r.name: [] for r in rungs}
     audio_segments: list[SegmentInfo] = []
