@@ -6,11 +6,12 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
-DEB_PACKAGES := redis-server ffmpeg chromium nodejs npm
-# Debian packages the tests run for real: the binaries they provide (chromium, node: tests/web).
-DEB_BINARIES := redis-server ffmpeg ffprobe chromium node npm
+DEB_PACKAGES := redis-server ffmpeg chromium nodejs npm systemd-container mmdebstrap haproxy iproute2
+# Debian packages the tests run for real: the binaries they provide (chromium, node: tests/web;
+# systemd-nspawn, mmdebstrap: the fleet hosts of tests/fleet; haproxy: tests/deploy).
+DEB_BINARIES := redis-server ffmpeg ffprobe chromium node npm systemd-nspawn mmdebstrap haproxy ip
 
-.PHONY: vendor-js install run test test-slow lint lint-deps dashboards test-container bench bench-transcode bench-edge bench-storage bench-storage-edge bench-tus-s3 loadtest system-deps bench-deps clean bench-quick bench-quality bench-catalog bench-broker bench-uploads
+.PHONY: vendor-js install run test test-slow test-chaos lint lint-deps dashboards test-container bench bench-transcode bench-edge bench-storage bench-storage-edge bench-tus-s3 loadtest system-deps bench-deps clean bench-quick bench-quality bench-catalog bench-broker bench-uploads fleet-up fleet-down fleet-test bench-upload-parallel bench-connections
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python >= 3.11) on PATH"; exit 1; }
@@ -50,10 +51,16 @@ bench-deps: system-deps  ## the references the benchmarks compare against
 	$(call ensure-debs,nginx wrk,nginx wrk)
 
 test: system-deps $(TEST_STAMP) node_modules/.installed  ## the whole suite (slow fault and load runs excluded: make test-slow)
-	$(PY) -m pytest -m "not slow and not consul and not container" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow and not consul and not container and not fleet" $(PYTEST_ARGS)
 
 test-slow: system-deps $(TEST_STAMP)  ## long fault and load runs
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)
+
+# The long seeded chaos runs and fuzzing (issue 14); their short versions run in `make test`.
+CHAOS_TESTS := tests/control/test_chaos.py tests/control/test_disk_full.py tests/common/test_fuzz_parsers.py \
+	tests/edge/test_fuzz_tus.py
+test-chaos: system-deps $(TEST_STAMP)  ## long fault-injection (kill -9, disk full) and fuzzing runs
+	$(PY) -m pytest -m slow $(CHAOS_TESTS) $(PYTEST_ARGS)
 
 # mypy checks the product as the `streamgate` package it is installed as (see [tool.mypy] in
 # pyproject.toml): build/mypy/streamgate/ links streamgate/'s files and the four code folders.
@@ -162,14 +169,34 @@ bench-catalog: system-deps $(TEST_STAMP)  ## GET /api/v1/videos p99 at 1k, 10k, 
 bench-broker: system-deps $(TEST_STAMP)  ## broker submit jobs/s (durable journal, group commit) and journal size after 100k finished jobs
 	$(PY) bench/broker.py $(BENCH_ARGS)
 
+bench-upload-parallel: $(STAMP)  ## streamgate upload 1 vs 4 parallel parts (tus concatenation) vs write+fsync, disk backend; BENCH_ARGS="--quick"
+	$(PY) bench/upload_parallel.py $(BENCH_ARGS)
+
+bench-connections: bench-deps $(STAMP)  ## RSS per idle keep-alive connection, edge vs nginx (10k from one client); BENCH_ARGS="--connections 5000"
+	$(PY) bench/connections.py $(BENCH_ARGS)
+
 bench-uploads: system-deps $(TEST_STAMP)  ## tus PATCH MiB/s with sha256 vs write+fsync of the same chunks, and @tus/server (npm, temp dir)
 	$(PY) bench/uploads.py $(BENCH_ARGS)
 
 # Every benchmark in bench/, one after another (they share the CPUs): each prints its ratios
 # against its reference run in the same invocation and the load average. BENCH_ARGS=--quick: a smoke run.
-BENCHES := bench-transcode bench-edge bench-storage bench-storage-edge bench-tus-s3 bench-quality bench-catalog bench-broker bench-uploads bench-short-clip bench-first-frame bench-concurrency
+BENCHES := bench-transcode bench-edge bench-connections bench-storage bench-storage-edge bench-tus-s3 bench-quality bench-catalog bench-broker bench-uploads bench-upload-parallel bench-short-clip bench-first-frame bench-concurrency
 bench:  ## every benchmark, each printing its ratios against its reference and the load average
 	@for b in $(BENCHES); do echo "== make $$b"; $(MAKE) --no-print-directory $$b || exit 1; done
 
 bench-quick:  ## every benchmark's --quick mode (tiny sizes, one round)
 	@$(MAKE) --no-print-directory bench BENCH_ARGS=--quick
+
+# A fleet of nspawn hosts booting systemd, on 10.213.0.0/24 inside namespaces of its own (root;
+# docs/fleet-hosts.md). FLEET_HOSTS="edge1,edge2,farm1"; the first `fleet-up` builds the Debian rootfs.
+FLEET_HOSTS ?= h1,h2
+FLEET_STATE ?= /var/lib/streamgate-fleet/dev
+
+fleet-up: system-deps $(TEST_STAMP)  ## boot the hosts of FLEET_HOSTS (systemd as PID 1, sshd) and print how to ssh in
+	$(PY) tests/fleet/hosts.py up --state $(FLEET_STATE) --hosts $(FLEET_HOSTS)
+
+fleet-down: $(TEST_STAMP)  ## stop the fleet's hosts by PID and remove its namespaces, veths, mounts and state
+	$(PY) tests/fleet/hosts.py down --state $(FLEET_STATE)
+
+fleet-test: system-deps $(TEST_STAMP)  ## site.yml then rolling-update.yml over SSH into two nspawn hosts (root, minutes)
+	$(PY) -m pytest tests/fleet -m fleet -s -p no:cacheprovider $(PYTEST_ARGS)

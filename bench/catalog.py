@@ -49,11 +49,14 @@ async def _seed_sqlite(catalog: Any, start: int, stop: int) -> None:
     from streamgate.edge.catalog import _encode
 
     rows = [(v.id, v.created_at, v.status, v.owner, v.visibility, _encode(v)) for v in _videos(start, stop)]
-    db = catalog._db
-    db.execute("BEGIN")
-    db.executemany("INSERT INTO videos (id, created_at, status, owner, visibility, body)"
-                   " VALUES (?, ?, ?, ?, ?, ?)", rows)
-    db.execute("COMMIT")
+
+    def seed(db: Any) -> None:  # on the catalog's own thread (common/sqlite.py SqliteThread)
+        db.execute("BEGIN")
+        db.executemany("INSERT INTO videos (id, created_at, status, owner, visibility, body)"
+                       " VALUES (?, ?, ?, ?, ?, ?)", rows)
+        db.execute("COMMIT")
+
+    await catalog._db.call(seed)
 
 
 async def _seed_redis(catalog: Any, start: int, stop: int) -> None:

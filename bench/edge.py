@@ -32,7 +32,7 @@ SCENARIOS = [
     ("1 MiB segments", "1m", "bytes", 0.9),
     ("200 KiB segments", "200k", "bytes", 0.6),
     ("1 KiB playlists", "pl", "requests", 0.2),
-    ("Redis-hit 1 KiB", "pl", "requests", None),
+    ("Redis-hit 1 KiB", "pl", "requests", 0.5),  # issue 18 goal 7: vs nginx from disk
 ]
 
 LUA = """
@@ -85,7 +85,8 @@ def build_tree(media: Path) -> dict[str, list[str]]:
     return urls
 
 
-def start_nginx(root: Path, media: Path, port: int, workers: int) -> subprocess.Popen[bytes]:
+def start_nginx(root: Path, media: Path, port: int, workers: int,
+                worker_connections: int = 4096) -> subprocess.Popen[bytes]:
     prefix = root / "nginx"
     (prefix / "tmp").mkdir(parents=True)
     conf = prefix / "nginx.conf"
@@ -95,7 +96,8 @@ daemon off;
 master_process on;
 pid {prefix}/nginx.pid;
 error_log {prefix}/error.log warn;
-events {{ worker_connections 4096; }}
+worker_rlimit_nofile {worker_connections + 64};
+events {{ worker_connections {worker_connections}; }}
 http {{
   access_log off;
   sendfile on;

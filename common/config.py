@@ -50,8 +50,8 @@ class ServerConfig(_Section):
     port: int = 8080
     # Edge processes sharing the port with SO_REUSEPORT; 0 means one per CPU.
     workers: int = 0
-    # The address clients use to reach this node (signed URLs, upload Locations); empty: derived
-    # from the request's Host.
+    # The origin the public reaches this node at (SIWE domain, signed URLs, upload Locations);
+    # empty: relative URLs, never the request's Host (edge/access/origin.py).
     public_url: str = ""
     # Whole-node budget for an ordered stop; covers the farm drain (drain_timeout + abort_grace).
     shutdown_timeout: Seconds = Seconds(30)
@@ -93,8 +93,13 @@ class RateLimitConfig(_Section):
     enabled: bool = True
     api_per_second: float = 50.0
     api_burst: int = 100
+    # tus upload creations (POST), never PATCHes: an honest upload is one creation (N+1 with
+    # N parallel parts), however many chunks it is sent in.
     upload_per_second: float = 20.0
     upload_burst: int = 50
+    # PATCH body bytes per second per client address and wallet (a bucket of one second's worth);
+    # 0: no cap. Over it a PATCH answers 429 + Retry-After with what arrived kept.
+    upload_bytes_per_second: Bytes = Bytes(0)
 
 
 class EdgeConfig(_Section):
@@ -316,7 +321,7 @@ class ControlConfig(_Section):
 
 class AuthConfig(_Section):
     required: bool = True
-    domain: str = ""  # empty: the request's Host
+    domain: str = ""  # empty: server.public_url's authority (edge/access/origin.py)
     chain_ids: list[int] = msgspec.field(default_factory=lambda: [1])
     nonce_ttl: Seconds = Seconds(300)
     token_ttl: Seconds = Seconds(24 * 3600)

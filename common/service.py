@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from collections.abc import Callable, Coroutine
 from typing import Any, Literal
@@ -24,8 +25,9 @@ log = logging.getLogger("streamgate.service")
 class ServiceContext:
     """What a role's ``serve`` coroutine gets: config, the stop event, readiness and tasks."""
 
-    def __init__(self, role: str, config: Config, notifier: Notifier) -> None:
+    def __init__(self, role: str, config: Config, notifier: Notifier, parent_pid: int | None = None) -> None:
         self.role = role
+        self.parent_pid = parent_pid
         self.config = config
         self.stop = asyncio.Event()
         self.is_ready = asyncio.Event()
@@ -43,6 +45,10 @@ class ServiceContext:
         self.is_ready.set()
         self._notifier.ready(status or f"{self.role} serving")
         log.info("%s ready%s", self.role, f": {status}" if status else "")
+
+    def orphaned(self) -> bool:
+        """The supervisor that started this process is gone (its parent-death signal stops us)."""
+        return self.parent_pid is not None and os.getppid() != self.parent_pid
 
     def status(self, text: str) -> None:
         self._notifier.status(text)
@@ -85,7 +91,7 @@ def run_service(role: str, serve: Serve, config: Config, *, prefer_uvloop: bool 
     notifier = Notifier.from_environment(systemd_environment())
 
     async def main() -> int:
-        ctx = ServiceContext(role, config, notifier)
+        ctx = ServiceContext(role, config, notifier, parent_pid)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, ctx.stop.set)

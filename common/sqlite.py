@@ -9,8 +9,13 @@ writer that finds the file locked by another process waits for it instead of fai
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import sqlite3
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, TypeVar
 
 BUSY_TIMEOUT_S = 10.0
 
@@ -30,3 +35,57 @@ def connect(path: Path, *, busy_timeout_s: float = BUSY_TIMEOUT_S, foreign_keys:
     if foreign_keys:
         db.execute("PRAGMA foreign_keys=ON")
     return db
+
+
+T = TypeVar("T")
+
+
+class StoreFull(OSError):
+    """A SQLite write failed because the disk is full (SQLITE_FULL): an ENOSPC like any other."""
+
+
+def _translated(fn: Callable[..., T], db: sqlite3.Connection, *args: Any) -> T:
+    try:
+        return fn(db, *args)
+    except sqlite3.OperationalError as exc:
+        if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+            raise StoreFull(errno.ENOSPC, f"SQLite: {exc}") from exc
+        raise
+
+
+class SqliteThread:
+    """One SQLite connection owned by one dedicated thread; the event loop only awaits its results.
+
+    A statement can wait up to the busy timeout for another process's write lock, and a FULL-synced
+    commit waits for the disk: run on the event loop, either stalls every request of the process.
+    Here each store's calls queue on its own thread, in order, so a store's transactions never
+    interleave (one function is one transaction) and the connection never changes threads.
+    """
+
+    def __init__(self, path: Path, *, name: str = "sqlite", **options: Any) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self._db = self._pool.submit(connect, path, **options).result()
+
+    def call_sync(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(connection, *args)`` on the store's thread and wait: for set-up, before a loop runs."""
+        return self._pool.submit(_translated, fn, self._db, *args).result()
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(connection, *args)`` on the store's thread; a cancelled caller lets it finish.
+
+        Shielded: a write once submitted always runs. A PATCH cancelled by its client's
+        disconnect saves its acknowledged offset on the way out, and that save must not be
+        dropped from the queue by a second cancellation.
+        """
+        return await asyncio.shield(asyncio.wrap_future(self._pool.submit(_translated, fn, self._db, *args)))
+
+    async def execute(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        """One statement; its rows (fetched on the thread)."""
+        return await self.call(lambda db: db.execute(sql, args).fetchall())
+
+    async def rowcount(self, sql: str, args: Sequence[Any] = ()) -> int:
+        return await self.call(lambda db: db.execute(sql, args).rowcount)
+
+    async def close(self) -> None:
+        await self.call(lambda db: db.close())
+        self._pool.shutdown(wait=True)

@@ -8,8 +8,11 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from streamgate.common.config import Config
-from streamgate.edge import health, objects, stores, videos
+from streamgate.edge import health, objects, openapi, stores, videos
 from streamgate.edge.access import auth
+from streamgate.edge.access.origin import PUBLIC_ORIGIN, public_origin
+from streamgate.edge.access.ratelimit import limit_middleware
+from streamgate.edge.bodies import body_idle_middleware
 from streamgate.edge.errors import error_middleware
 from streamgate.edge.intake import completion, farm_link, tus
 from streamgate.edge.keys import CONFIG, DISCOVERY, READINESS_CHECKS, REDIS, STARTED_AT
@@ -55,12 +58,17 @@ async def _discovery_ctx(app: web.Application) -> AsyncIterator[None]:
 
 def build_app(config: Config) -> web.Application:
     app = web.Application(
-        middlewares=[error_middleware],
+        # A body that stops arriving fails after the idle timeout on every route, and its
+        # connection closes after the answer (edge/bodies.py: outermost, it sees that answer);
+        # then errors as JSON; limits before any handler reads a token.
+        middlewares=[body_idle_middleware(config.server.edge_read_timeout(config.edge)),
+                     error_middleware, limit_middleware],
         client_max_size=1024**2,
         handler_args={"max_field_size": int(config.edge.max_header_size),
                       "max_line_size": int(config.edge.max_header_size)},
     )
     app[CONFIG] = config
+    app[PUBLIC_ORIGIN] = public_origin(config)  # ConfigError: no safe SIWE domain to check against
     app[STARTED_AT] = time.monotonic()
     app[READINESS_CHECKS] = {}
     # The contexts in start order (they close in reverse): each may use what the ones above set.
@@ -76,6 +84,6 @@ def build_app(config: Config) -> web.Application:
     ):
         app.cleanup_ctx.append(ctx)
     # Routes only: no part registers a context of its own.
-    for part in (health, routes, tus, videos, auth, farm_link, web_routes):
+    for part in (health, routes, tus, videos, auth, farm_link, web_routes, openapi):
         part.setup(app)
     return app

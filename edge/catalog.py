@@ -8,7 +8,6 @@ state it has already left, so a late progress event never turns a ``ready`` vide
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 import time
 from collections.abc import Collection
@@ -18,7 +17,7 @@ from typing import Any, Literal, Protocol
 import msgspec
 
 from streamgate.common.redis_keys import DEFAULT_PREFIX
-from streamgate.common.sqlite import connect
+from streamgate.common.sqlite import SqliteThread
 
 Status = Literal["uploading", "queued", "transcoding", "ready", "failed"]
 STATUSES: tuple[str, ...] = ("uploading", "queued", "transcoding", "ready", "failed")
@@ -123,61 +122,29 @@ def _scope(owner: str | None, public_only: bool) -> str:
 
 
 class SqliteCatalog:
-    """Single node: a table in the edge's SQLite file; queries are sub-millisecond, run inline."""
+    """Single node: a table in the edge's SQLite file, queried on the store's own thread
+    (common/sqlite.py): a locked file or a slow fsync never stalls the event loop."""
 
     def __init__(self, path: Path) -> None:
-        self._db = connect(path)
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS videos (id TEXT PRIMARY KEY, created_at REAL NOT NULL,"
-            " status TEXT NOT NULL, owner TEXT NOT NULL, visibility TEXT NOT NULL, body BLOB NOT NULL)")
-        self._db.executescript(_SQLITE_INDEXES)
-        self._count_existing()
-        self._lock = asyncio.Lock()
-
-    def _count_existing(self) -> None:
-        """A catalog made before ``video_counts`` existed: count its videos once."""
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            if self._db.execute("SELECT 1 FROM video_counts WHERE scope = 'all'").fetchone() is None:
-                for statement in (
-                        "INSERT INTO video_counts SELECT 'all', count(*) FROM videos",
-                        "INSERT INTO video_counts SELECT 'public', count(*) FROM videos WHERE visibility = 'public'",
-                        "INSERT INTO video_counts SELECT 'owner:' || owner, count(*) FROM videos GROUP BY owner",
-                        "INSERT INTO video_counts SELECT 'public:' || owner, count(*) FROM videos"
-                        " WHERE visibility = 'public' GROUP BY owner"):
-                    self._db.execute(statement)
-        finally:
-            self._db.execute("COMMIT")
+        self._db = SqliteThread(path, name="sqlite-catalog")
+        self._db.call_sync(_create_schema)
 
     async def create(self, video: Video) -> None:
         try:
-            self._db.execute("INSERT INTO videos VALUES (?, ?, ?, ?, ?, ?)",
-                             (video.id, video.created_at, video.status, video.owner, video.visibility,
-                              _encode(video)))
+            await self._db.execute("INSERT INTO videos VALUES (?, ?, ?, ?, ?, ?)",
+                                   (video.id, video.created_at, video.status, video.owner,
+                                    video.visibility, _encode(video)))
         except sqlite3.IntegrityError:
             raise VideoExists(video.id) from None
 
     async def get(self, video_id: str) -> Video | None:
-        row = self._db.execute("SELECT body FROM videos WHERE id = ?", (video_id,)).fetchone()
-        return _decode(row[0]) if row else None
+        rows = await self._db.execute("SELECT body FROM videos WHERE id = ?", (video_id,))
+        return _decode(rows[0][0]) if rows else None
 
     async def update(self, video_id: str, changes: dict[str, Any], *,
                      when: Collection[str] | None = None) -> Video | None:
-        async with self._lock:  # one transaction at a time on the shared connection
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                row = self._db.execute("SELECT body FROM videos WHERE id = ?", (video_id,)).fetchone()
-                if row is None:
-                    return None
-                video = _decode(row[0])
-                if when is not None and video.status not in when:
-                    return None
-                video = _apply(video, changes)
-                self._db.execute("UPDATE videos SET status = ?, body = ? WHERE id = ?",
-                                 (video.status, _encode(video), video_id))
-                return video
-            finally:
-                self._db.execute("COMMIT")
+        # One function on the store's one thread: the transaction never interleaves with another.
+        return await self._db.call(_update, video_id, changes, when)
 
     async def page(self, *, limit: int, offset: int = 0, owner: str | None = None,
                    public_only: bool = False, after: tuple[float, str] | None = None) -> tuple[list[Video], int]:
@@ -193,26 +160,73 @@ class SqliteCatalog:
             args.extend(after)
             offset = 0
         clause = f" WHERE {' AND '.join(where)}" if where else ""
-        row = self._db.execute("SELECT n FROM video_counts WHERE scope = ?", (_scope(owner, public_only),)).fetchone()
-        total = row[0] if row else 0
-        # The page's ids from the index alone (an OFFSET skips index entries, not records), then
-        # their records: only ``limit`` of them are read and decoded.
-        rows = self._db.execute(
-            f"SELECT v.body FROM (SELECT id, created_at FROM videos{clause}"
-            " ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?) AS p"
-            " JOIN videos AS v ON v.id = p.id ORDER BY p.created_at DESC, p.id DESC",
-            [*args, limit, offset]).fetchall()
-        return [_decode(r[0]) for r in rows], total
+        scope = _scope(owner, public_only)
+
+        def query(db: sqlite3.Connection) -> tuple[list[Video], int]:
+            row = db.execute("SELECT n FROM video_counts WHERE scope = ?", (scope,)).fetchone()
+            total = row[0] if row else 0
+            # The page's ids from the index alone (an OFFSET skips index entries, not records),
+            # then their records: only ``limit`` of them are read and decoded.
+            rows = db.execute(
+                f"SELECT v.body FROM (SELECT id, created_at FROM videos{clause}"
+                " ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?) AS p"
+                " JOIN videos AS v ON v.id = p.id ORDER BY p.created_at DESC, p.id DESC",
+                [*args, limit, offset]).fetchall()
+            return [_decode(r[0]) for r in rows], total
+
+        return await self._db.call(query)
 
     async def with_status(self, status: str) -> list[str]:
-        return [r[0] for r in self._db.execute(
+        return [r[0] for r in await self._db.execute(
             "SELECT id FROM videos WHERE status = ? ORDER BY created_at", (status,))]
 
     async def delete(self, video_id: str) -> bool:
-        return self._db.execute("DELETE FROM videos WHERE id = ?", (video_id,)).rowcount > 0
+        return await self._db.rowcount("DELETE FROM videos WHERE id = ?", (video_id,)) > 0
 
     async def close(self) -> None:
-        self._db.close()
+        await self._db.close()
+
+
+def _create_schema(db: sqlite3.Connection) -> None:
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS videos (id TEXT PRIMARY KEY, created_at REAL NOT NULL,"
+        " status TEXT NOT NULL, owner TEXT NOT NULL, visibility TEXT NOT NULL, body BLOB NOT NULL)")
+    db.executescript(_SQLITE_INDEXES)
+    _count_existing(db)
+
+
+def _count_existing(db: sqlite3.Connection) -> None:
+    """A catalog made before ``video_counts`` existed: count its videos once."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        if db.execute("SELECT 1 FROM video_counts WHERE scope = 'all'").fetchone() is None:
+            for statement in (
+                    "INSERT INTO video_counts SELECT 'all', count(*) FROM videos",
+                    "INSERT INTO video_counts SELECT 'public', count(*) FROM videos WHERE visibility = 'public'",
+                    "INSERT INTO video_counts SELECT 'owner:' || owner, count(*) FROM videos GROUP BY owner",
+                    "INSERT INTO video_counts SELECT 'public:' || owner, count(*) FROM videos"
+                    " WHERE visibility = 'public' GROUP BY owner"):
+                db.execute(statement)
+    finally:
+        db.execute("COMMIT")
+
+
+def _update(db: sqlite3.Connection, video_id: str, changes: dict[str, Any],
+            when: Collection[str] | None) -> Video | None:
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        row = db.execute("SELECT body FROM videos WHERE id = ?", (video_id,)).fetchone()
+        if row is None:
+            return None
+        video = _decode(row[0])
+        if when is not None and video.status not in when:
+            return None
+        video = _apply(video, changes)
+        db.execute("UPDATE videos SET status = ?, body = ? WHERE id = ?",
+                   (video.status, _encode(video), video_id))
+        return video
+    finally:
+        db.execute("COMMIT")
 
 
 class RedisCatalog:

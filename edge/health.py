@@ -11,6 +11,7 @@ from aiohttp import web
 from streamgate.common.config import Config
 from streamgate.common.storage import ObjectStore, StorageUnavailable
 from streamgate.edge.keys import CONFIG, READINESS_CHECKS, STARTED_AT
+from streamgate.edge.redact import strip_paths
 
 # A readiness check answers (ok, detail); registered by the parts of the edge that have dependencies.
 Check = Callable[[web.Application], Awaitable[tuple[bool, str]]]
@@ -35,7 +36,7 @@ async def readiness(request: web.Request) -> web.Response:
             ok, detail = await check(app)
         except Exception as exc:  # a failing probe is a fact to report, not an edge failure
             ok, detail = False, f"{type(exc).__name__}: {exc}"
-        checks[name] = {"ok": ok, "detail": detail}
+        checks[name] = {"ok": ok, "detail": strip_paths(detail)}  # public: no server paths (issue 14)
     ready = all(c["ok"] for c in checks.values())
     return web.json_response({"status": "ready" if ready else "degraded", "checks": checks},
                              status=200 if ready else 503)

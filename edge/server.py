@@ -31,6 +31,10 @@ from streamgate.edge.playback.routes import DELIVERY
 
 log = logging.getLogger("streamgate.edge")
 
+# What requests in flight get once the parent died: the stored bytes of a PATCH are kept (its
+# offset is acknowledged as it goes), the rest ends.
+ORPHAN_DRAIN_S = 1.0
+
 # Children of this process must not speak to systemd for the unit (sd_notify(3)).
 def worker_count(configured: int) -> int:
     return configured if configured > 0 else (os.cpu_count() or 1)
@@ -70,9 +74,17 @@ class EdgeServer:
         assert self.server is not None
         return self.server.sockets[0].getsockname()[1]
 
-    async def close(self) -> None:
+    def stop_accepting(self) -> None:
+        """Close this process's listener: new connections go to the other processes or are refused."""
         if self.server is not None:
             self.server.close()
+
+    async def close(self, drain_s: float | None = None) -> None:
+        """Stop accepting, let requests in flight finish for ``drain_s`` (``server.shutdown_timeout``
+        when None), then close what is left."""
+        self.stop_accepting()
+        if drain_s is not None and self.runner.server is not None:
+            await self.runner.server.shutdown(drain_s)
         if self._sweep is not None:
             self._sweep.cancel()
             await asyncio.gather(self._sweep, return_exceptions=True)
@@ -113,9 +125,14 @@ async def serve(ctx: ServiceContext) -> None:
     try:
         await ctx.stop.wait()
     finally:
+        # The port stops taking connections first: the copies' drain no longer keeps it open.
+        edge.stop_accepting()
+        # Orphaned (the supervisor was killed): nothing upstream will take the work any more, so
+        # requests in flight get a moment, not the whole shutdown timeout (issue 14).
+        drain = ORPHAN_DRAIN_S if ctx.orphaned() else float(config.server.shutdown_timeout)
         if pool is not None:
-            await pool.stop(float(config.server.shutdown_timeout))
-        await edge.close()
+            await pool.stop(drain)
+        await edge.close(drain)
         handoffs = edge.fast.handoffs if edge.fast else 0
         log.info("edge stopped (%d connections handed from the fast path to aiohttp)", handoffs)
 

@@ -14,7 +14,7 @@ from aiohttp import web
 from streamgate.common import layout
 from streamgate.common.config import Config
 from streamgate.edge.access.nonces import NonceStore, RedisNonceStore, SqliteNonceStore
-from streamgate.edge.access.ratelimit import RATE_LIMITER, MemoryBuckets, RateLimiter, RedisBuckets
+from streamgate.edge.access.ratelimit import RATE_LIMITER, RateLimiter, RedisBuckets, SqliteBuckets
 from streamgate.edge.access.tokens import TokenSigner, load_secret
 from streamgate.edge.catalog import Catalog, RedisCatalog, SqliteCatalog
 from streamgate.edge.intake.state import RedisUploadStore, SqliteUploadStore, UploadStore
@@ -50,12 +50,16 @@ async def stores_ctx(app: web.Application) -> AsyncIterator[None]:
         app[CATALOG] = SqliteCatalog(path)
         app[UPLOAD_STORE] = SqliteUploadStore(path, config.storage.uploads_dir / ".locks")
         app[NONCES] = SqliteNonceStore(path)
-        app[RATE_LIMITER] = RateLimiter(config.edge.rate_limit, MemoryBuckets())
+        # One file for the node's edge processes: the configured rate holds across --workers N.
+        buckets = SqliteBuckets(config.storage.run_dir / "ratelimit.sqlite")
+        app[RATE_LIMITER] = RateLimiter(config.edge.rate_limit, buckets)
     app[SIGNER] = TokenSigner(load_secret(config))
     app[ACCESS_CACHE] = {}
     yield
     for store in (app[CATALOG], app[UPLOAD_STORE], app[NONCES]):
         await store.close()
+    if redis is None:
+        buckets.close()
 
 
 

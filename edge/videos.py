@@ -19,6 +19,7 @@ from streamgate.common.storage import StorageUnavailable
 from streamgate.edge import stores
 from streamgate.edge.access import playback as access
 from streamgate.edge.access.auth import identity, require_writer
+from streamgate.edge.access.origin import public_base
 from streamgate.edge.access.playback import require_owner
 from streamgate.edge.access.ratelimit import enforce
 from streamgate.edge.access.tokens import Claims
@@ -29,6 +30,7 @@ from streamgate.edge.intake.paths import partial_path
 from streamgate.edge.intake.submission import SUBMITTER
 from streamgate.edge.keys import CONFIG
 from streamgate.edge.objects import OBJECT_STORE, uses_store
+from streamgate.edge.redact import strip_paths
 
 MAX_PAGE = 100
 _VIDEO_ID = "{video_id:[0-9a-f]{32}}"
@@ -39,7 +41,7 @@ def _iso(ts: float) -> str:
 
 
 def _base(request: web.Request, config: Config) -> str:
-    return config.server.public_url.rstrip("/") or f"{request.scheme}://{request.host}"
+    return public_base(config)  # never the request's Host (issue 14)
 
 
 def eta(video: Video, now: float) -> float | None:
@@ -62,7 +64,8 @@ def video_json(video: Video, base: str) -> dict[str, Any]:
     return {
         "id": video.id, "title": video.title, "filename": video.filename, "status": video.status,
         "progress": round(video.progress, 4), "eta_s": eta(video, time.time()),
-        "error": video.error or None, "duration": video.duration,
+        # Scrubbed here too: records written before farm reasons were scrubbed on the way in.
+        "error": strip_paths(video.error) or None, "duration": video.duration,
         "renditions": [{"name": r.name, "width": r.width, "height": r.height, "bandwidth": r.bandwidth}
                        for r in video.renditions],
         "hls_url": f"{root}/{layout.MASTER}" if playable else None,

@@ -10,7 +10,8 @@ look at the API and the DASH manifest. Uploaders send small clips with tus, some
 half-way with a DELETE. Settings come from the environment (locust owns the command line):
 
     LOADTEST_SPEEDUP      playback pace divisor (default 4: a 4 s segment every 1 s)
-    LOADTEST_UPLOAD_FILE  clip the uploaders send (default: a 1 s 320x240 clip made at start)
+    LOADTEST_UPLOAD_FILE  clip the uploaders send (default: a 1 s 320x240 clip made at start
+                          with ffmpeg; the load machine needs locust and ffmpeg, not StreamGate)
     LOADTEST_TOKEN        bearer token for uploads where auth.required is true
     LOADTEST_SEED         random seed (default 1): the same choices run to run
     LOADTEST_BEHAVIOUR    file to write what the users did (sessions, switches, seeks) as JSON
@@ -22,7 +23,6 @@ import json
 import math
 import os
 import random
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -30,6 +30,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import tus
+from clip import make_clip
 from hls import Media, PlaylistError, parse_master, parse_media
 from locust import FastHttpUser, between, events, task
 
@@ -63,10 +64,8 @@ def _prepare_upload(environment: Any, **_: Any) -> None:
     if path:
         Clip.data = Path(path).read_bytes()
         return
-    from streamgate.common.synth import make_video
-
-    with tempfile.TemporaryDirectory(prefix="sg-load-") as scratch:
-        Clip.data = make_video(Path(scratch) / "upload.mp4", seconds=1.0, width=320, height=240).read_bytes()
+    # Made here with ffmpeg: the load machine needs locust, not StreamGate (loadtests/clip.py).
+    Clip.data = make_clip(seconds=1.0, width=320, height=240)
 
 
 def _path(url: str) -> str:

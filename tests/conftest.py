@@ -116,6 +116,8 @@ def streamgate_env(data_dir: Path, port: int, **extra: str) -> dict[str, str]:
     env.update({"STREAMGATE_DATA_DIR": str(data_dir), "SERVER_PORT": str(port),
                 "STREAMGATE_CONFIG": str(REPO / "config.yaml"), "AUTH_REQUIRED": "false",
                 "STREAMGATE__SERVER__WORKERS": "1",
+                # The origin the tests reach it at: the SIWE domain and the base of built URLs.
+                "STREAMGATE__SERVER__PUBLIC_URL": f"http://127.0.0.1:{port}",
                 # Platforms started side by side must not fight over the control port.
                 "STREAMGATE__SERVER__CONTROL_PORT": str(free_port())})
     env.update(extra)

@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
+from conftest import free_port
 
 from streamgate.common.config import Config, config_from_tree
 
@@ -22,9 +23,13 @@ TUS = {"Tus-Resumable": "1.0.0"}
 
 def make_config(data_dir: Path, *, redis_url: str = "", auth_required: bool = False,
                 rate_limit: dict[str, Any] | None = None, uploads: dict[str, Any] | None = None,
-                auth: dict[str, Any] | None = None) -> Config:
+                auth: dict[str, Any] | None = None, server: dict[str, Any] | None = None) -> Config:
+    # The edge fixture listens on server.port, and public_url is where the tests reach it: the
+    # SIWE domain and the base of the URLs it builds (edge/access/origin.py).
+    port = free_port()
     return config_from_tree({
         "storage": {"data_dir": str(data_dir)},
+        "server": {"host": "127.0.0.1", "port": port, "public_url": f"http://127.0.0.1:{port}", **(server or {})},
         "cache": {"redis_url": redis_url},
         "auth": {"required": auth_required, **(auth or {})},
         "uploads": {"resubmit_interval": "1h", "sweep_interval": "1h", **(uploads or {})},
@@ -51,7 +56,8 @@ async def edge(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator
 
     async def start(config: Config | None = None, **kwargs: Any) -> Edge:
         config = config or make_config(tmp_path / "data", **kwargs)
-        server = TestServer(build_app(config), host="127.0.0.1")
+        server = TestServer(build_app(config), host="127.0.0.1",
+                            port=config.server.port if config.server.host == "127.0.0.1" else None)
         await server.start_server()
         running = Edge(server, aiohttp.ClientSession())
         started.append(running)

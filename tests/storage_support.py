@@ -77,8 +77,12 @@ def _answers(url: str) -> bool:
     return True
 
 
-def start_seaweedfs(workdir: Path, *, bucket: str = BUCKET, timeout: float = 60.0) -> tuple[subprocess.Popen[bytes], SeaweedFS]:
-    """Start ``weed server`` under ``workdir``; return once the bucket exists and takes writes."""
+def start_seaweedfs(workdir: Path, *, bucket: str = BUCKET, timeout: float = 60.0, ip: str = "127.0.0.1",
+                    wrapper: tuple[str, ...] = ()) -> tuple[subprocess.Popen[bytes], SeaweedFS]:
+    """Start ``weed server`` under ``workdir``; return once the bucket exists and takes writes.
+
+    ``ip`` and ``wrapper`` (e.g. ``ip netns exec NS``) put it on a host of tests/fleet instead.
+    """
     started = time.monotonic()
     data = workdir / "data"
     data.mkdir(parents=True, exist_ok=True)
@@ -88,7 +92,7 @@ def start_seaweedfs(workdir: Path, *, bucket: str = BUCKET, timeout: float = 60.
         "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
     ports = dict(zip(_PORT_FLAGS, free_ports(len(_PORT_FLAGS)), strict=True))
     log = workdir / "weed.log"
-    args = [weed_binary(), "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+    args = [*wrapper, weed_binary(), "server", f"-dir={data}", f"-ip={ip}", f"-ip.bind={ip}",
             "-filer", "-s3", f"-s3.config={config}", "-s3.port.iceberg=0", "-s3.port.lance=0",
             "-master.telemetry=false", "-metricsPort=0",
             # Its unix sockets default to /tmp/seaweedfs-*-<port>.sock; keep them with the server.
@@ -100,7 +104,7 @@ def start_seaweedfs(workdir: Path, *, bucket: str = BUCKET, timeout: float = 60.
             *(f"-{flag}={port}" for flag, port in ports.items())]
     with open(log, "wb") as out:
         proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, cwd=workdir)
-    server = SeaweedFS(endpoint=f"http://127.0.0.1:{ports['s3.port']}", bucket=bucket,
+    server = SeaweedFS(endpoint=f"http://{ip}:{ports['s3.port']}", bucket=bucket,
                        access_key_id=ACCESS_KEY, secret_access_key=SECRET_KEY, region=REGION,
                        pid=proc.pid, log=str(log), startup_s=0.0, ports=list(ports.values()))
     try:

@@ -29,6 +29,10 @@ def main(args: argparse.Namespace, config: Config) -> int:
     from streamgate.edge.access.tokens import require_fleet_secret
 
     require_fleet_secret(config)  # ConfigError: exit 2 before any process starts
+
+    from streamgate.edge.access.origin import public_origin
+
+    public_origin(config)  # ConfigError (exit 2) before any process starts: no safe SIWE domain
     # Before anything imports prometheus_client: every edge process writes one shared directory.
     init_metrics(config)
 

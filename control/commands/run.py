@@ -28,6 +28,9 @@ def main(args: argparse.Namespace, config: Config) -> int:
         log.info("deployment.service_name %s: a single node runs every role; %s is the %s here",
                  config.deployment.service_name, config.deployment.service_name, role)
     from streamgate.control.supervisor import run
+    from streamgate.edge.access.origin import public_origin
+
+    public_origin(config)  # ConfigError (exit 2) before any role starts: no safe SIWE domain
 
     global_args = [f"--log-level={args.log_level}"]
     if args.config:

@@ -18,6 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace, config: Config) -> int:
     import sys
+    from urllib.parse import urljoin
 
     from streamgate.control.edge_client import EdgeAPIError, EdgeClient, server_url
 
@@ -30,6 +31,7 @@ def main(args: argparse.Namespace, config: Config) -> int:
         return 1
     finally:
         client.close()
-    print(signed["dash_url"] if args.dash else signed["hls_url"])
+    # Relative when the edge has no server.public_url: resolve against the URL we used.
+    print(urljoin(client.base + "/", signed["dash_url"] if args.dash else signed["hls_url"]))
     print(f"expires at {signed['expires_at']}", file=sys.stderr)
     return 0

@@ -1,10 +1,15 @@
 from __future__ import annotations
 
 import argparse
+import io
+import os
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+from urllib.parse import urljoin
 
 from streamgate.common.config import Config
 from streamgate.control.edge_client import add_server_arguments
@@ -20,6 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--private", action="store_true",
                         help="only its owner (your wallet) and signed URLs may play it")
     parser.add_argument("--priority", type=int, default=None, help="transcode priority (higher first)")
+    parser.add_argument("--parallel", type=int, default=1, metavar="N",
+                        help="send the file as N parts over N connections at once (tus concatenation)")
     parser.add_argument("--no-wait", action="store_true", help="return once uploaded, do not follow the transcode")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for the transcode")
     add_server_arguments(parser)
@@ -34,9 +41,12 @@ def main(args: argparse.Namespace, config: Config) -> int:
     if not args.file.is_file():
         console.print(f"[red]streamgate upload: {args.file}: no such file[/red]")
         return 2
+    if args.parallel < 1:
+        console.print("[red]streamgate upload: --parallel must be at least 1[/red]")
+        return 2
     client = EdgeClient(server_url(args, config), Path(args.wallet_key))
     try:
-        video_id = _upload(client, args, console)
+        video_id = _upload_parallel(client, args, console) if args.parallel > 1 else _upload(client, args, console)
         console.print(f"uploaded [bold]{video_id}[/bold]")
         if args.no_wait:
             print(video_id)
@@ -48,8 +58,9 @@ def main(args: argparse.Namespace, config: Config) -> int:
         urls = (client.json("POST", f"/api/v1/videos/{video_id}/playback-url")
                 if video["visibility"] == "private" else video)
         print(f"id:   {video_id}")
-        print(f"HLS:  {urls['hls_url']}")
-        print(f"DASH: {urls['dash_url']}")
+        # Relative when the edge has no server.public_url: resolve against the URL we used.
+        print(f"HLS:  {urljoin(client.base + '/', urls['hls_url'])}")
+        print(f"DASH: {urljoin(client.base + '/', urls['dash_url'])}")
         return 0
     except EdgeAPIError as exc:
         console.print(f"[red]streamgate upload: {exc}[/red]")
@@ -66,10 +77,7 @@ def _upload(client: Any, args: argparse.Namespace, console: Any) -> str:
     from tusclient import client as tus
     from tusclient.exceptions import TusCommunicationError
 
-    metadata = {"filename": args.file.name, "title": args.title or args.file.stem,
-                "visibility": "private" if args.private else "public"}
-    if args.priority is not None:
-        metadata["priority"] = str(args.priority)
+    metadata = _metadata(args)
     size = args.file.stat().st_size
     with open(args.file, "rb") as stream:  # a stream: tuspy leaks the handles it opens from a path
         tus_client = tus.TusClient(client.base + "/api/v1/uploads", headers=client.headers)
@@ -91,6 +99,119 @@ def _upload(client: Any, args: argparse.Namespace, console: Any) -> str:
                 uploader.upload_chunk()
                 progress.update(task, completed=uploader.offset)
     return str(uploader.url).rstrip("/").rsplit("/", 1)[1]
+
+
+class _Slice(io.RawIOBase):
+    """``length`` bytes of a file from ``start``, as a stream of its own (one partial upload)."""
+
+    def __init__(self, path: Path, start: int, length: int) -> None:
+        self._f = open(path, "rb")  # noqa: SIM115  (closed with the slice)
+        self._start, self._length, self._pos = start, length, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self._length}[whence]
+        self._pos = max(0, min(self._length, base + offset))
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def read(self, size: int = -1) -> bytes:
+        left = self._length - self._pos
+        size = left if size is None or size < 0 else min(size, left)
+        self._f.seek(self._start + self._pos)
+        data = self._f.read(size)
+        self._pos += len(data)
+        return data
+
+    def close(self) -> None:
+        self._f.close()
+        super().close()
+
+
+def _metadata(args: argparse.Namespace) -> dict[str, str]:
+    metadata = {"filename": args.file.name, "title": args.title or args.file.stem,
+                "visibility": "private" if args.private else "public"}
+    if args.priority is not None:
+        metadata["priority"] = str(args.priority)
+    return metadata
+
+
+def _encode_metadata(metadata: dict[str, str]) -> str:
+    import base64
+
+    return ",".join(f"{k} {base64.b64encode(v.encode()).decode()}" for k, v in metadata.items())
+
+
+def _upload_parallel(client: Any, args: argparse.Namespace, console: Any) -> str:
+    """N partial uploads (``Upload-Concat: partial``) in threads, then the final one that joins
+    them into the video; the bar sums the parts' offsets."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+    from tusclient import client as tus
+    from tusclient.exceptions import TusCommunicationError
+
+    from streamgate.control.edge_client import EdgeAPIError
+
+    size = args.file.stat().st_size
+    parts = max(1, min(args.parallel, size))
+    bounds = [(i * size // parts, (i + 1) * size // parts) for i in range(parts)]
+
+    def uploader(index: int, url: str | None = None) -> Any:
+        start, end = bounds[index]
+        tus_client = tus.TusClient(client.base + "/api/v1/uploads",
+                                   headers={**client.headers, "Upload-Concat": "partial"})
+        return tus_client.uploader(file_stream=_Slice(args.file, start, end - start), url=url,
+                                   chunk_size=CHUNK, upload_checksum=True, retries=3, retry_delay=1)
+
+    # The partial uploads are created here, one after the other (the first 401 signs in); only
+    # their bytes go in parallel.
+    urls: list[str] = []
+    for index in range(parts):
+        creator = uploader(index)
+        try:
+            urls.append(creator.create_url())
+        except TusCommunicationError as exc:
+            if exc.status_code != 401 or urls:
+                raise
+            console.print(f"signing in with the wallet in {args.wallet_key}")
+            console.print(f"signed in as {client.sign_in()}")
+            creator = uploader(index)
+            urls.append(creator.create_url())
+        finally:
+            creator.file_stream.close()
+    lock = threading.Lock()
+    sent = [0] * parts
+
+    def send(index: int, progress: Any, task: Any) -> str:
+        start, end = bounds[index]
+        part = uploader(index, urls[index])
+        try:
+            while part.offset < end - start:
+                part.upload_chunk()
+                with lock:
+                    sent[index] = part.offset
+                    progress.update(task, completed=sum(sent))
+        finally:
+            part.file_stream.close()
+        return urls[index]
+
+    with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                  TransferSpeedColumn(), console=console, transient=False) as progress:
+        task = progress.add_task(f"upload {args.file.name} ({parts} parts)", total=size)
+        with ThreadPoolExecutor(max_workers=parts, thread_name_prefix="upload-part") as pool:
+            list(pool.map(lambda i: send(i, progress, task), range(parts)))
+    final = client.session.post(client.base + "/api/v1/uploads", timeout=600, headers={
+        **client.headers, "Tus-Resumable": "1.0.0", "Upload-Concat": "final;" + " ".join(urls),
+        "Upload-Metadata": _encode_metadata(_metadata(args))})
+    if final.status_code != 201:
+        raise EdgeAPIError(f"POST /api/v1/uploads (final): {final.status_code} {final.text[:200]}")
+    return final.headers["Location"].rstrip("/").rsplit("/", 1)[1]
 
 
 def _follow(client: Any, video_id: str, timeout: float, console: Any) -> dict[str, Any]:

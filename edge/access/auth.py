@@ -17,6 +17,7 @@ from aiohttp import web
 
 from streamgate.common.config import Config
 from streamgate.edge import stores
+from streamgate.edge.access.origin import PUBLIC_ORIGIN, uri_matches
 from streamgate.edge.access.ratelimit import enforce
 from streamgate.edge.access.siwe import MalformedMessage, parse_message, recover_signer
 from streamgate.edge.access.tokens import BadToken, Claims
@@ -91,9 +92,12 @@ async def verify(request: web.Request) -> web.Response:
         raise HTTPError(400, "bad request", str(exc)) from None
     if recover_signer(body.message, body.signature) != message.address:
         raise _fail("the signature was not made by the message's address")
-    domain = config.auth.domain or request.host
-    if message.domain != domain:
-        raise _fail(f"the message is for domain {message.domain!r}, this service is {domain!r}")
+    # Checked against the configured origin, never the request's Host (edge/access/origin.py).
+    origin = request.app[PUBLIC_ORIGIN]
+    if message.domain.lower() not in origin.domains:
+        raise _fail(f"the message is for domain {message.domain!r}, this service is {origin.domains[0]!r}")
+    if not uri_matches(origin, message.uri):
+        raise _fail(f"the message's URI is not under this service's origin {origin.origins[0]!r}")
     if message.chain_id not in config.auth.chain_ids:
         raise _fail(f"chain id {message.chain_id} is not accepted (accepted: {config.auth.chain_ids})")
     now = datetime.now(UTC)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from streamgate.common.redis_keys import DEFAULT_PREFIX
-from streamgate.common.sqlite import connect
+from streamgate.common.sqlite import SqliteThread
 
 
 class NonceStore(Protocol):
@@ -19,22 +19,28 @@ class NonceStore(Protocol):
 
 
 class SqliteNonceStore:
+    """Single node: rows in the edge's SQLite file, on the store's own thread (common/sqlite.py)."""
+
     def __init__(self, path: Path) -> None:
-        self._db: sqlite3.Connection = connect(path)
-        self._db.execute("CREATE TABLE IF NOT EXISTS nonces (nonce TEXT PRIMARY KEY, expires_at REAL NOT NULL)")
+        self._db = SqliteThread(path, name="sqlite-nonces")
+        self._db.call_sync(lambda db: db.execute(
+            "CREATE TABLE IF NOT EXISTS nonces (nonce TEXT PRIMARY KEY, expires_at REAL NOT NULL)"))
 
     async def issue(self, nonce: str, ttl_s: float) -> None:
-        now = time.time()
-        self._db.execute("DELETE FROM nonces WHERE expires_at < ?", (now,))
-        self._db.execute("INSERT INTO nonces VALUES (?, ?)", (nonce, now + ttl_s))
+        def issue(db: sqlite3.Connection) -> None:
+            now = time.time()
+            db.execute("DELETE FROM nonces WHERE expires_at < ?", (now,))
+            db.execute("INSERT INTO nonces VALUES (?, ?)", (nonce, now + ttl_s))
+
+        await self._db.call(issue)
 
     async def take(self, nonce: str) -> bool:
         # One DELETE: atomic across the edge processes sharing the file.
-        return self._db.execute("DELETE FROM nonces WHERE nonce = ? AND expires_at >= ?",
-                                (nonce, time.time())).rowcount > 0
+        return await self._db.rowcount("DELETE FROM nonces WHERE nonce = ? AND expires_at >= ?",
+                                       (nonce, time.time())) > 0
 
     async def close(self) -> None:
-        self._db.close()
+        await self._db.close()
 
 
 class RedisNonceStore:

@@ -11,19 +11,25 @@ TTL, never a store round-trip per segment; a token check is one HMAC.
 
 from __future__ import annotations
 
+import logging
 import time
 
 from aiohttp import web
+from redis.exceptions import RedisError
 
 from streamgate.edge import stores
 from streamgate.edge.access.auth import identity
 from streamgate.edge.access.tokens import BadToken
 from streamgate.edge.errors import HTTPError
+from streamgate.edge.keys import CONFIG
+from streamgate.edge.objects import uses_store
 
 # Visibility and owner never change after creation; the TTL only bounds how long a deleted
 # video's entry lingers, and how long an unknown id stays unknown.
 CACHE_TTL_S = 2.0
 _CACHE_MAX = 100_000
+RETRY_AFTER_S = 2  # a Redis restart or failover takes about this long
+log = logging.getLogger("streamgate.edge")
 
 def is_owner(owner: str, caller: str) -> bool:
     """The one owner rule: a video uploaded without a wallet (``auth.required: false``) has no
@@ -65,6 +71,9 @@ async def authorize_playback(request: web.Request, video_id: str) -> None:
     app = request.app
     if stores.CATALOG not in app:  # an app built without the intake (delivery-only tests)
         return
+    # In a fleet (the s3 backend) every edge's tiers (memory, Redis, disk cache) may still hold a
+    # video that another edge deleted: the catalog is what says it exists, not a cached copy.
+    in_fleet_store = CONFIG in app and uses_store(app[CONFIG])
     token = request.match_info.get("token")
     if token is not None:
         try:
@@ -73,8 +82,18 @@ async def authorize_playback(request: web.Request, video_id: str) -> None:
             raise HTTPError(403, "forbidden", f"playback URL refused: {exc}") from None
         if claims.vid != video_id:
             raise HTTPError(403, "forbidden", "this playback URL is for another video")
+        if in_fleet_store and (await _lookup(app, video_id))[0] is None:
+            raise HTTPError(404, "not found", "no such video")
         return
-    visibility, owner = await _lookup(app, video_id)
+    try:
+        visibility, owner = await _lookup(app, video_id)
+    except (RedisError, OSError) as exc:
+        # The catalog (Redis in a fleet) is down: a passing fault, not the edge's bug (issue 14).
+        log.warning("access check of %s: catalog unavailable: %s", video_id, exc)
+        raise HTTPError(503, "service unavailable", "the catalog is unreachable; retry shortly",
+                        {"Retry-After": str(RETRY_AFTER_S)}) from None
+    if visibility is None and in_fleet_store:
+        raise HTTPError(404, "not found", "no such video")
     if visibility != "private":
-        return  # public, or unknown (the playback path answers 404)
+        return  # public, or unknown on disk (the playback path answers 404)
     require_owner(owner, identity(request), "play this private video (or use a signed playback URL)")

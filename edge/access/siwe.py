@@ -67,6 +67,10 @@ def parse_message(text: str) -> SiweMessage:
     address = match["address"]
     if not is_checksum_address(address):
         raise MalformedMessage("the address is not in EIP-55 checksum form")
+    # int() refuses more than 4300 digits with ValueError (a 500 before issue 14); EIP-155 ids
+    # are far below 2**64.
+    if len(match["chain_id"]) > 20:
+        raise MalformedMessage("Chain ID is out of range")
     issued_at = _time(match["issued_at"], "Issued At")
     assert issued_at is not None  # the pattern requires the field
     return SiweMessage(

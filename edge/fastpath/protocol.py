@@ -44,6 +44,7 @@ from streamgate.edge.fastpath.sendfile import DirectWrite, socket_fd
 from streamgate.edge.playback.conditional import RangeNotSatisfiable, parse_range
 from streamgate.edge.playback.delivery import Delivery
 from streamgate.edge.playback.files import Servable
+from streamgate.edge.playback.hotcache import HotRecord
 from streamgate.edge.playback.names import http_date
 
 log = logging.getLogger("streamgate.edge.fastpath.protocol")
@@ -126,6 +127,10 @@ class FastPath:
 
 
 class FastConnection(asyncio.Protocol):
+    # Slots: thousands of idle keep-alive connections each cost this object (bench/connections.py).
+    __slots__ = ("shared", "transport", "loop", "buf", "busy", "closing", "eof", "paused", "sock_fd",
+                 "wait_fd", "sock", "sent_mark", "deadline", "write", "entry", "task", "inline")
+
     def __init__(self, shared: FastPath) -> None:
         self.shared = shared
         self.transport: asyncio.Transport | None = None
@@ -150,10 +155,6 @@ class FastConnection(asyncio.Protocol):
         # A stream server's protocol: its transport is a Transport (the ABC types the hook wider).
         self.transport = cast(asyncio.Transport, transport)
         self.sock_fd = socket_fd(transport)
-        # A dup kept for the connection's life: the writability watch (no dup/close per request)
-        # and a socket object for send flags.
-        self.sock = socket.socket(fileno=os.dup(self.sock_fd))
-        self.wait_fd = self.sock.fileno()
         self.deadline = self.loop.time() + self.shared.client_timeout_s
         self.shared.connections.add(self)
 
@@ -186,11 +187,24 @@ class FastConnection(asyncio.Protocol):
         if self.task is not None:
             self.task.cancel()
 
+    def _dup(self) -> socket.socket:
+        """The connection's dup, made on its first file answer and kept for its life.
+
+        It is the writability watch (no dup/close per request) and a socket object for send
+        flags. Made lazily: an idle connection, or one that only ever gets small bodies, holds
+        one descriptor, not two.
+        """
+        if self.sock is None:
+            self.sock = socket.socket(fileno=os.dup(self.sock_fd))
+            self.wait_fd = self.sock.fileno()
+        return self.sock
+
     def _close_wait_fd(self) -> None:
         if self.wait_fd >= 0:
             self.loop.remove_writer(self.wait_fd)
-            assert self.sock is not None  # made together with wait_fd in connection_made
+            assert self.sock is not None  # made together with wait_fd in _dup
             self.sock.close()
+            self.sock = None
             self.wait_fd = -1
 
     def expire(self) -> None:
@@ -224,7 +238,7 @@ class FastConnection(asyncio.Protocol):
             self.buf = buf[end + 4:]
             self.deadline = self.loop.time() + shared.client_timeout_s
             started = time.perf_counter()
-            if request.plain and self.answer_now(request, started):
+            if request.plain and self.answer_now(request, buf[:end + 4], started):
                 continue
             self.handle(request, buf[:end + 4], started)
         if self.transport is None:
@@ -241,7 +255,7 @@ class FastConnection(asyncio.Protocol):
     def parse(self, head: bytes) -> Request | None:
         return parse_head(head, self.shared.targets)
 
-    def answer_now(self, request: Request, started: float) -> bool:
+    def answer_now(self, request: Request, raw: bytes, started: float) -> bool:
         """Answer a plain request for a public local file right here; False: take the full path.
 
         No coroutine, no task, no access-check call (its cached verdict is read instead), and
@@ -254,13 +268,17 @@ class FastConnection(asyncio.Protocol):
             verdict = cache.get(request.video_id) if cache is not None else None
             if verdict is None or verdict[1] == "private" or verdict[0] <= time.monotonic():
                 return False
+        if shared.delivery.store is not None:  # s3 mode: no media tree here (edge/playback/delivery.py)
+            return self.answer_pulled(request, raw, started)
         local = request.local
         if local is None:
             video_dir = f"{shared.media_root}/{request.video_id}"
             local = request.local = (f"{video_dir}/{request.rel}", video_dir)
         entry = shared.files.get(local[0], request.rel, local[1])
-        if entry is None or (entry.body is None and entry.fd is None):
-            return False  # remote tiers, 404 or a closed descriptor: the full path answers
+        if entry is None:
+            return self.answer_pulled(request, raw, started)
+        if entry.body is None and entry.fd is None:
+            return False  # a closed descriptor: the full path answers
         date = shared.date_line()
         tail = request.tail
         if request.http10:
@@ -293,12 +311,11 @@ class FastConnection(asyncio.Protocol):
             self.shared.metrics.observe(request.route, 200, size, time.perf_counter() - started)
             return True
         fd = entry.fd
-        # No body and a size: the file's descriptor is open (checked above); the socket is the
-        # connection's dup, made in connection_made.
-        assert fd is not None and self.sock is not None
+        # No body and a size: the file's descriptor is open (checked above).
+        assert fd is not None
         head_sent = 0
         try:
-            head_sent = self.sock.sendmsg((head,), (), socket.MSG_MORE)
+            head_sent = self._dup().sendmsg((head,), (), socket.MSG_MORE)
             if head_sent < len(head):
                 entry.acquire()
                 self.send(request, 200, [head[head_sent:]], fd, 0, size, entry, started)
@@ -324,25 +341,59 @@ class FastConnection(asyncio.Protocol):
         self.shared.metrics.observe(request.route, 200, size, time.perf_counter() - started)
         return True
 
+    def answer_pulled(self, request: Request, raw: bytes, started: float) -> bool:
+        """A public file this edge does not hold: the memory tier now, Redis without a task.
+
+        A Redis lookup joins the loop turn's MGET with a callback that answers the connection
+        when the reply comes (one task per MGET, none per request). False: the full path
+        answers (a 404, no Redis, a tier past it).
+        """
+        delivery = self.shared.delivery
+        found = delivery.lookup_pulled(request.video_id, request.rel)
+        if isinstance(found, Servable):
+            self.respond(request, found, started)
+            return True
+        redis = delivery.redis
+        if found is None or redis is None:
+            return False
+        key = f"{request.video_id}/{request.rel}"
+        self.busy = True
+
+        def answered(record: HotRecord | None) -> None:
+            transport = self.transport
+            if self.closing or transport is None or transport.is_closing():  # lost while Redis answered
+                return
+            self.busy = False
+            if record is None:
+                # Not in Redis: the full path asks the tiers past it, without asking Redis again.
+                self.handle(request, raw, started, past_redis=True)
+            else:
+                self.respond(request, delivery.redis_hit(key, record), started)
+            if not self.busy:
+                self.process()
+
+        redis.get_soon(key, answered)
+        return True
+
     def abort(self) -> None:
         self.closing = True
         if self.transport is not None:
             self.transport.abort()
 
-    def handle(self, request: Request, raw: bytes, started: float) -> None:
+    def handle(self, request: Request, raw: bytes, started: float, past_redis: bool = False) -> None:
         # The access check is a coroutine that may await a store; its first step runs now and
         # a task is made only if it suspends (edge/fastpath/inline.py). A task is the connection's
         # (cancelled when it is lost); serve() answers every exception itself.
         self.busy = True
         self.inline = True
         try:
-            task = inline.start(self.loop, self.serve(request, raw, started), "fast-path request")
+            task = inline.start(self.loop, self.serve(request, raw, started, past_redis), "fast-path request")
         finally:
             self.inline = False
         if task is not None:
             self.task = task
 
-    async def serve(self, request: Request, raw: bytes, started: float) -> None:
+    async def serve(self, request: Request, raw: bytes, started: float, past_redis: bool = False) -> None:
         match_info = {"id": request.video_id, "path": request.rel}
         if request.token is not None:
             match_info["token"] = request.token
@@ -355,7 +406,7 @@ class FastConnection(asyncio.Protocol):
             if found is None:
                 raise HTTPError(404, "not found", f"video {request.video_id} has no file {request.rel}")
             if not isinstance(found, Servable):  # REMOTE: the async tiers answer
-                found = await self.shared.delivery.lookup_remote(request.video_id, request.rel)
+                found = await self.shared.delivery.lookup_remote(request.video_id, request.rel, past_redis)
         except FastPathUnsupported:
             self.task = None
             self.busy = False
@@ -436,6 +487,8 @@ class FastConnection(asyncio.Protocol):
                 return
             self.process()
 
+        if fd is not None:
+            self._dup()  # a file's head goes with MSG_MORE; small bodies wait on a dup of their own
         write = DirectWrite(self.loop, self.sock_fd, chunks, fd, offset, count, done, self.wait_fd, self.sock)
         try:
             finished = write.start()

@@ -28,8 +28,8 @@ from aiohttp import web
 from streamgate.common.config import Config
 from streamgate.edge import stores
 from streamgate.edge.access import playback as access
+from streamgate.edge.intake import concat, s3_upload
 from streamgate.edge.intake import farm_link as farm_api
-from streamgate.edge.intake import s3_upload
 from streamgate.edge.intake.metadata import metadata_text
 from streamgate.edge.intake.paths import partial_path, source_path
 from streamgate.edge.intake.progress import follow_events
@@ -69,6 +69,18 @@ def _move_durably(src: Path, dst: Path) -> None:
 
 async def complete_upload(app: web.Application, upload: Upload) -> Upload:
     """Idempotent; run under the upload's lock once ``offset == length``."""
+    if upload.partial:  # tus concatenation: a part of a file, never a video of its own
+        return await concat.finish_partial(app, upload)
+    if upload.concat:  # the final upload: its partials joined into its bytes first
+        try:
+            upload = await concat.assemble(app, upload)
+        except FileNotFoundError as exc:
+            log.error("upload %s: cannot assemble: %s", upload.id, exc)
+            await app[stores.CATALOG].update(upload.id, {"status": "failed", "error": "a partial upload was lost"},
+                                             when={"uploading"})
+            upload = msgspec.structs.replace(upload, done=True)
+            await app[stores.UPLOAD_STORE].save(upload)
+            return upload
     config: Config = app[CONFIG]
     catalog = app[stores.CATALOG]
     video = await catalog.get(upload.id)
@@ -93,6 +105,8 @@ async def complete_upload(app: web.Application, upload: Upload) -> Upload:
                                               "size": upload.length}, when={"uploading"})
     upload = msgspec.structs.replace(upload, done=True)
     await app[stores.UPLOAD_STORE].save(upload)
+    if upload.concat:
+        await concat.release(app, upload)
     if queued is not None:
         log.info("upload %s complete: %d bytes, sha256 %s", upload.id, upload.length, sha256)
         # Not awaited by the PATCH: a down broker must not hold the client; the video is queued

@@ -6,6 +6,7 @@ import base64
 import binascii
 import os
 import re
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -41,10 +42,19 @@ def metadata_text(metadata: dict[str, str], key: str) -> str:
         raise ValueError(f"Upload-Metadata {key!r} is not UTF-8 text") from None
 
 
+def _printable(key: str, text: str) -> str:
+    """Refuse C0/C1 control characters (NUL, newlines, escapes, DEL): a title or file name is shown
+    in terminals, logs and pages, where they forge lines or colours (issue 14)."""
+    bad = next((ch for ch in text if unicodedata.category(ch) == "Cc"), None)
+    if bad is not None:
+        raise ValueError(f"Upload-Metadata {key!r} contains the control character U+{ord(bad):04X}")
+    return text
+
+
 def video_fields(metadata: dict[str, str], config: Config) -> dict[str, Any]:
     """filename, title, visibility and priority (bounded by uploads.max_priority) from the metadata."""
-    filename = os.path.basename(metadata_text(metadata, "filename"))
-    title = metadata_text(metadata, "title") or Path(filename).stem or "untitled"
+    filename = os.path.basename(_printable("filename", metadata_text(metadata, "filename")))
+    title = _printable("title", metadata_text(metadata, "title")) or Path(filename).stem or "untitled"
     visibility = metadata_text(metadata, "visibility") or "public"
     if visibility not in ("public", "private"):
         raise ValueError("Upload-Metadata visibility must be 'public' or 'private'")

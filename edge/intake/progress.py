@@ -16,6 +16,7 @@ from streamgate.common.protocol import JobDone, JobFailed, JobProgress, JobStart
 from streamgate.edge import stores
 from streamgate.edge.catalog import Catalog, Rendition
 from streamgate.edge.intake.submission import SUBMITTER
+from streamgate.edge.redact import strip_paths
 
 log = logging.getLogger("streamgate.edge.intake.progress")
 
@@ -57,7 +58,7 @@ class ProgressApplier:
                     "duration": result.duration_s, "renditions": renditions}, when=ACTIVE)
             case JobFailed(job_id=vid, reason=reason, final=final):
                 self._last_write.pop(vid, None)
-                changes: dict[str, object] = {"error": reason}
+                changes: dict[str, object] = {"error": strip_paths(reason)}  # no server paths in the API
                 if final:
                     changes.update(status="failed", eta_s=None)
                 await self._catalog.update(vid, changes, when=ACTIVE)

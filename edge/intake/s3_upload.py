@@ -30,9 +30,10 @@ from aiohttp import ClientPayloadError, web
 
 from streamgate.common import layout
 from streamgate.common.config import Config
-from streamgate.common.storage import ObjectStore, PartInfo, StorageUnavailable, UploadNotFound
+from streamgate.common.storage import ObjectNotFound, ObjectStore, PartInfo, StorageUnavailable
 from streamgate.edge import stores
 from streamgate.edge.errors import HTTPError
+from streamgate.edge.intake.limits import ByteMeter, room_for
 from streamgate.edge.intake.state import StoredPart, Upload, UploadLocked
 from streamgate.edge.keys import CONFIG
 from streamgate.edge.objects import OBJECT_STORE
@@ -56,9 +57,14 @@ def tail_key(upload_id: str) -> str:
     return f"{layout.UPLOADS}/{upload_id}/tail"
 
 
+def partial_key(upload_id: str) -> str:
+    """A partial upload's bytes (tus concatenation, edge/intake/concat.py): never a source."""
+    return f"{layout.UPLOADS}/{upload_id}/data"
+
+
 async def open_upload(objects: ObjectStore, upload: Upload, extension: str) -> Upload:
     """Creation: the multipart upload first, so the state never names one that is not there."""
-    key = layout.source_key(upload.id, extension)
+    key = partial_key(upload.id) if upload.partial else layout.source_key(upload.id, extension)
     multipart_id = await objects.create_multipart(key)
     return msgspec.structs.replace(upload, source_key=key, multipart_id=multipart_id)
 
@@ -136,7 +142,7 @@ class _Writer:
 
 
 async def _spooled(request: web.Request, config: Config, room: int, hasher: Any, digest: bytes,
-                   error: Callable[..., HTTPError], base: int) -> AsyncIterator[bytes]:
+                   error: Callable[..., HTTPError], base: int, meter: ByteMeter) -> AsyncIterator[bytes]:
     """A checksummed body: read whole and verified first (460 stores nothing), then replayed."""
     spool = tempfile.SpooledTemporaryFile(max_size=_SPOOL_MEMORY, dir=str(config.storage.uploads_dir))
     try:
@@ -145,6 +151,7 @@ async def _spooled(request: web.Request, config: Config, room: int, hasher: Any,
             size += len(chunk)
             if size > room:
                 raise error(413, "payload too large", "the body runs past Upload-Length")
+            await meter.charge(len(chunk))
             hasher.update(chunk)
             await asyncio.to_thread(spool.write, chunk)
         if hasher.digest() != digest:
@@ -164,22 +171,24 @@ async def receive(request: web.Request, config: Config, upload: Upload,
     Raises StorageUnavailable (the caller answers 503) with whatever was stored before saved.
     """
     base = upload.offset
-    room = upload.length - base
+    room = room_for(config, upload)
     if request.content_length is not None and request.content_length > room:
         raise error(413, "payload too large",
                     f"{request.content_length} bytes at offset {base} exceed Upload-Length {upload.length}")
     writer = _Writer(request.app, config, upload)
     await writer.start()
+    meter = ByteMeter(request, upload.owner)
     received = 0
     try:
         if checksum is not None:
-            async for chunk in _spooled(request, config, room, checksum[0](), checksum[1], error, base):
+            async for chunk in _spooled(request, config, room, checksum[0](), checksum[1], error, base, meter):
                 await writer.feed(chunk)
         else:
             async for chunk in request.content.iter_any():
                 received += len(chunk)
                 if received > room:
                     raise error(413, "payload too large", f"the body runs past Upload-Length {upload.length}")
+                await meter.charge(len(chunk))
                 await writer.feed(chunk)
         await writer.finish()
     except (ClientPayloadError, ConnectionError) as exc:
@@ -213,18 +222,26 @@ async def _sha256(objects: ObjectStore, key: str) -> str:
 async def complete(objects: ObjectStore, upload: Upload) -> str | None:
     """Complete the multipart upload (idempotent: a completion cut short is checked by HEAD);
     returns the source's sha256, or None when its bytes were lost."""
-    if not upload.parts:  # an empty upload: S3 has no zero-part multipart
+    parts = [PartInfo(part_number=p.number, etag=p.etag, size=p.size) for p in upload.parts]
+    if not parts and not upload.tail_size:  # an empty upload: S3 has no zero-part multipart
         await objects.put(upload.source_key, b"")
         await objects.abort_multipart(upload.source_key, upload.multipart_id)
     else:
-        parts = [PartInfo(part_number=p.number, etag=p.etag, size=p.size) for p in upload.parts]
         try:
+            if upload.tail_size:
+                # A deferred length set by a PATCH with no body: the stored tail is the last part.
+                tail = await objects.get(tail_key(upload.id), 0, upload.tail_size)
+                parts.append(await objects.upload_part(upload.source_key, upload.multipart_id,
+                                                       len(parts) + 1, tail))
             await objects.complete_multipart(upload.source_key, upload.multipart_id, parts)
-        except UploadNotFound:
+        except ObjectNotFound:  # the multipart upload (UploadNotFound) or the tail
             # Completed by an edge that died before saving `done`, or lost (aborted as stale).
             info = await objects.head(upload.source_key)
             if info is None or info.size != upload.length:
                 return None
+    if upload.partial:  # its data object stays under the prefix until the final upload is done
+        await objects.delete(tail_key(upload.id))
+        return ""
     await objects.delete_prefix(upload_prefix(upload.id))
     return await _sha256(objects, upload.source_key)
 
@@ -250,7 +267,8 @@ async def abort_stale(app: web.Application, now: float) -> int:
     objects: ObjectStore = app[OBJECT_STORE]
     state = app[stores.UPLOAD_STORE]
     cutoff = now - float(app[CONFIG].uploads.expiration)
-    stale = [m async for m in objects.list_multipart_uploads(f"{layout.SOURCES}/") if m.initiated < cutoff]
+    stale = [m for prefix in (f"{layout.SOURCES}/", f"{layout.UPLOADS}/")  # sources, partial uploads
+             async for m in objects.list_multipart_uploads(prefix) if m.initiated < cutoff]
     aborted = 0
     for multipart in stale:
         parts = multipart.key.split("/")

@@ -12,6 +12,7 @@ import contextlib
 import fcntl
 import os
 import secrets
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,7 +21,10 @@ from typing import Any, Protocol
 import msgspec
 
 from streamgate.common.redis_keys import DEFAULT_PREFIX
-from streamgate.common.sqlite import connect
+from streamgate.common.sqlite import SqliteThread
+
+# tus creation-defer-length: an upload's ``length`` until a PATCH's Upload-Length sets it.
+UNKNOWN_LENGTH = -1
 
 # How long a terminated or expired upload answers 410 Gone instead of 404 (tus 1.0 termination).
 TOMBSTONE_TTL_S = 7 * 24 * 3600
@@ -52,6 +56,11 @@ class Upload(msgspec.Struct, kw_only=True):
     multipart_id: str = ""
     parts: list[StoredPart] = msgspec.field(default_factory=list)
     tail_size: int = 0
+    # tus concatenation (edge/intake/concat.py): a partial upload is never a video of its own; a
+    # final one is made of the partial uploads ``concat`` (ids, in order) and is created whole
+    # (offset == length): its completion assembles them into its source.
+    partial: bool = False
+    concat: list[str] = msgspec.field(default_factory=list)
 
 
 class UploadLocked(Exception):
@@ -83,43 +92,44 @@ class SqliteUploadStore:
     """
 
     def __init__(self, path: Path, lock_dir: Path) -> None:
-        self._db = connect(path)
-        self._db.execute("CREATE TABLE IF NOT EXISTS uploads (id TEXT PRIMARY KEY,"
-                         " expires_at REAL NOT NULL, done INTEGER NOT NULL, body BLOB NOT NULL)")
-        self._db.execute("CREATE TABLE IF NOT EXISTS upload_tombstones (id TEXT PRIMARY KEY, at REAL NOT NULL)")
+        # Its own thread (common/sqlite.py): a PATCH's acknowledged offset is a FULL-synced commit.
+        self._db = SqliteThread(path, name="sqlite-uploads")
+        self._db.call_sync(_create_schema)
         self._lock_dir = lock_dir
         lock_dir.mkdir(parents=True, exist_ok=True)
 
     async def create(self, upload: Upload) -> None:
-        self._db.execute("INSERT INTO uploads VALUES (?, ?, ?, ?)",
-                         (upload.id, upload.expires_at, int(upload.done), _encode(upload)))
+        await self._db.execute("INSERT INTO uploads VALUES (?, ?, ?, ?)",
+                               (upload.id, upload.expires_at, int(upload.done), _encode(upload)))
 
     async def get(self, upload_id: str) -> Upload | None:
-        row = self._db.execute("SELECT body FROM uploads WHERE id = ?", (upload_id,)).fetchone()
-        return _decode(row[0]) if row else None
+        rows = await self._db.execute("SELECT body FROM uploads WHERE id = ?", (upload_id,))
+        return _decode(rows[0][0]) if rows else None
 
     async def save(self, upload: Upload) -> None:
-        self._db.execute("UPDATE uploads SET expires_at = ?, done = ?, body = ? WHERE id = ?",
-                         (upload.expires_at, int(upload.done), _encode(upload), upload.id))
+        await self._db.execute("UPDATE uploads SET expires_at = ?, done = ?, body = ? WHERE id = ?",
+                               (upload.expires_at, int(upload.done), _encode(upload), upload.id))
 
     async def remove(self, upload_id: str) -> None:
-        now = time.time()
-        self._db.execute("DELETE FROM uploads WHERE id = ?", (upload_id,))
-        self._db.execute("INSERT OR REPLACE INTO upload_tombstones VALUES (?, ?)", (upload_id, now))
-        self._db.execute("DELETE FROM upload_tombstones WHERE at < ?", (now - TOMBSTONE_TTL_S,))
+        def remove(db: sqlite3.Connection) -> None:
+            now = time.time()
+            db.execute("DELETE FROM uploads WHERE id = ?", (upload_id,))
+            db.execute("INSERT OR REPLACE INTO upload_tombstones VALUES (?, ?)", (upload_id, now))
+            db.execute("DELETE FROM upload_tombstones WHERE at < ?", (now - TOMBSTONE_TTL_S,))
+
+        await self._db.call(remove)
         with contextlib.suppress(FileNotFoundError):
             (self._lock_dir / f"{upload_id}.lock").unlink()
 
     async def is_gone(self, upload_id: str) -> bool:
-        return self._db.execute("SELECT 1 FROM upload_tombstones WHERE id = ?",
-                                (upload_id,)).fetchone() is not None
+        return bool(await self._db.execute("SELECT 1 FROM upload_tombstones WHERE id = ?", (upload_id,)))
 
     async def expired(self, now: float) -> list[Upload]:
-        return [_decode(r[0]) for r in self._db.execute(
+        return [_decode(r[0]) for r in await self._db.execute(
             "SELECT body FROM uploads WHERE expires_at < ?", (now,))]
 
     async def pending(self) -> list[Upload]:
-        rows = self._db.execute("SELECT body FROM uploads WHERE done = 0").fetchall()
+        rows = await self._db.execute("SELECT body FROM uploads WHERE done = 0")
         return [u for u in (_decode(r[0]) for r in rows) if u.offset == u.length]
 
     @contextlib.asynccontextmanager
@@ -140,7 +150,13 @@ class SqliteUploadStore:
             os.close(fd)  # closing the descriptor releases the flock
 
     async def close(self) -> None:
-        self._db.close()
+        await self._db.close()
+
+
+def _create_schema(db: sqlite3.Connection) -> None:
+    db.execute("CREATE TABLE IF NOT EXISTS uploads (id TEXT PRIMARY KEY,"
+               " expires_at REAL NOT NULL, done INTEGER NOT NULL, body BLOB NOT NULL)")
+    db.execute("CREATE TABLE IF NOT EXISTS upload_tombstones (id TEXT PRIMARY KEY, at REAL NOT NULL)")
 
 
 # Release the lock only if we still own it (the Redis "SET NX PX" lock pattern).
@@ -172,6 +188,8 @@ class RedisUploadStore:
         async with self._r.pipeline(transaction=True) as pipe:
             pipe.set(self._key(upload.id), _encode(upload))
             pipe.zadd(f"{self._p}uploads:expiry", {upload.id: upload.expires_at})
+            if upload.offset == upload.length and not upload.done:  # a final upload (concatenation)
+                pipe.sadd(f"{self._p}uploads:pending", upload.id)
             await pipe.execute()
 
     async def get(self, upload_id: str) -> Upload | None:

@@ -1,5 +1,6 @@
-"""tus 1.0.0 uploads at ``/api/v1/uploads``: core, creation, creation-with-upload, termination,
-checksum (sha1, md5, sha256) and expiration (https://tus.io/protocols/resumable-upload).
+"""tus 1.0.0 uploads at ``/api/v1/uploads``: core, creation, creation-with-upload,
+creation-defer-length, termination, checksum (sha1, md5, sha256), expiration and concatenation
+(edge/intake/concat.py) (https://tus.io/protocols/resumable-upload).
 
 Durability rule: bytes are fsynced before the offset that covers them is saved, and the saved
 offset is the only one ever reported; a PATCH that stops mid-body keeps what was checkpointed.
@@ -27,27 +28,31 @@ from streamgate.common.config import Config
 from streamgate.common.storage import StorageUnavailable
 from streamgate.edge import stores
 from streamgate.edge.access.auth import require_writer
+from streamgate.edge.access.origin import public_base
 from streamgate.edge.access.ratelimit import enforce
 from streamgate.edge.catalog import Video
 from streamgate.edge.errors import HTTPError
 from streamgate.edge.intake import completion as intake
-from streamgate.edge.intake import s3_upload
+from streamgate.edge.intake import concat, s3_upload
+from streamgate.edge.intake.limits import ByteMeter, room_for
 from streamgate.edge.intake.metadata import metadata_text, parse_metadata, video_fields
 from streamgate.edge.intake.paths import partial_path, source_extension
-from streamgate.edge.intake.state import Upload, UploadLocked
+from streamgate.edge.intake.space import require_room
+from streamgate.edge.intake.state import UNKNOWN_LENGTH, Upload, UploadLocked
 from streamgate.edge.keys import CONFIG
 from streamgate.edge.objects import OBJECT_STORE, uses_store
 
 log = logging.getLogger("streamgate.edge.intake.tus")
 
 TUS_VERSION = "1.0.0"
-TUS_EXTENSIONS = "creation,creation-with-upload,termination,checksum,expiration"
+TUS_EXTENSIONS = ("creation,creation-with-upload,creation-defer-length,termination,checksum,expiration,"
+                  "concatenation")
 CHECKSUMS = {"sha1": hashlib.sha1, "md5": hashlib.md5, "sha256": hashlib.sha256}
 OFFSET_TYPE = "application/offset+octet-stream"
 # A checkpoint (fsync + saved offset) every this many bytes bounds what a kill -9 can cost.
 CHECKPOINT_BYTES = 4 * 2**20
 _EXPOSE = ("Location, Upload-Offset, Upload-Length, Upload-Metadata, Upload-Expires, Tus-Resumable, "
-           "Tus-Version, Tus-Extension, Tus-Max-Size, Tus-Checksum-Algorithm")
+           "Tus-Version, Tus-Extension, Tus-Max-Size, Tus-Checksum-Algorithm, Upload-Defer-Length, Upload-Concat")
 _ALLOW_HEADERS = ("Authorization, Content-Type, Upload-Offset, Upload-Length, Upload-Metadata, "
                   "Upload-Checksum, Upload-Defer-Length, Upload-Concat, Tus-Resumable, X-HTTP-Method-Override")
 _DIGITS = re.compile(r"\A[0-9]{1,19}\Z")
@@ -100,8 +105,7 @@ def _check_body_type(request: web.Request, config: Config) -> None:
 
 
 def _location(request: web.Request, config: Config, upload_id: str) -> str:
-    base = config.server.public_url.rstrip("/") or f"{request.scheme}://{request.host}"
-    return f"{base}/api/v1/uploads/{upload_id}"
+    return f"{public_base(config)}/api/v1/uploads/{upload_id}"  # never the request's Host
 
 
 async def _load(request: web.Request, config: Config, upload_id: str, owner: str) -> Upload:
@@ -144,7 +148,8 @@ async def receive(request: web.Request, config: Config, upload: Upload,
     """
     store = request.app[stores.UPLOAD_STORE]
     base = upload.offset
-    room = upload.length - base
+    room = room_for(config, upload)
+    meter = ByteMeter(request, upload.owner)
     if request.content_length is not None and request.content_length > room:
         raise _error(config, 413, "payload too large",
                      f"{request.content_length} bytes at offset {base} exceed Upload-Length {upload.length}")
@@ -171,6 +176,13 @@ async def receive(request: web.Request, config: Config, upload: Upload,
                 if written + len(chunk) > room:
                     raise _error(config, 413, "payload too large",
                                  f"the body runs past Upload-Length {upload.length}")
+                try:
+                    await meter.charge(len(chunk))
+                except HTTPError as exc:  # over the byte cap: keep what arrived, say where it stands
+                    if hasher is None:
+                        await checkpoint()
+                    exc.headers.update(_headers(config, **{"Upload-Offset": str(upload.offset)}))
+                    raise
                 _write_all(fd, chunk)
                 written += len(chunk)
                 if hasher is not None:
@@ -216,8 +228,10 @@ def _progress_headers(config: Config, upload: Upload) -> dict[str, str]:
 
 
 async def _receive_locked(request: web.Request, config: Config, upload_id: str, owner: str,
-                          offset: int | None, checksum: tuple[Any, bytes] | None) -> Upload:
-    """Under the upload's lock: check the offset, write the body, complete when whole."""
+                          offset: int | None, checksum: tuple[Any, bytes] | None,
+                          length: int | None = None) -> Upload:
+    """Under the upload's lock: check the offset, set a deferred length, write the body,
+    complete when whole."""
     try:
         async with request.app[stores.UPLOAD_STORE].lock(upload_id, float(config.uploads.lock_wait)):
             upload = await _load(request, config, upload_id, owner)  # fresh, under the lock
@@ -225,8 +239,12 @@ async def _receive_locked(request: web.Request, config: Config, upload_id: str, 
                 raise _error(config, 409, "conflict",
                              f"Upload-Offset {offset} does not match the upload's offset {upload.offset}",
                              **{"Upload-Offset": str(upload.offset)})
+            if upload.concat and offset is not None:
+                raise _error(config, 403, "forbidden", "a final upload (Upload-Concat: final) takes no PATCH")
+            if length is not None and length != upload.length:
+                upload = await _set_length(request, config, upload, length)
             try:
-                if upload.offset < upload.length:
+                if upload.length == UNKNOWN_LENGTH or upload.offset < upload.length:
                     if upload.source_key:
                         upload = await s3_upload.receive(request, config, upload, checksum,
                                                          lambda *a, **kw: _error(config, *a, **kw))
@@ -245,18 +263,59 @@ async def _receive_locked(request: web.Request, config: Config, upload_id: str, 
                      **{"Retry-After": "1"}) from None
 
 
-async def create(request: web.Request) -> web.Response:
-    config: Config = request.app[CONFIG]
-    _check_resumable(request, config)
-    owner = require_writer(request)
-    await enforce(request, "upload", owner)
-    if "Upload-Defer-Length" in request.headers:
-        raise _error(config, 400, "bad request", "Upload-Defer-Length is not supported: send Upload-Length")
-    length = _int_header(request, config, "Upload-Length")
+async def _set_length(request: web.Request, config: Config, upload: Upload, length: int) -> Upload:
+    """creation-defer-length: a PATCH's Upload-Length fixes the length, once."""
+    if upload.length != UNKNOWN_LENGTH:
+        raise _error(config, 400, "bad request",
+                     f"Upload-Length {length} differs from the upload's length {upload.length}")
+    if length < upload.offset:
+        raise _error(config, 400, "bad request",
+                     f"Upload-Length {length} is below the upload's offset {upload.offset}")
+    _check_size(config, length)
+    pending = request.content_length
+    if pending is not None and upload.offset + pending > length:
+        raise _error(config, 413, "payload too large",
+                     f"{pending} bytes at offset {upload.offset} exceed Upload-Length {length}")
+    upload = msgspec.structs.replace(upload, length=length)
+    await request.app[stores.UPLOAD_STORE].save(upload)
+    return upload
+
+
+def _check_size(config: Config, length: int) -> None:
     if length > config.uploads.max_size:
         raise _error(config, 413, "payload too large",
                      f"Upload-Length {length} exceeds Tus-Max-Size {int(config.uploads.max_size)}",
                      **{"Tus-Max-Size": str(int(config.uploads.max_size))})
+
+
+def _creation_length(request: web.Request, config: Config) -> int:
+    """Upload-Length, or UNKNOWN_LENGTH with ``Upload-Defer-Length: 1`` (creation-defer-length)."""
+    deferred = request.headers.get("Upload-Defer-Length")
+    if deferred is not None:
+        if deferred.strip() != "1":
+            raise _error(config, 400, "bad request", "Upload-Defer-Length must be 1")
+        if "Upload-Length" in request.headers:
+            raise _error(config, 400, "bad request", "send Upload-Length or Upload-Defer-Length, not both")
+        return UNKNOWN_LENGTH
+    length = _int_header(request, config, "Upload-Length")
+    _check_size(config, length)
+    return length
+
+
+async def create(request: web.Request) -> web.Response:
+    config: Config = request.app[CONFIG]
+    _check_resumable(request, config)
+    owner = require_writer(request)
+    await enforce(request, "upload", owner)  # a creation: the one request an upload is counted by
+    raw_concat = request.headers.get("Upload-Concat")
+    try:
+        kind, partial_ids = ("", []) if raw_concat is None else concat.parse(raw_concat)
+    except concat.ConcatError as exc:
+        raise _error(config, exc.status, "bad request", str(exc)) from None
+    if kind == "final":
+        return await _create_final(request, config, owner, partial_ids)
+    length = _creation_length(request, config)
+    require_room(config, length)
     try:
         metadata = parse_metadata(request.headers.get("Upload-Metadata", ""))
         fields = video_fields(metadata, config)
@@ -265,14 +324,14 @@ async def create(request: web.Request) -> web.Response:
     has_body = bool(request.content_length) or request.headers.get("Transfer-Encoding") == "chunked"
     if has_body:
         _check_body_type(request, config)
-        if request.content_length is not None and request.content_length > length:
+        if length != UNKNOWN_LENGTH and request.content_length is not None and request.content_length > length:
             raise _error(config, 413, "payload too large",
                          f"a {request.content_length}-byte body for an Upload-Length of {length}")
     checksum = _checksum(request, config) if has_body else None
     upload_id = uuid.uuid4().hex
     now = time.time()
     upload = Upload(id=upload_id, length=length, metadata=metadata, owner=owner, created_at=now,
-                    expires_at=now + float(config.uploads.expiration))
+                    expires_at=now + float(config.uploads.expiration), partial=kind == "partial")
     # The partial file (or multipart upload) first, the records after: a record never points at
     # bytes that are not there.
     if uses_store(config):
@@ -284,7 +343,8 @@ async def create(request: web.Request) -> web.Response:
     else:
         fd = os.open(partial_path(config, upload_id), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         os.close(fd)
-    await request.app[stores.CATALOG].create(Video(id=upload_id, created_at=now, owner=owner, **fields))
+    if not upload.partial:  # a partial upload is never a video; the final one is
+        await request.app[stores.CATALOG].create(Video(id=upload_id, created_at=now, owner=owner, **fields))
     await request.app[stores.UPLOAD_STORE].create(upload)
     if has_body or length == 0:
         upload = await _receive_locked(request, config, upload_id, owner, 0, checksum)
@@ -295,12 +355,53 @@ async def create(request: web.Request) -> web.Response:
     return web.Response(status=201, headers=headers)
 
 
+async def _create_final(request: web.Request, config: Config, owner: str, partial_ids: list[str]) -> web.Response:
+    """``Upload-Concat: final;...``: created whole from the partials, completed (assembled) at once."""
+    if request.content_length:
+        raise _error(config, 400, "bad request", "a final upload (Upload-Concat: final) takes no body")
+    try:
+        metadata = parse_metadata(request.headers.get("Upload-Metadata", ""))
+        fields = video_fields(metadata, config)
+        partials = await concat.partials_of(request.app, partial_ids, owner)
+    except concat.ConcatError as exc:
+        errors = {403: "forbidden", 404: "not found", 410: "gone"}
+        raise _error(config, exc.status, errors.get(exc.status, "bad request"), str(exc)) from None
+    except ValueError as exc:
+        raise _error(config, 400, "bad request", str(exc)) from None
+    length = sum(p.length for p in partials)
+    _check_size(config, length)
+    upload_id = uuid.uuid4().hex
+    now = time.time()
+    # Whole from the start: its bytes are the partials', durable already. If this edge dies before
+    # the completion, the resubmitter finds it pending and assembles it.
+    upload = Upload(id=upload_id, length=length, offset=length, metadata=metadata, owner=owner,
+                    created_at=now, expires_at=now + float(config.uploads.expiration), concat=partial_ids)
+    if uses_store(config):
+        extension = source_extension(metadata_text(metadata, "filename"))
+        try:
+            upload = await s3_upload.open_upload(request.app[OBJECT_STORE], upload, extension)
+        except StorageUnavailable as exc:
+            raise _unavailable(config, exc) from None
+    await request.app[stores.CATALOG].create(Video(id=upload_id, created_at=now, owner=owner, **fields))
+    await request.app[stores.UPLOAD_STORE].create(upload)
+    upload = await _receive_locked(request, config, upload_id, owner, None, None)
+    headers = _progress_headers(config, upload)
+    headers["Location"] = _location(request, config, upload_id)
+    return web.Response(status=201, headers=headers)
+
+
 async def head(request: web.Request) -> web.Response:
     config: Config = request.app[CONFIG]
     _check_resumable(request, config)
     upload = await _load(request, config, request.match_info["upload_id"], require_writer(request))
     headers = _progress_headers(config, upload)
-    headers["Upload-Length"] = str(upload.length)
+    if upload.length == UNKNOWN_LENGTH:
+        headers["Upload-Defer-Length"] = "1"
+    else:
+        headers["Upload-Length"] = str(upload.length)
+    if upload.partial or upload.concat:
+        headers["Upload-Concat"] = concat.concat_header(
+            upload, lambda upload_id: _location(request, config, upload_id))
     if upload.metadata:
         headers["Upload-Metadata"] = ",".join(f"{k} {v}".rstrip() for k, v in upload.metadata.items())
     return web.Response(status=200, headers=headers)
@@ -310,11 +411,13 @@ async def patch(request: web.Request) -> web.Response:
     config: Config = request.app[CONFIG]
     _check_resumable(request, config)
     _check_body_type(request, config)
-    owner = require_writer(request)
-    await enforce(request, "upload", owner)
+    owner = require_writer(request)  # no rate limit per PATCH: bytes are metered (limits.ByteMeter)
     offset = _int_header(request, config, "Upload-Offset")
+    length = _int_header(request, config, "Upload-Length") if "Upload-Length" in request.headers else None
     checksum = _checksum(request, config)
-    upload = await _receive_locked(request, config, request.match_info["upload_id"], owner, offset, checksum)
+    require_room(config, request.content_length or 0)
+    upload = await _receive_locked(request, config, request.match_info["upload_id"], owner, offset,
+                                   checksum, length)
     return web.Response(status=204, headers=_progress_headers(config, upload))
 
 
@@ -322,7 +425,7 @@ async def terminate(request: web.Request) -> web.Response:
     config: Config = request.app[CONFIG]
     _check_resumable(request, config)
     owner = require_writer(request)
-    await enforce(request, "upload", owner)
+    await enforce(request, "api", owner)  # not an upload: never counted against creations
     upload_id = request.match_info["upload_id"]
     try:
         async with request.app[stores.UPLOAD_STORE].lock(upload_id, float(config.uploads.lock_wait)):

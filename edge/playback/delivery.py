@@ -14,6 +14,7 @@ Steps 1, 2 and a fresh 4 are synchronous, which is what the fast path serves wit
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from streamgate.common.config import Config
@@ -24,6 +25,7 @@ from streamgate.edge.playback import names as media
 from streamgate.edge.playback.diskcache import DiskCache
 from streamgate.edge.playback.files import OpenFileCache, Servable
 from streamgate.edge.playback.hotcache import HotRecord, MemoryLRU, RedisTier, servable
+from streamgate.edge.playback.hotwire import MgetPipe, connection_params
 from streamgate.edge.playback.origin import (
     NotAtOrigin,
     OriginPuller,
@@ -32,6 +34,10 @@ from streamgate.edge.playback.origin import (
     StaticOrigins,
 )
 from streamgate.edge.playback.storepull import StorePuller, master_uris
+
+# The servables kept for Redis records (see Delivery.redis_hit): playlists and init segments.
+REDIS_SERVABLES = 256
+REDIS_SERVABLE_MAX_BYTES = 16 * 1024
 
 
 class _Remote:
@@ -54,9 +60,11 @@ class Delivery:
         self.files = OpenFileCache(edge)
         self.memory = MemoryLRU(int(edge.memory_cache_size))
         self.hot_ttl_s = float(config.cache.hot_ttl)
-        self.redis = (RedisTier(redis_client, int(config.cache.redis_max_object_size), self.hot_ttl_s,
-                                config.redis_keys.hot)
-                      if redis_client is not None else None)
+        self.redis = None
+        if redis_client is not None:
+            params = connection_params(redis_client)
+            self.redis = RedisTier(redis_client, int(config.cache.redis_max_object_size), self.hot_ttl_s,
+                                   config.redis_keys.hot, MgetPipe(params) if params is not None else None)
         self.disk = DiskCache(config.storage.cache_dir / "media", int(edge.disk_cache_size))
         self.resolver = resolver
         self.store = store
@@ -68,6 +76,7 @@ class Delivery:
             self.puller = OriginPuller(resolver, self.disk, float(edge.origin_timeout),
                                        int(edge.hot_object_max_size), float(edge.vod_playlist_max_age))
         self.metrics = edge_metrics()
+        self._redis_servables: dict[str, tuple[HotRecord, Servable]] = {}
 
     @property
     def remote_enabled(self) -> bool:
@@ -83,6 +92,10 @@ class Delivery:
             entry = self.files.get(f"{video_dir}/{rel}", rel, video_dir)
             if entry is not None:
                 return entry
+        return self.lookup_pulled(video_id, rel)
+
+    def lookup_pulled(self, video_id: str, rel: str) -> Servable | _Remote | None:
+        """``lookup_now`` past the media tree (the fast path has just missed it there)."""
         if not self.remote_enabled:
             return None
         key = f"{video_id}/{rel}"
@@ -104,15 +117,36 @@ class Delivery:
             return found
         return await self.lookup_remote(video_id, rel)
 
-    async def lookup_remote(self, video_id: str, rel: str) -> Servable:
+    def redis_hit(self, key: str, record: HotRecord) -> Servable:
+        """A Redis record as a servable, kept in the memory tier for its max-age.
+
+        The servable made for the record Redis gave last time is reused when Redis gives the
+        same record again: its headers are already built. Redis still answers every request
+        (it stays the tier that says what is current); only small objects are kept, so the
+        bound is REDIS_SERVABLES x REDIS_SERVABLE_MAX_BYTES.
+        """
+        self.metrics.tier("redis", "hit")
+        ttl = self._ttl(record.cache_control)
+        last = self._redis_servables.get(key)
+        if last is not None and last[0] == record:
+            hit = last[1]
+            hit.expires_at = time.monotonic() + ttl
+        else:
+            hit = servable(key, record, ttl, self.files.cors)
+            if len(record.body) <= REDIS_SERVABLE_MAX_BYTES:
+                if len(self._redis_servables) >= REDIS_SERVABLES:
+                    self._redis_servables.clear()
+                self._redis_servables[key] = (record, hit)
+        self.memory.put(key, hit)
+        return hit
+
+    async def lookup_remote(self, video_id: str, rel: str, past_redis: bool = False) -> Servable:
+        """The async tiers; ``past_redis``: Redis has just said it lacks the object."""
         key = f"{video_id}/{rel}"
         if self.redis is not None:
-            record = await self.redis.get(key)
+            record = None if past_redis else await self.redis.get(key)
             if record is not None:
-                self.metrics.tier("redis", "hit")
-                hit = servable(key, record, self._ttl(record.cache_control), self.files.cors)
-                self.memory.put(key, hit)
-                return hit
+                return self.redis_hit(key, record)
             self.metrics.tier("redis", "miss")
             entry = self._from_disk(key, rel)
             if entry is not None:

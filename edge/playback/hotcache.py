@@ -14,12 +14,14 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
 
 from streamgate.common.redis_keys import RedisKeys
 from streamgate.edge.playback.files import Servable
+from streamgate.edge.playback.hotwire import MgetPipe
 
 log = logging.getLogger("streamgate.edge.cache")
 
@@ -48,13 +50,26 @@ def _record(raw: bytes | None) -> HotRecord | None:
         return None
 
 
-def _answer(batch: dict[str, list[asyncio.Future[HotRecord | None]]], keys: list[str],
-            values: list[bytes | None]) -> None:
+# Who waits for a key: a future (a coroutine's await) or a plain callback (the fast path's,
+# which answers a connection without a task of its own).
+Waiter = asyncio.Future[HotRecord | None] | Callable[[HotRecord | None], None]
+
+
+def _answer(batch: dict[str, list[Waiter]], keys: list[str], values: list[bytes | None],
+            callbacks: bool = True) -> None:
     for key, raw in zip(keys, values, strict=True):
         record = _record(raw)
         for waiter in batch[key]:
-            if not waiter.done():
-                waiter.set_result(record)
+            if isinstance(waiter, asyncio.Future):
+                if not waiter.done():
+                    waiter.set_result(record)
+                continue
+            if not callbacks:
+                continue
+            try:
+                waiter(record)
+            except Exception:  # one connection's failure must not strand the rest of the batch
+                log.exception("a hot-tier callback failed for %s", key)
 
 
 def servable(key: str, record: HotRecord, ttl_s: float, cors: dict[str, str]) -> Servable:
@@ -104,13 +119,16 @@ class RedisTier:
     the client for a burst of requests, and concurrent lookups of one key share a reply.
     """
 
-    def __init__(self, client: Any, max_object_size: int, max_ttl_s: float, prefix: str = RedisKeys().hot) -> None:
+    def __init__(self, client: Any, max_object_size: int, max_ttl_s: float, prefix: str = RedisKeys().hot,
+                 pipe: MgetPipe | None = None) -> None:
         self.client = client
+        # Lookups go out on the pipe when it is connected (edge/playback/hotwire.py), else by the client.
+        self.pipe = pipe
         self.prefix = prefix
         self.max_object_size = max_object_size
         self.max_ttl_s = max_ttl_s
         self._failing = False
-        self._batch: dict[str, list[asyncio.Future[HotRecord | None]]] | None = None
+        self._batch: dict[str, list[Waiter]] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.round_trips = 0
 
@@ -123,13 +141,42 @@ class RedisTier:
         self._batch.setdefault(key, []).append(waiter)
         return await waiter
 
+    def get_soon(self, key: str, callback: Callable[[HotRecord | None], None]) -> None:
+        """Look ``key`` up in this turn's MGET; ``callback`` gets the record (None: a miss).
+
+        Call from inside the running loop. The callback runs at most once, from a loop callback
+        (no task running) after the MGET's reply; not at all if the MGET is cancelled (shutdown).
+        """
+        if self._batch is None:
+            self._batch = {}
+            asyncio.get_running_loop().call_soon(self._send_batch)
+        self._batch.setdefault(key, []).append(callback)
+
     def _send_batch(self) -> None:
         batch, self._batch = self._batch or {}, None
+        pipe = self.pipe
+        if pipe is not None:
+            keys = list(batch)
+            loop = asyncio.get_running_loop()
+
+            def answered(reply: Any) -> None:
+                if isinstance(reply, list) and len(reply) == len(keys):
+                    self._failing = False
+                    _answer(batch, keys, reply)
+                else:  # the pipe failed under this MGET: a miss, answered from a callback
+                    misses: list[bytes | None] = [None] * len(keys)
+                    loop.call_soon(_answer, batch, keys, misses)
+
+            self.round_trips += 1
+            if pipe.send([(self.prefix + key).encode() for key in keys], answered):
+                return
+            self.round_trips -= 1
+            pipe.ensure()
         task = asyncio.get_running_loop().create_task(self._mget(batch), name="redis-hot-mget")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _mget(self, batch: dict[str, list[asyncio.Future[HotRecord | None]]]) -> None:
+    async def _mget(self, batch: dict[str, list[Waiter]]) -> None:
         keys = list(batch)
         self.round_trips += 1
         try:
@@ -138,14 +185,20 @@ class RedisTier:
             if isinstance(exc, Exception):
                 self._failed(exc)
             values = [None] * len(keys)
-            if not isinstance(exc, Exception):  # cancelled at shutdown: wake the waiters, then go
-                _answer(batch, keys, values)
+            if not isinstance(exc, Exception):
+                # Cancelled at shutdown: wake the awaiting coroutines, then go. The callbacks'
+                # connections are being closed by the fast path's own shutdown.
+                _answer(batch, keys, values, callbacks=False)
                 raise
         else:
             self._failing = False
-        _answer(batch, keys, values)
+        # From a loop callback, not this task: a waiter's callback may start a request's
+        # coroutine inline (edge/fastpath/inline.py), which needs no task to be running.
+        asyncio.get_running_loop().call_soon(_answer, batch, keys, values)
 
     async def close(self) -> None:
+        if self.pipe is not None:
+            await self.pipe.close()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -16,8 +16,7 @@ RATIO = re.compile(r"^ratio .+: \d+\.\d\dx \(goal .+\) (met|NOT met)$", re.M)
 LOAD = re.compile(r"^load average: \d+\.\d\d \d+\.\d\d \d+\.\d\d \(\d+ CPUs\)$", re.M)
 
 
-@pytest.mark.parametrize("name", ["catalog", "broker", "quality", "uploads", "short_clip", "concurrency",
-                                  "first_frame"])
+@pytest.mark.parametrize("name", ["catalog", "broker", "quality", "uploads", "upload_parallel"])
 def test_quick_mode_prints_its_ratios(name: str, tmp_path: Path) -> None:
     if name in ("quality", "short_clip", "concurrency", "first_frame") and shutil.which("ffmpeg") is None:
         pytest.skip("ffmpeg is not installed")

@@ -5,7 +5,10 @@ StreamGate, written from Consul's HTTP API documentation (developer.hashicorp.co
 
 - agent: ``/v1/agent/service/register``, ``/v1/agent/service/deregister/{id}``,
   ``/v1/agent/service/maintenance/{id}``, ``/v1/agent/check/{pass,warn,fail}/{check_id}``,
-  ``/v1/agent/services``, ``/v1/agent/checks``, ``/v1/agent/self``
+  ``/v1/agent/services``, ``/v1/agent/checks``, ``/v1/agent/self``, ``/v1/agent/maintenance`` (node)
+- agent health: ``/v1/agent/health/service/name/{name}`` and ``/v1/agent/health/service/id/{id}``
+  (``?format=text``): the aggregated status of the instance's checks (node checks included) as
+  200 passing, 429 warning, 503 critical or maintenance, 404 unknown service
 - health: ``/v1/health/service/{name}`` (``passing``, ``tag``), with ``X-Consul-Index`` and
   blocking queries (``?index=&wait=``)
 - catalog: ``/v1/catalog/services``, ``/v1/catalog/service/{name}``
@@ -18,13 +21,15 @@ Semantics kept from the docs: a service's checks get ids ``service:<id>`` (``ser
 when it has several); a check starts ``critical`` unless ``Status`` is given; a TTL check turns
 critical when not refreshed within its TTL; HTTP checks are polled at their interval (2xx passing,
 429 warning, else critical); service maintenance adds a critical ``_service_maintenance:<id>``
-check; a session is invalidated when its TTL lapses or one of its checks goes critical, releasing
+check and node maintenance a critical ``_node_maintenance`` check, both aggregated as
+``maintenance``; a session is invalidated when its TTL lapses or one of its checks goes critical, releasing
 (or deleting, by ``Behavior``) its locks, and a lock it held cannot be re-acquired for
 ``LockDelay``; the index only rises, on every change of state. Not modelled: datacenters, ACLs,
 ``DeregisterCriticalServiceAfter`` reaping, anti-entropy, the agent's own node checks
 (``serfHealth`` is always passing).
 
-Run it in a thread (``ConsulStandin().start()``) so synchronous tests and subprocesses can use it.
+Run it in a thread (``ConsulStandin().start()``) so synchronous tests and subprocesses can use it;
+``ConsulStandin(host=...)`` listens on another address (a fleet bridge, so hosts register into it).
 """
 
 from __future__ import annotations
@@ -45,6 +50,10 @@ from aiohttp import web
 NODE = "standin-node"
 NODE_ADDRESS = "127.0.0.1"
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)?$")
+NODE_MAINTENANCE = "_node_maintenance"
+SERVICE_MAINTENANCE = "_service_maintenance:"
+# Consul's agent health endpoints answer the aggregated status with these codes (agent service API docs).
+AGGREGATED_HTTP = {"passing": 200, "warning": 429, "critical": 503, "maintenance": 503}
 _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 
@@ -139,10 +148,11 @@ class Entry:
 
 
 class ConsulStandin:
-    """The stand-in agent; ``start()`` serves it on 127.0.0.1:``port`` from a background thread."""
+    """The stand-in agent; ``start()`` serves it on ``host``:``port`` from a background thread."""
 
-    def __init__(self, port: int = 0) -> None:
+    def __init__(self, port: int = 0, host: str = "127.0.0.1") -> None:
         self.port = port
+        self.host = host
         self.index = 1
         self.services: dict[str, Service] = {}
         self.checks: dict[str, Check] = {}
@@ -160,7 +170,7 @@ class ConsulStandin:
     # ------------------------------------------------------------------ lifecycle
     @property
     def address(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def start(self) -> ConsulStandin:
         started = threading.Event()
@@ -215,7 +225,7 @@ class ConsulStandin:
         app = self._app()
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=0.5)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
+        site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         ticker = asyncio.create_task(self._tick())
@@ -337,6 +347,9 @@ class ConsulStandin:
         r.add_get("/v1/agent/services", self.agent_services)
         r.add_get("/v1/agent/checks", self.agent_checks)
         r.add_get("/v1/agent/self", self.agent_self)
+        r.add_put("/v1/agent/maintenance", self.node_maintenance)
+        r.add_get("/v1/agent/health/service/name/{name}", self.agent_health_by_name)
+        r.add_get("/v1/agent/health/service/id/{id}", self.agent_health_by_id)
         r.add_get("/v1/health/service/{name}", self.health_service)
         r.add_get("/v1/catalog/services", self.catalog_services)
         r.add_get("/v1/catalog/service/{name}", self.catalog_service)
@@ -373,7 +386,7 @@ class ConsulStandin:
             specs.insert(0, payload["check"])
         # Re-registering replaces the service's checks (replace-existing-checks is the usual intent).
         for cid in [cid for cid, c in self.checks.items()
-                    if c.service_id == service_id and not cid.startswith("_service_maintenance:")]:
+                    if c.service_id == service_id and not cid.startswith(SERVICE_MAINTENANCE)]:
             del self.checks[cid]
         for n, raw in enumerate(specs, start=1):
             spec = _lower(raw)
@@ -411,7 +424,7 @@ class ConsulStandin:
         enable = request.query.get("enable", "").lower()
         if enable not in ("true", "false", "1", "0"):
             raise web.HTTPBadRequest(text="Missing value for enable")
-        check_id = f"_service_maintenance:{service_id}"
+        check_id = f"{SERVICE_MAINTENANCE}{service_id}"
         if enable in ("true", "1"):
             service = self.services[service_id]
             reason = request.query.get("reason") or "Maintenance mode is enabled for this service, but no reason was provided. This is a default message."
@@ -441,6 +454,73 @@ class ConsulStandin:
         return web.json_response({"Config": {"NodeName": NODE, "Datacenter": "dc1"},
                                   "Member": {"Name": NODE, "Addr": NODE_ADDRESS}})
 
+    async def node_maintenance(self, request: web.Request) -> web.Response:
+        enable = request.query.get("enable", "").lower()
+        if enable not in ("true", "false", "1", "0"):
+            raise web.HTTPBadRequest(text="Missing value for enable")
+        if enable in ("true", "1"):
+            reason = request.query.get("reason") or "Maintenance mode is enabled for this node, but no reason was provided. This is a default message."
+            self.checks[NODE_MAINTENANCE] = Check(NODE_MAINTENANCE, "Node Maintenance Mode", status="critical",
+                                                  notes=reason)
+            self._invalidate_sessions_on(NODE_MAINTENANCE)
+        else:
+            self.checks.pop(NODE_MAINTENANCE, None)
+        self._bump()
+        return web.Response()
+
+    # agent health ----------------------------------------------------------
+    def _service_checks(self, service_id: str) -> list[dict[str, Any]]:
+        # The agent aggregates the instance's own checks and the node's (node maintenance included).
+        return [c.as_json() for c in self.checks.values() if c.service_id in (service_id, "")]
+
+    @staticmethod
+    def _aggregate(checks: list[dict[str, Any]]) -> str:
+        """Consul's AggregatedStatus: maintenance wins, then critical, then warning, else passing."""
+        ids = [c["CheckID"] for c in checks]
+        if any(cid == NODE_MAINTENANCE or cid.startswith(SERVICE_MAINTENANCE) for cid in ids):
+            return "maintenance"
+        statuses = {c["Status"] for c in checks}
+        for status in ("critical", "warning"):
+            if status in statuses:
+                return status
+        return "passing"
+
+    def _health_info(self, service: Service) -> dict[str, Any]:
+        checks = self._service_checks(service.service_id)
+        return {"AggregatedStatus": self._aggregate(checks), "Service": service.as_json(), "Checks": checks}
+
+    @staticmethod
+    def _text_wanted(request: web.Request) -> bool:
+        return request.query.get("format") == "text"
+
+    async def agent_health_by_id(self, request: web.Request) -> web.Response:
+        service_id = request.match_info["id"]
+        service = self.services.get(service_id)
+        if service is None:
+            if self._text_wanted(request):
+                return web.Response(status=404, text=f"ServiceId {service_id} not found")
+            return web.json_response(None, status=404)
+        info = self._health_info(service)
+        code = AGGREGATED_HTTP[info["AggregatedStatus"]]
+        if self._text_wanted(request):
+            return web.Response(status=code, text=info["AggregatedStatus"])
+        return web.json_response(info, status=code)
+
+    async def agent_health_by_name(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        infos = [self._health_info(s) for s in self.services.values() if s.name == name]
+        if not infos:
+            if self._text_wanted(request):
+                return web.Response(status=404, text=f"ServiceName {name} Not Found")
+            return web.json_response([], status=404)
+        # Every instance of the name on this agent: the worst of them decides the code.
+        worst = max(infos, key=lambda i: (AGGREGATED_HTTP[i["AggregatedStatus"]],
+                                          i["AggregatedStatus"] == "maintenance"))
+        code = AGGREGATED_HTTP[worst["AggregatedStatus"]]
+        if self._text_wanted(request):
+            return web.Response(status=code, text=worst["AggregatedStatus"])
+        return web.json_response(infos, status=code)
+
     # health and catalog ----------------------------------------------------
     def _node(self) -> dict[str, Any]:
         return {"Node": NODE, "Address": NODE_ADDRESS, "Datacenter": "dc1", "Meta": {}}
@@ -457,7 +537,8 @@ class ConsulStandin:
         serf = {"Node": NODE, "CheckID": "serfHealth", "Name": "Serf Health Status", "Status": "passing",
                 "Notes": "", "Output": "Agent alive and reachable", "ServiceID": "", "ServiceName": ""}
         for service in self._entries(name, request.query.getall("tag", [])):
-            checks = [serf] + [c.as_json() for c in self.checks.values() if c.service_id == service.service_id]
+            # Node checks (node maintenance) count for every service of the node, as in Consul.
+            checks = [serf] + [c.as_json() for c in self.checks.values() if c.service_id in (service.service_id, "")]
             if passing_only and any(c["Status"] != "passing" for c in checks):
                 continue
             out.append({"Node": self._node(), "Service": service.as_json(), "Checks": checks})
@@ -599,3 +680,25 @@ class ConsulStandin:
 
     async def status_leader(self, request: web.Request) -> web.Response:
         return web.json_response(f"{NODE_ADDRESS}:8300")
+
+
+def main() -> None:
+    """``python consul_standin.py --host H --port P``: serve in the foreground until SIGTERM (tests/fleet)."""
+    import argparse
+    import signal
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8500)
+    args = parser.parse_args()
+    standin = ConsulStandin(args.port, args.host).start()
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    signal.signal(signal.SIGINT, lambda *_: done.set())
+    print(f"consul stand-in on {standin.address}", flush=True)
+    done.wait()
+    standin.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -17,6 +17,7 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urljoin
 
 import aiohttp
 import pytest
@@ -51,7 +52,7 @@ async def _upload(url: str, data: bytes, filename: str) -> str:
         async with session.post(url + "/api/v1/uploads", headers={
                 **TUS, "Upload-Length": str(len(data)), "Upload-Metadata": meta}) as r:
             assert r.status == 201, await r.text()
-            location = r.headers["Location"]
+            location = urljoin(url + "/", r.headers["Location"])  # relative without public_url
         async with session.patch(location, data=data, headers={
                 **TUS, "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream"}) as r:
             assert r.status == 204, await r.text()

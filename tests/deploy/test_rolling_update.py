@@ -91,6 +91,8 @@ def roll(tmp_path: Path, consul: ConsulStandin, ports: list[int], hosts: list[st
         "streamgate_common_config": {"deployment": {"node_name": NODE}},
         "streamgate_edge_ports": ports,
         "streamgate_rolling_drain_seconds": 0,
+        # This edge runs alone (no broker, so never ready): the gate checks its liveness.
+        "streamgate_rolling_edge_health_path": "/health",
         "streamgate_rolling_health_retries": 2, "streamgate_rolling_health_delay": 1,
     }))
     return subprocess.run([tool("ansible-playbook"), "-i", str(tmp_path / "hosts.yml"),
@@ -107,8 +109,11 @@ def test_rolling_update_drains_converges_gates_and_undrains(consul: ConsulStandi
     puts = [p for m, p in consul.requests if m == "PUT" and p == f"/v1/agent/service/maintenance/{sid}"]
     assert len(puts) == 2, consul.requests  # drain, then undrain
     assert out.index("Drain this host through streamgate drain") < out.index("Converge the edges") \
-        < out.index("Check that every edge on this host answers /health") \
-        < out.index("Undrain this host through streamgate undrain")
+        < out.index("Check that every edge on this host is ready") \
+        < out.index("Undrain this host through streamgate undrain") \
+        < out.index("Wait until Consul reports this host's services serving again")
+    # No video is published here: the playback gate says it is skipped rather than passing silently.
+    assert "SKIPPED the edge playback gate on edge-a: no video is published yet" in out
     assert maintenance(consul) == []
     unit = (tmp_path / "etc/systemd/system/streamgate-edge@.service").read_text()
     assert f"ExecStart={sys.prefix}/bin/streamgate edge --port %i" in unit

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import shutil
+import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urljoin
 
+import pytest
 from intake_support import bearer, edge, new_account, sign_in  # noqa: F401
+from support import wait_until
 
 from streamgate.edge import stores
 from streamgate.edge.access.tokens import Claims
@@ -124,3 +130,37 @@ async def test_one_owner_rule_for_a_private_video_without_owner(edge) -> None:  
     async with e.session.post(f"{e.url}/api/v1/videos/{video_id}/playback-url") as r:
         anonymous_sign = r.status
     assert anonymous_play == anonymous_api == anonymous_sign == 200
+
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """This test's own redis-server (the session's serves the others), for the test to stop."""
+    sock = tmp_path / "redis.sock"
+    proc = subprocess.Popen([shutil.which("redis-server") or "redis-server", "--port", "0",
+                             "--unixsocket", str(sock), "--save", "", "--appendonly", "no",
+                             "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: sock.exists() or proc.poll() is not None, timeout=10, what="redis socket")
+        yield f"unix://{sock}", proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(10)
+
+
+async def test_a_redis_outage_during_the_access_check_is_503_with_retry_after(edge, own_redis) -> None:  # noqa: F811
+    url, redis = own_redis
+    e = await edge(redis_url=url)
+    public, unseen = "c" * 32, "d" * 32
+    await _video(e, public, "", "public")
+    await _video(e, unseen, "", "public")
+    assert (await _get(e, f"/videos/{public}/master.m3u8")) == (200, MASTER)
+    redis.terminate()
+    await asyncio.to_thread(redis.wait, 10)
+    # Not in the access cache: the check needs the catalog, which is down.
+    async with e.session.get(f"{e.url}/videos/{unseen}/master.m3u8") as r:
+        body = await r.json()
+        assert r.status == 503, body
+        assert int(r.headers["Retry-After"]) >= 1
+        assert body["error"] == "service unavailable" and "unix://" not in body["detail"]

@@ -4,12 +4,14 @@ in-process edges sharing a real Redis (issue 12, items 4, 6 and 9's edge part)."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import free_port
 from intake_support import Edge, bearer, edge, new_account, sign_in  # noqa: F401 - the fixture
 from storage_support import SeaweedFS, start_seaweedfs, stop_seaweedfs
 
@@ -23,8 +25,10 @@ SECRET = "one-secret-for-the-whole-fleet"
 
 
 def s3_config(data_dir: Path, server: SeaweedFS, redis_url: str, prefix: str, **extra: Any) -> Config:
+    port = free_port()  # the edge fixture listens there; public_url is where sign-in expects it
     tree: dict[str, Any] = {
         "deployment": {"mode": "fleet"},
+        "server": {"host": "127.0.0.1", "port": port, "public_url": f"http://127.0.0.1:{port}"},
         "storage": {"data_dir": str(data_dir), **server.storage_tree(prefix, connect_timeout="1s",
                                                                    request_timeout="3s")},
         "cache": {"redis_url": redis_url},
@@ -50,6 +54,15 @@ async def put_ladder(config: Config, files: dict[str, bytes], video_id: str = VI
             await store.put(layout.media_key(video_id, rel), data)
     finally:
         await store.close()
+
+
+async def catalogue(e: Edge, video_id: str = VIDEO) -> None:
+    """A public, ready catalog entry: in a fleet an edge plays only what the catalog holds."""
+    from streamgate.edge.catalog import Video, VideoExists
+    from streamgate.edge.stores import CATALOG
+
+    with contextlib.suppress(VideoExists):
+        await e.app[CATALOG].create(Video(id=video_id, created_at=time.time(), status="ready"))
 
 
 class CountingStore:
@@ -89,6 +102,7 @@ async def fleet(edge: Any, tmp_path: Path, seaweedfs: SeaweedFS, redis_url: str,
     await put_ladder(a_conf, files)
     a = await edge(a_conf)
     b = await edge(s3_config(tmp_path / "b", seaweedfs, redis_url, prefix))
+    await catalogue(a)
     return a, b, files
 
 
@@ -141,6 +155,7 @@ async def test_live_playlist_is_fetched_again_after_its_max_age(fleet: tuple[Edg
     config = a.app[DELIVERY].config
     live = files["240p/index.m3u8"].replace(b"#EXT-X-ENDLIST\n", b"")
     await put_ladder(config, {"240p/index.m3u8": live}, "vid-live")
+    await catalogue(a, "vid-live")
     status, headers, body = await fetch(a, "240p/index.m3u8", video="vid-live")
     assert status == 200 and body == live
     assert headers["Cache-Control"] == f"public, max-age={int(config.edge.live_playlist_max_age)}"
@@ -170,15 +185,34 @@ async def test_missing_object_is_404(fleet: tuple[Edge, Edge, dict[str, bytes]])
     assert (await fetch(a, "240p/777.m4s"))[0] == 404
 
 
+async def test_a_video_deleted_on_a_is_gone_from_b_whatever_b_cached(
+        fleet: tuple[Edge, Edge, dict[str, bytes]]) -> None:
+    from support import async_wait_until
+
+    a, b, files = fleet
+    cached = ["master.m3u8", "240p/index.m3u8", "240p/0.m4s"]
+    for rel in cached:  # B now holds them in its memory, Redis and disk tiers
+        assert (await fetch(b, rel))[0] == 200
+    # What DELETE /api/v1/videos/{id} on A does to the fleet's records (this test's id is not one
+    # the API route takes); the store keeps the objects here, so only the catalog can say "gone".
+    from streamgate.edge.stores import CATALOG
+
+    assert await a.app[CATALOG].delete(VIDEO)
+
+    async def gone() -> bool:
+        # B's access verdicts live up to 2 s (edge/access/playback.py CACHE_TTL_S).
+        return all([(await fetch(b, rel))[0] == 404 for rel in cached])
+
+    await async_wait_until(gone, timeout=10, interval=0.2, what="B answering 404 for the deleted video")
+
+
 async def test_private_video_plays_on_b_with_a_token_from_a(fleet: tuple[Edge, Edge, dict[str, bytes]]) -> None:
-    from streamgate.edge.catalog import Video
     from streamgate.edge.stores import CATALOG
 
     a, b, files = fleet
     account = new_account()
     token = await sign_in(a, account)
-    await a.app[CATALOG].create(Video(id=VIDEO, created_at=time.time(), owner=account.address,
-                                      visibility="private", status="ready"))
+    await a.app[CATALOG].update(VIDEO, {"owner": account.address, "visibility": "private"})
     assert (await fetch(b, "master.m3u8"))[0] == 401
     status, _, body = await fetch(b, "master.m3u8", **bearer(token))
     assert status == 200 and body == files["master.m3u8"]
@@ -205,6 +239,7 @@ async def test_store_down_serves_what_it_holds_and_503s_the_rest(
         config = s3_config(tmp_path / "a", server, redis_url, "down")
         await put_ladder(config, files)
         a = await edge(config)
+        await catalogue(a)
         async with a.session.get(a.url + "/api/v1/health") as r:
             health = await r.json()
             assert health["checks"]["storage"]["ok"] is True, health

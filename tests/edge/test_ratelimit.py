@@ -10,14 +10,19 @@ from aiohttp.test_utils import make_mocked_request
 from intake_support import edge  # noqa: F401
 
 from streamgate.common.config import RateLimitConfig
-from streamgate.edge.access.ratelimit import MemoryBuckets, RateLimiter, RedisBuckets
+from streamgate.edge.access.ratelimit import MemoryBuckets, RateLimiter, RedisBuckets, SqliteBuckets
 from streamgate.edge.errors import HTTPError
 
 
-@pytest.fixture(params=["memory", "redis"])
-async def buckets(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
+@pytest.fixture(params=["memory", "sqlite", "redis"])
+async def buckets(request: pytest.FixtureRequest, tmp_path: Any) -> AsyncIterator[Any]:
     if request.param == "memory":
         yield MemoryBuckets()
+        return
+    if request.param == "sqlite":
+        shared = SqliteBuckets(tmp_path / "ratelimit.sqlite")
+        yield shared
+        shared.close()
         return
     import redis.asyncio as redis
 
@@ -85,3 +90,81 @@ async def test_api_answers_429_with_retry_after(edge, with_redis: bool, request:
         assert r.status == 429
     async with e.session.get(e.url + "/health") as r:  # health and playback are never limited
         assert r.status == 200
+
+
+async def _hammer(url: str, seconds: float, concurrency: int = 8) -> tuple[int, int, float]:
+    """GETs on fresh connections (SO_REUSEPORT spreads them over the processes) for ``seconds``:
+    (granted, refused, elapsed)."""
+    import asyncio
+    import time
+
+    import aiohttp
+
+    counts = {200: 0, 429: 0}
+    start = time.monotonic()
+    deadline = start + seconds
+
+    async def client(session: aiohttp.ClientSession) -> None:
+        while time.monotonic() < deadline:
+            async with session.get(url) as r:
+                await r.read()
+                assert r.status in counts, r.status
+                counts[r.status] += 1
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True, limit=concurrency)) as s:
+        await asyncio.gather(*(client(s) for _ in range(concurrency)))
+    return counts[200], counts[429], time.monotonic() - start
+
+
+async def _both_serving(url: str, timeout: float = 60) -> None:
+    """Until fresh connections reach two processes: /health's uptime dates each one's start on
+    the machine's monotonic clock."""
+    import time
+
+    import aiohttp
+
+    starts: list[float] = []
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
+        while time.monotonic() < deadline:
+            async with session.get(url + "/health") as r:
+                start = time.monotonic() - (await r.json())["uptime_s"]
+            if not any(abs(start - seen) < 0.05 for seen in starts):
+                starts.append(start)
+            if len(starts) >= 2:
+                return
+    raise AssertionError("the second edge process never answered")
+
+
+async def test_the_configured_rate_holds_across_edge_processes(tmp_path, edge_process) -> None:  # type: ignore[no-untyped-def]
+    """Two ``streamgate edge`` processes on one port share one bucket (issue 14: each had its own,
+    so the node allowed twice the configured rate)."""
+    rate, burst = 25.0, 10
+    node = edge_process(tmp_path / "data", workers=2,
+                        STREAMGATE__EDGE__RATE_LIMIT__API_PER_SECOND=str(rate),
+                        STREAMGATE__EDGE__RATE_LIMIT__API_BURST=str(burst))
+    await _both_serving(node.url)
+    granted, refused, elapsed = await _hammer(node.url + "/api/v1/videos", 4.0)
+    expected = burst + rate * elapsed
+    assert refused > granted  # the client asked for far more than the rate
+    print(f"granted {granted} of {granted + refused} in {elapsed:.2f} s; configured {expected:.1f}")
+    assert abs(granted - expected) <= 0.1 * expected, (granted, expected, refused)
+
+
+async def test_limits_apply_before_the_auth_check(edge) -> None:  # noqa: F811
+    """An unauthenticated flood is limited too: the bucket is taken before the token is read."""
+    e = await edge(auth_required=True, rate_limit={"enabled": True, "api_per_second": 0.01, "api_burst": 2,
+                                                   "upload_per_second": 0.01, "upload_burst": 2})
+    statuses = []
+    for _ in range(3):
+        async with e.session.post(e.url + "/api/v1/uploads", headers={
+                "Tus-Resumable": "1.0.0", "Upload-Length": "3", "Authorization": "Bearer forged.token"}) as r:
+            statuses.append(r.status)
+            if r.status == 429:
+                assert r.headers["Tus-Resumable"] == "1.0.0"
+    assert statuses == [401, 401, 429]
+    statuses = []
+    for _ in range(3):
+        async with e.session.delete(e.url + "/api/v1/videos/" + "f" * 32) as r:
+            statuses.append(r.status)
+    assert statuses == [401, 401, 429]

@@ -198,9 +198,16 @@ async def test_a_patch_that_stops_mid_body_keeps_what_arrived(edge) -> None:  # 
                   "Upload-Offset: 0\r\nContent-Type: application/offset+octet-stream\r\n"
                   "Content-Length: 10000\r\n\r\n").encode() + b"a" * 6000)
     await writer.drain()
+    video_id = path.rsplit("/", 1)[1]
+    # The 6000 bytes reached the edge's file: bytes still in aiohttp's buffer when the connection
+    # drops are lost with it (the store's calls are awaited, so that can now happen).
+    part = partial_path(_config(e), video_id)
+    deadline = time.monotonic() + 10
+    while not (part.exists() and part.stat().st_size == 6000):
+        assert time.monotonic() < deadline, "the edge never wrote the bytes it received"
+        await asyncio.sleep(0.02)
     writer.close()  # the client dies mid-body
     await writer.wait_closed()
-    video_id = path.rsplit("/", 1)[1]
     store = e.app[stores.UPLOAD_STORE]
 
     async def durable() -> int:

@@ -188,3 +188,55 @@ def test_private_video_through_the_fast_path(edges, tmp_path: Path) -> None:
     assert status == 200 and body == b"#EXTM3U\n"
     status, _, _ = request(edge, "GET", signed_path.replace(video_id, "f" * 32))
     assert status == 403
+
+
+# tus concatenation (issue 17): a partial upload cut by a kill -9 mid-PATCH resumes on the restarted
+# edge, and the final upload joins it whole.
+_MiB = 2**20
+_OFFSET = {"Content-Type": "application/offset+octet-stream"}
+
+
+def _partial(edge, length: int) -> str:  # type: ignore[no-untyped-def]
+    status, headers, body = request(edge, "POST", "/api/v1/uploads", headers={
+        **TUS, "Upload-Length": str(length), "Upload-Concat": "partial"})
+    assert status == 201, body
+    return "/api/v1/uploads/" + headers["Location"].rsplit("/", 1)[1]
+
+
+def test_a_partial_cut_by_kill_9_resumes_and_the_final_joins_it(edges, tmp_path: Path) -> None:
+    data = hashlib.shake_256(b"concat-kill").digest(12 * _MiB + 77)
+    halves = [data[:6 * _MiB], data[6 * _MiB:]]
+    edge = edges()
+    paths = [_partial(edge, len(h)) for h in halves]
+    status, _, body = request(edge, "PATCH", paths[0], body=halves[0],
+                              headers={**TUS, **_OFFSET, "Upload-Offset": "0"})
+    assert status == 204, body
+    sock = socket.create_connection(("127.0.0.1", edge.port))
+    try:
+        sock.sendall((f"PATCH {paths[1]} HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\nUpload-Offset: 0\r\n"
+                      "Content-Type: application/offset+octet-stream\r\n"
+                      f"Content-Length: {len(halves[1])}\r\n\r\n").encode())
+        sock.sendall(halves[1][:5 * _MiB])  # past a checkpoint, then the edge dies mid-body
+        acknowledged = wait_until(lambda: _offset(edge, paths[1]), timeout=20, what="a checkpoint")
+        edge.stop(signal.SIGKILL)
+    finally:
+        sock.close()
+    edge = edges()
+    assert _offset(edge, paths[1]) == acknowledged
+    # The final upload waits for its partials to be whole.
+    status, _, body = request(edge, "POST", "/api/v1/uploads", headers={
+        **TUS, "Upload-Concat": "final;" + " ".join(paths)})
+    assert status == 400 and b"not complete" in body
+    status, _, body = request(edge, "PATCH", paths[1], body=halves[1][acknowledged:],
+                              headers={**TUS, **_OFFSET, "Upload-Offset": str(acknowledged)})
+    assert status == 204, body
+    status, headers, body = request(edge, "POST", "/api/v1/uploads", headers={
+        **TUS, "Upload-Concat": "final;" + " ".join(f"{edge.url}{p}" for p in paths),
+        "Upload-Metadata": "filename a2lsbC5tcDQ="})
+    assert status == 201, body
+    video_id = headers["Location"].rsplit("/", 1)[1]
+    video = _video(edge, video_id)
+    assert video["status"] == "queued" and video["sha256"] == hashlib.sha256(data).hexdigest()
+    assert (tmp_path / "data" / "sources" / video_id / "source.mp4").read_bytes() == data
+    # The partials' files are gone with them.
+    assert not [p for p in (tmp_path / "data" / "uploads").glob("*.part")]
