@@ -151,6 +151,15 @@ bench-storage-edge: bench-deps $(STAMP)  ## an s3-backed edge: cold miss vs a di
 bench-tus-s3: $(TEST_STAMP)  ## a tus upload into SeaweedFS through an edge vs a direct multipart upload; BENCH_ARGS="--size 200 --rounds 3"
 	$(PY) bench/tus_s3.py $(BENCH_ARGS)
 
+bench-short-clip: bench-deps $(STAMP)  ## a 10 s clip through a warm farm worker vs the ffmpeg command line; BENCH_ARGS="--runs 5"
+	$(PY) bench/short_clip.py $(BENCH_ARGS)
+
+bench-first-frame: bench-deps $(TEST_STAMP) node_modules/.installed  ## tus upload's end to the first frame hls.js renders in Chromium, first segment per rung, ready
+	$(PY) bench/first_frame.py $(BENCH_ARGS)
+
+bench-concurrency: bench-deps $(STAMP)  ## eight 10 s jobs on two warm workers vs eight ffmpeg ladders, two at a time
+	$(PY) bench/concurrency.py $(BENCH_ARGS)
+
 bench-quality: bench-deps $(STAMP)  ## PSNR/SSIM/bitrate per rung: streamgate transcode vs the ffmpeg command line; BENCH_ARGS="--seconds 10"
 	$(PY) bench/quality.py $(BENCH_ARGS)
 
@@ -171,7 +180,7 @@ bench-uploads: system-deps $(TEST_STAMP)  ## tus PATCH MiB/s with sha256 vs writ
 
 # Every benchmark in bench/, one after another (they share the CPUs): each prints its ratios
 # against its reference run in the same invocation and the load average. BENCH_ARGS=--quick: a smoke run.
-BENCHES := bench-transcode bench-edge bench-connections bench-storage bench-storage-edge bench-tus-s3 bench-quality bench-catalog bench-broker bench-uploads bench-upload-parallel
+BENCHES := bench-transcode bench-edge bench-connections bench-storage bench-storage-edge bench-tus-s3 bench-quality bench-catalog bench-broker bench-uploads bench-upload-parallel bench-short-clip bench-first-frame bench-concurrency
 bench:  ## every benchmark, each printing its ratios against its reference and the load average
 	@for b in $(BENCHES); do echo "== make $$b"; $(MAKE) --no-print-directory $$b || exit 1; done
 

@@ -263,6 +263,9 @@ class TranscoderConfig(_Section):
     ladder: list[int] = msgspec.field(default_factory=lambda: [1080, 720, 480, 360])
     preset: str = "veryfast"
     segment_duration: Seconds = Seconds(4)
+    # The first segment of every rung may be shorter, so a player starts sooner (0: as long as
+    # the rest); later boundaries follow it a whole segment_duration apart.
+    first_segment_duration: Seconds = Seconds(1)
     crf: int = 23
     audio_bitrate: int = 128_000
     # Frames in flight between the decoder and the encoders (bounded shared-memory ring).

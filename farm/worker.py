@@ -541,6 +541,12 @@ def worker_process(config: Config, conn: Connection | None, runner_spec: str, pa
     # Import the pipeline (PyAV, numpy, lxml) now, not in the first job's thread: an import holds
     # the GIL, and a loop that cannot run misses heartbeats and loses its lease.
     from streamgate.farm import pipeline  # noqa: F401
+    from streamgate.farm.pipeline import encoder_pool
+
+    # Encoder processes started now and reused across jobs: a short clip's job then pays no
+    # interpreter start or imports per rung (farm/pipeline/encoder_pool.py). From this thread,
+    # which lives as long as the worker (their parent-death signal follows it).
+    encoder_pool.enable(min(len(set(config.transcoder.ladder)), 8))
 
     runner = load_runner(runner_spec)
     # One upload must not take the host: this process and the encoders it starts (each sets its
@@ -595,6 +601,7 @@ def worker_process(config: Config, conn: Connection | None, runner_spec: str, pa
                 await asyncio.gather(follower, return_exceptions=True)
 
     loops.run(main())
+    encoder_pool.close()
     if any(t.name.startswith("transcode") and t.is_alive() for t in threading.enumerate()):
         # A wedged pipeline thread would block interpreter exit (executor threads are joined).
         logging.shutdown()

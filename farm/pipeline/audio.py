@@ -27,6 +27,7 @@ AAC_RATES = {8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000}
 class AudioTrack:
     def __init__(self, folder: Path, *, source_rate: int, source_channels: int, bitrate: int,
                  language: str, segment_s: float, video_start_s: float, start_s: float,
+                 first_segment_s: float = 0.0,
                  on_segment: Callable[[SegmentInfo], None]) -> None:
         self.rate = source_rate if source_rate in AAC_RATES else 48_000
         self.channels = 1 if source_channels == 1 else 2
@@ -46,6 +47,10 @@ class AudioTrack:
         self.segmenter = TrackSegmenter(folder, self.rate, with_cto=False)
         self.segmenter.write_init(audio_init(self.rate, self.channels, asc, bitrate, language))
         self._segment_samples = segment_s * self.rate
+        # A shorter first segment (a player starts sooner); later boundaries follow it a whole
+        # segment apart, as the video's do (decoder.py).
+        first = first_segment_s if 0 < first_segment_s < segment_s else segment_s
+        self._first_samples = first * self.rate
         # The video presents its first frame at ``start_s``; the first AAC frame is encoder
         # priming, so the track starts one frame earlier and the first real sample lines up.
         self.start_ticks = max(0, round(start_s * self.rate) - AAC_FRAME)
@@ -131,8 +136,8 @@ class AudioTrack:
             if self._first_pts is None:
                 self._first_pts = pts
             t = pts - self._first_pts
-            if t >= self._next_boundary * self._segment_samples:
-                while t >= self._next_boundary * self._segment_samples:
+            if t >= self._boundary(self._next_boundary):
+                while t >= self._boundary(self._next_boundary):
                     self._next_boundary += 1
                 at = self.start_ticks + t
                 info = self.segmenter.boundary(bytes(packet), at, at, True)
@@ -140,6 +145,10 @@ class AudioTrack:
                     self._on_segment(info)
             else:
                 self.segmenter.add(bytes(packet), self.start_ticks + t, self.start_ticks + t, True)
+
+    def _boundary(self, k: int) -> float:
+        """The sample at which segment ``k`` (1-based) ends."""
+        return self._first_samples + (k - 1) * self._segment_samples
 
     def finish(self, video_end_s: float) -> None:
         """Pad or trim to the video's length, flush the encoder, write the last segment."""

@@ -55,11 +55,17 @@ class DecodeLoop:
     def __init__(self, *, source: Path, info: SourceInfo, ring: FrameRing, encoders: list[EncoderHandle],
                  audio: AudioTrack | None, timescale: int, segment_s: float, poster_path: Path,
                  stall_timeout_s: float, cancel: threading.Event | None, decoder_threads: int = 0,
+                 first_segment_s: float = 0.0,
                  on_progress: Callable[[TranscodeProgress], None] | None,
                  on_segment: Callable[[str, SegmentInfo, str], None]) -> None:
         self.source, self.info, self.ring, self.encoders, self.audio = source, info, ring, encoders, audio
         self.timescale = timescale
         self.segment_ticks = round(segment_s * timescale)
+        # A shorter first segment lets a player start sooner; every later boundary is a whole
+        # segment after the one before, on every rung alike (so keyframes stay aligned).
+        first_ticks = round(first_segment_s * timescale)
+        self.first_ticks = first_ticks if 0 < first_ticks < self.segment_ticks else self.segment_ticks
+        self.codecs: dict[str, str] = {}  # rung -> RFC 6381 codecs, known once its encoder opened
         self.nominal = max(1, round(timescale / info.fps))
         # Every track starts presenting at this media time rather than 0: room for x264's
         # B-frame reorder delay (decode times stay >= 0 with positive composition offsets, so no
@@ -115,8 +121,10 @@ class DecodeLoop:
                         self._last_progress = 0.0  # report now: a new segment is playable
                     case Finished():
                         self.finished[encoder.name] = event
-                    case Attached():
+                    case Attached(codecs=codecs):
                         self.attached.add(encoder.name)
+                        if codecs:
+                            self.codecs[encoder.name] = codecs
                         if len(self.attached) == len(self.encoders):
                             # Every encoder has the ring mapped: drop its name, so from here on
                             # nothing can leak whatever dies (a mapping outlives its name).
@@ -237,7 +245,9 @@ class DecodeLoop:
             return  # a duplicate or out-of-order timestamp: the frame would have no duration
         key = self._prev_ticks is None or ticks >= self._next_boundary
         if key:
-            self._next_boundary = (ticks // self.segment_ticks + 1) * self.segment_ticks
+            after = ticks - self.first_ticks
+            self._next_boundary = self.first_ticks + (0 if after < 0 else (after // self.segment_ticks + 1)
+                                                      * self.segment_ticks)
         self._prev_ticks = ticks
         slot = self.frames % self.ring.slots
         waited = time.monotonic()

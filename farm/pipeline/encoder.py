@@ -82,6 +82,28 @@ def encoder_options(job: EncoderJob) -> dict[str, str]:
 
 
 def run(in_fd: int, out_fd: int) -> int:
+    """Serve jobs one after another until the parent closes our input.
+
+    A process that finished a job cleanly may be given another (a farm worker keeps its
+    encoders warm across jobs, farm/pipeline/encoder_pool.py): the interpreter start and the
+    PyAV/numpy imports (~0.3 s CPU each) are paid once per process, not once per rung per job.
+    Any failure ends the process, so a reused encoder never carries a broken state over.
+    """
+    import av  # noqa: F401 - imported before the first job arrives: that is the warm-up
+
+    first = True
+    while True:
+        try:
+            size = int.from_bytes(_read_exact(in_fd, 4), "little")
+            job = JOB_DECODER.decode(_read_exact(in_fd, size))
+        except _ParentGone:  # cancelled before this process started, or the pool let us go
+            return 1 if first else 0
+        first = False
+        if _run_job(job, in_fd, out_fd) != 0:
+            return 1
+
+
+def _run_job(job: EncoderJob, in_fd: int, out_fd: int) -> int:
     import av
     from av.video.reformatter import Interpolation, VideoReformatter
 
@@ -96,17 +118,11 @@ def run(in_fd: int, out_fd: int) -> int:
     from streamgate.farm.pipeline.packager import TrackSegmenter
     from streamgate.farm.pipeline.ring import RingView
 
-    try:
-        size = int.from_bytes(_read_exact(in_fd, 4), "little")
-        job = JOB_DECODER.decode(_read_exact(in_fd, size))
-    except _ParentGone:  # the job was cancelled before this process started
-        return 1
     set_title(f"encoder {job.name}")
     set_memory_limit(job.memory_limit)
     start_cpu_budget(job.cpu_limit_s)
     die_with_parent(signal.SIGKILL, expected_parent=job.parent_pid or None)
     ring = RingView(job.ring_name, job.ring_width, job.ring_height, job.ring_slots)
-    _send(out_fd, Attached())
     try:
         codec = av.CodecContext.create("libx264", "w")
         codec.width, codec.height, codec.pix_fmt = job.width, job.height, "yuv420p"
@@ -118,6 +134,7 @@ def run(in_fd: int, out_fd: int) -> int:
         codec.options = encoder_options(job)
         codec.open()
         avcc_payload, codecs = avcc(bytes(codec.extradata or b""))
+        _send(out_fd, Attached(codecs))
         segmenter = TrackSegmenter(Path(job.folder), job.timescale, with_cto=True)
         segmenter.write_init(video_init(job.width, job.height, job.timescale, avcc_payload))
         scale = (job.width, job.height) != (job.ring_width, job.ring_height)
@@ -223,13 +240,30 @@ class EncoderHandle:
         self._buffer = bytearray()
         self.eof = False
         self.closed_input = False
+        self.jobs = 0  # jobs assigned to this process so far (a warm encoder serves several)
         if job is not None:
             self.assign(job)
 
     def assign(self, job: EncoderJob) -> None:
         self.job = job
         self.name = job.name
+        self.jobs += 1
         self.write(frame_message(job))
+
+    def reusable(self) -> bool:
+        """Alive, its pipes open, and nothing of the last job left unread: it may take another."""
+        return (self.proc.poll() is None and not self.eof and not self.closed_input
+                and not self._buffer and self._to_child_w >= 0)
+
+    def recycle(self) -> None:
+        """Forget the finished job (the process waits for the next :meth:`assign`)."""
+        self.job = None
+        self.name = "(unassigned)"
+        try:
+            self._stderr.seek(0)
+            self._stderr.truncate()
+        except (OSError, ValueError):
+            pass
 
     def write(self, data: bytes) -> None:
         try:

@@ -45,7 +45,10 @@ class EncoderJob(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Attached(msgspec.Struct, tag=True):
-    """The ring is mapped: the parent may unlink its name."""
+    """The ring is mapped: the parent may unlink its name. Sent once x264 is open, with the
+    rung's RFC 6381 codecs, so a master playlist can name every rung before each has a segment."""
+
+    codecs: str = ""
 
 
 class Released(msgspec.Struct, tag=True):

@@ -25,6 +25,7 @@ from streamgate.common.config import TranscoderConfig
 from streamgate.common.layout import AUDIO_FOLDER, MANIFEST, MASTER, POSTER
 from streamgate.common.layout import MEDIA_PLAYLIST as PLAYLIST
 from streamgate.common.media import Rendition, TranscodeProgress, TranscodeResult
+from streamgate.farm.pipeline import encoder_pool
 from streamgate.farm.pipeline.audio import AudioTrack
 from streamgate.farm.pipeline.dash import (
     AudioRepresentation,
@@ -75,6 +76,7 @@ class TranscodeSettings(msgspec.Struct, frozen=True, kw_only=True):
     ladder: list[int] = msgspec.field(default_factory=lambda: [1080, 720, 480, 360])
     preset: str = "veryfast"
     segment_duration: float = 4.0
+    first_segment_duration: float = 1.0  # 0 or >= segment_duration: as long as the rest
     crf: int = 23
     audio_bitrate: int = 128_000
     ring_slots: int = 8
@@ -97,6 +99,7 @@ class TranscodeSettings(msgspec.Struct, frozen=True, kw_only=True):
             "ladder": list(transcoder.ladder),
             "preset": transcoder.preset,
             "segment_duration": float(transcoder.segment_duration),
+            "first_segment_duration": float(getattr(transcoder, "first_segment_duration", 1.0)),
             "crf": transcoder.crf,
             "audio_bitrate": transcoder.audio_bitrate,
             "ring_slots": transcoder.ring_slots,
@@ -160,7 +163,8 @@ def transcode(source: Path, out_dir: Path, settings: TranscodeSettings, *,
     """
     # Encoder processes start now, before probing: their interpreter start and imports (~0.2 s
     # CPU each) overlap the probe on the other core; each gets its job once the ladder is planned.
-    spares = [EncoderHandle() for _ in range(min(max(1, len(set(settings.ladder))), _MAX_SPARES))]
+    # A farm worker keeps them warm across jobs (encoder_pool): then nothing starts here at all.
+    spares = encoder_pool.take(min(max(1, len(set(settings.ladder))), _MAX_SPARES))
     try:
         return _transcode(Path(source), Path(out_dir), settings, on_progress, cancel, spares, publish)
     except TranscodeError:
@@ -175,8 +179,9 @@ def transcode(source: Path, out_dir: Path, settings: TranscodeSettings, *,
         raise TranscodeError(f"transcode failed: {type(exc).__name__}: {exc}") from exc
     finally:
         for spare in spares:  # never given a job (fewer rungs, or the job failed first)
-            spare.kill()
-            spare.stop()
+            if not encoder_pool.give_back(spare):
+                spare.kill()
+                spare.stop()
 
 
 def _transcode(source: Path, out_dir: Path, settings: TranscodeSettings,
@@ -204,6 +209,10 @@ def _transcode(source: Path, out_dir: Path, settings: TranscodeSettings,
     out_dir.mkdir(parents=True, exist_ok=True)
     _clear_outputs(out_dir, [r.name for r in rungs])
     timescale = _timescale(info)
+    if info.duration_s < 2 * settings.segment_duration:
+        # A clip this short is ready about as soon as a short first segment would be; and its
+        # last segment, ~1 s with B-frames, sits at the edge of the gate's EXTINF tolerance.
+        settings = msgspec.structs.replace(settings, first_segment_duration=0.0)
     target = target_duration(settings.segment_duration)
     video_segments: dict[str, list[SegmentInfo]] = {r.name: [] for r in rungs}
     audio_segments: list[SegmentInfo] = []
@@ -213,20 +222,27 @@ def _transcode(source: Path, out_dir: Path, settings: TranscodeSettings,
     live_master = False
 
     def publish_live_master() -> None:
-        """Once every rendition has a segment, a master playlist lets players start while the
-        job runs. BANDWIDTH is the VBV cap there (x264 keeps segments under it); the final
-        master states measured peaks."""
+        """A master playlist lets players start while the job runs: published once the audio
+        and ANY rung have a first segment (the rung a player starts on is usually the lowest,
+        which is done first), and every rung's codecs are known (sent as its x264 opens). A
+        player switching to a rung not yet published gets a 404 and retries; by the time its
+        bandwidth estimate allows a switch, every rung has segments. BANDWIDTH is the VBV cap
+        there (x264 keeps segments under it); the final master states measured peaks."""
         nonlocal live_master
-        if not all(video_segments.values()) or (info.has_audio and not audio_segments):
+        if info.has_audio and not audio_segments:
             return
-        publish_live_mpd()
-        if live_master:
+        if all(video_segments.values()):
+            publish_live_mpd()  # the MPD's SegmentTimeline is shared: it waits for every rung
+        if live_master or not any(video_segments.values()):
+            return
+        known = {**(loop.codecs if loop is not None else {}), **video_codecs}
+        if any(r.name not in known for r in rungs):
             return
         live_master = True
         audio_codecs = f",{audio.codecs}" if audio is not None else ""
         extra = int(settings.audio_bitrate * 1.1) if audio is not None else 0
         variants = [Variant(uri=f"{r.name}/{PLAYLIST}", bandwidth=int(r.maxrate * 1.1) + extra,
-                            average_bandwidth=r.maxrate + extra, codecs=video_codecs[r.name] + audio_codecs,
+                            average_bandwidth=r.maxrate + extra, codecs=known[r.name] + audio_codecs,
                             width=r.width, height=r.height, frame_rate=float(info.fps)) for r in rungs]
         media = AudioMedia(uri=f"{AUDIO_FOLDER}/{PLAYLIST}", language=audio.language,
                            channels=audio.channels) if audio is not None else None
@@ -278,13 +294,14 @@ def _transcode(source: Path, out_dir: Path, settings: TranscodeSettings,
                                    source_channels=info.audio_channels, bitrate=settings.audio_bitrate,
                                    language=info.audio_language, segment_s=settings.segment_duration,
                                    video_start_s=info.video_start_s, on_segment=on_audio_segment,
-                                   start_s=start_s)
+                                   start_s=start_s, first_segment_s=settings.first_segment_duration)
                 audio_rate = audio.rate
             loop = DecodeLoop(source=source, info=info, ring=ring, encoders=encoders, audio=audio,
                               timescale=timescale, segment_s=settings.segment_duration,
                               poster_path=out_dir / POSTER, stall_timeout_s=settings.stall_timeout_s,
                               cancel=cancel, on_progress=on_progress, on_segment=on_segment,
-                              decoder_threads=1 if cores <= len(rungs) + 1 else 0)
+                              decoder_threads=1 if cores <= len(rungs) + 1 else 0,
+                              first_segment_s=settings.first_segment_duration)
             decode_started = time.monotonic()
             loop.run()  # starts at once: frame notices wait in the pipes while encoders start
             loop.wait_attached()
@@ -304,7 +321,8 @@ def _transcode(source: Path, out_dir: Path, settings: TranscodeSettings,
                 if encoder.proc.poll() is None and not _finished(encoder, loop):
                     encoder.kill()
             for encoder in encoders:
-                encoder.stop()
+                if not (_finished(encoder, loop) and encoder_pool.give_back(encoder)):
+                    encoder.stop()
     assert loop is not None
     _check_complete(info, video_segments[rungs[0].name], timescale, settings.min_decoded_ratio)
     report("package", 0.96, loop.frames)

@@ -18,7 +18,7 @@ LOAD = re.compile(r"^load average: \d+\.\d\d \d+\.\d\d \d+\.\d\d \(\d+ CPUs\)$",
 
 @pytest.mark.parametrize("name", ["catalog", "broker", "quality", "uploads", "upload_parallel"])
 def test_quick_mode_prints_its_ratios(name: str, tmp_path: Path) -> None:
-    if name == "quality" and shutil.which("ffmpeg") is None:
+    if name in ("quality", "short_clip", "concurrency", "first_frame") and shutil.which("ffmpeg") is None:
         pytest.skip("ffmpeg is not installed")
     run = subprocess.run([sys.executable, str(BENCH / f"{name}.py"), "--quick"], cwd=tmp_path,
                          capture_output=True, text=True, timeout=110)
