@@ -276,7 +276,7 @@ class TranscoderConfig(_Section):
     x264_threads: int = 0  # threads per encoder process; 0: the cores split among rungs by pixels
     x264_params: str = ""  # extra x264 options "key=value:key=value" for every rung
     encoder_stall_timeout: Seconds = Seconds(120)  # no encoder progress this long fails the job
-    mpd_schema: str = ""  # DASH-MPD.xsd for the gate; empty: ../shared/conformance beside the code
+    mpd_schema: str = ""  # DASH-MPD.xsd for the gate; empty: the one shipped in the package
     # SIGTERM: a running job gets this long to finish, then it is cancelled and handed back.
     drain_timeout: Seconds = Seconds(5)
     # A cancelled or aborted run that has not stopped after this long is wedged: its worker exits.

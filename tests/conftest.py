@@ -16,7 +16,6 @@ from storage_support import SeaweedFS, start_seaweedfs, stop_seaweedfs
 from support import terminate, wait_healthy, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED = REPO.parent / "shared"
 
 
 def free_port() -> int:

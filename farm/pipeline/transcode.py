@@ -91,7 +91,7 @@ class TranscodeSettings(msgspec.Struct, frozen=True, kw_only=True):
     min_decoded_ratio: float = 0.9  # decoded / declared duration below this: truncated; 0: off
     memory_limit: int = 0  # RLIMIT_AS bytes of each encoder process; 0: none
     cpu_limit_s: float = 0.0  # RLIMIT_CPU seconds of each encoder process; 0: none
-    mpd_schema: str = ""  # empty: ../shared/conformance/dash/DASH-MPD.xsd beside the repo
+    mpd_schema: str = ""  # empty: the DASH-MPD.xsd shipped in farm/pipeline/schemas/
 
     @classmethod
     def from_config(cls, transcoder: TranscoderConfig, **overrides: Any) -> TranscodeSettings:
