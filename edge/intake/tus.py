@@ -302,6 +302,15 @@ def _creation_length(request: web.Request, config: Config) -> int:
     return length
 
 
+async def _open_in_store(request: web.Request, config: Config, upload: Upload) -> Upload:
+    """The upload's multipart object in the store (storage.backend: s3), before any record names it."""
+    extension = source_extension(metadata_text(upload.metadata, "filename"))
+    try:
+        return await s3_upload.open_upload(request.app[OBJECT_STORE], upload, extension)
+    except StorageUnavailable as exc:
+        raise _unavailable(config, exc) from None
+
+
 async def create(request: web.Request) -> web.Response:
     config: Config = request.app[CONFIG]
     _check_resumable(request, config)
@@ -335,11 +344,7 @@ async def create(request: web.Request) -> web.Response:
     # The partial file (or multipart upload) first, the records after: a record never points at
     # bytes that are not there.
     if uses_store(config):
-        extension = source_extension(metadata_text(metadata, "filename"))
-        try:
-            upload = await s3_upload.open_upload(request.app[OBJECT_STORE], upload, extension)
-        except StorageUnavailable as exc:
-            raise _unavailable(config, exc) from None
+        upload = await _open_in_store(request, config, upload)
     else:
         fd = os.open(partial_path(config, upload_id), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         os.close(fd)
@@ -377,11 +382,7 @@ async def _create_final(request: web.Request, config: Config, owner: str, partia
     upload = Upload(id=upload_id, length=length, offset=length, metadata=metadata, owner=owner,
                     created_at=now, expires_at=now + float(config.uploads.expiration), concat=partial_ids)
     if uses_store(config):
-        extension = source_extension(metadata_text(metadata, "filename"))
-        try:
-            upload = await s3_upload.open_upload(request.app[OBJECT_STORE], upload, extension)
-        except StorageUnavailable as exc:
-            raise _unavailable(config, exc) from None
+        upload = await _open_in_store(request, config, upload)
     await request.app[stores.CATALOG].create(Video(id=upload_id, created_at=now, owner=owner, **fields))
     await request.app[stores.UPLOAD_STORE].create(upload)
     upload = await _receive_locked(request, config, upload_id, owner, None, None)

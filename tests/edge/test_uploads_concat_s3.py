@@ -9,6 +9,7 @@ import io
 import uuid
 from pathlib import Path
 
+from conftest import free_port
 from intake_support import TUS, edge  # noqa: F401  (fixture)
 from storage_support import SeaweedFS
 
@@ -24,7 +25,9 @@ OFFSET = {"Content-Type": "application/offset+octet-stream"}
 
 
 def _config(data_dir: Path, redis_url: str, server: SeaweedFS, prefix: str) -> Config:
+    port = free_port()  # the edge fixture listens there; the URLs the edge builds start at public_url
     return config_from_tree({
+        "server": {"host": "127.0.0.1", "port": port, "public_url": f"http://127.0.0.1:{port}"},
         "storage": {"data_dir": str(data_dir), **server.storage_tree(prefix, part_size="5MiB")},
         "cache": {"redis_url": redis_url}, "auth": {"required": False},
         "uploads": {"resubmit_interval": "1h", "sweep_interval": "1h"},
