@@ -32,7 +32,9 @@ from pathlib import Path
 
 import msgspec
 
-sys.path.insert(0, str(Path(__file__).parent))
+# Appended, never first: the suite's own modules (conftest, support) must keep resolving to tests/.
+if str(Path(__file__).parent) not in sys.path:
+    sys.path.append(str(Path(__file__).parent))
 from rootfs import DEFAULT_CACHE, ensure_rootfs  # noqa: E402
 
 CGROUP_ROOTS = (Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup/systemd"))
