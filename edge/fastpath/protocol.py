@@ -266,7 +266,10 @@ class FastConnection(asyncio.Protocol):
         if not shared.open_access:
             cache = shared.access_cache
             verdict = cache.get(request.video_id) if cache is not None else None
-            if verdict is None or verdict[1] == "private" or verdict[0] <= time.monotonic():
+            # Only a video known to be public: a private one needs the check, and an unknown one
+            # (deleted, or never catalogued) must get the full path's 404 even while some tier
+            # still holds its files.
+            if verdict is None or verdict[1] != "public" or verdict[0] <= time.monotonic():
                 return False
         if shared.delivery.store is not None:  # s3 mode: no media tree here (edge/playback/delivery.py)
             return self.answer_pulled(request, raw, started)
