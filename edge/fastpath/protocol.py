@@ -63,7 +63,7 @@ _REASONS = {200: b"OK", 206: b"Partial Content", 304: b"Not Modified", 400: b"Ba
             416: b"Range Not Satisfiable", 429: b"Too Many Requests", 500: b"Internal Server Error",
             502: b"Bad Gateway", 503: b"Service Unavailable"}
 class FastPath:
-    """Per-process state shared by the fast connections."""
+    """Per-process state the fast connections share."""
 
     def __init__(self, app: web.Application, delivery: Delivery,
                  fallback: Callable[[], asyncio.Protocol], client_timeout_s: float,
@@ -128,11 +128,11 @@ class FastPath:
 
 class FastConnection(asyncio.Protocol):
     # Slots: thousands of idle keep-alive connections each cost this object (bench/connections.py).
-    __slots__ = ("shared", "transport", "loop", "buf", "busy", "closing", "eof", "paused", "sock_fd",
+    __slots__ = ("fastpath", "transport", "loop", "buf", "busy", "closing", "eof", "paused", "sock_fd",
                  "wait_fd", "sock", "sent_mark", "deadline", "write", "entry", "task", "inline")
 
-    def __init__(self, shared: FastPath) -> None:
-        self.shared = shared
+    def __init__(self, fastpath: FastPath) -> None:
+        self.fastpath = fastpath
         self.transport: asyncio.Transport | None = None
         self.loop = asyncio.get_running_loop()
         self.buf = b""
@@ -155,8 +155,8 @@ class FastConnection(asyncio.Protocol):
         # A stream server's protocol: its transport is a Transport (the ABC types the hook wider).
         self.transport = cast(asyncio.Transport, transport)
         self.sock_fd = socket_fd(transport)
-        self.deadline = self.loop.time() + self.shared.client_timeout_s
-        self.shared.connections.add(self)
+        self.deadline = self.loop.time() + self.fastpath.client_timeout_s
+        self.fastpath.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
         self.buf = self.buf + data if self.buf else data
@@ -167,7 +167,7 @@ class FastConnection(asyncio.Protocol):
 
     def _pace(self) -> None:
         """Stop reading while busy with a full buffer; process() resumes once the connection is free."""
-        if not self.paused and len(self.buf) > self.shared.max_header_size * BUSY_BUFFER_HEADS:
+        if not self.paused and len(self.buf) > self.fastpath.max_header_size * BUSY_BUFFER_HEADS:
             self.paused = True
             self.transport.pause_reading()  # type: ignore[union-attr]
 
@@ -177,7 +177,7 @@ class FastConnection(asyncio.Protocol):
         return self.busy
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.shared.connections.discard(self)
+        self.fastpath.connections.discard(self)
         self.closing = True
         if self.write is not None:
             self.write.cancel()
@@ -217,26 +217,26 @@ class FastConnection(asyncio.Protocol):
             buf = self.buf
             end = buf.find(b"\r\n\r\n")
             if end < 0:
-                if len(buf) > self.shared.max_header_size or _malformed(buf):
+                if len(buf) > self.fastpath.max_header_size or _malformed(buf):
                     self.handoff()  # aiohttp answers it (400 or 431) as it would any such head
                     return
                 break
             head = buf[:end]
-            shared = self.shared
-            request = shared.plans.get(head)
+            fastpath = self.fastpath
+            request = fastpath.plans.get(head)
             if request is None:
                 # Long heads go to aiohttp, whose parser enforces the per-field limits (400/431).
-                request = self.parse(head) if end <= shared.max_header_size else None
+                request = self.parse(head) if end <= fastpath.max_header_size else None
                 if request is None:
                     self.handoff()
                     return
                 if request.plain and end <= PLAN_MAX_HEAD:
-                    plans = shared.plans
+                    plans = fastpath.plans
                     if len(plans) >= PLAN_CACHE_SIZE:
                         plans.clear()
                     plans[head] = request
             self.buf = buf[end + 4:]
-            self.deadline = self.loop.time() + shared.client_timeout_s
+            self.deadline = self.loop.time() + fastpath.client_timeout_s
             started = time.perf_counter()
             if request.plain and self.answer_now(request, buf[:end + 4], started):
                 continue
@@ -253,7 +253,7 @@ class FastConnection(asyncio.Protocol):
             self.transport.resume_reading()
 
     def parse(self, head: bytes) -> Request | None:
-        return parse_head(head, self.shared.targets)
+        return parse_head(head, self.fastpath.targets)
 
     def answer_now(self, request: Request, raw: bytes, started: float) -> bool:
         """Answer a plain request for a public local file right here; False: take the full path.
@@ -262,27 +262,27 @@ class FastConnection(asyncio.Protocol):
         the header and file go out with one ``sendmsg`` and one ``sendfile`` when the socket
         takes them, which it almost always does.
         """
-        shared = self.shared
-        if not shared.open_access:
-            cache = shared.access_cache
+        fastpath = self.fastpath
+        if not fastpath.open_access:
+            cache = fastpath.access_cache
             verdict = cache.get(request.video_id) if cache is not None else None
             # Only a video known to be public: a private one needs the check, and an unknown one
             # (deleted, or never catalogued) must get the full path's 404 even while some tier
             # still holds its files.
             if verdict is None or verdict[1] != "public" or verdict[0] <= time.monotonic():
                 return False
-        if shared.delivery.store is not None:  # s3 mode: no media tree here (edge/playback/delivery.py)
+        if fastpath.delivery.store is not None:  # s3 mode: no media tree here (edge/playback/delivery.py)
             return self.answer_pulled(request, raw, started)
         local = request.local
         if local is None:
-            video_dir = f"{shared.media_root}/{request.video_id}"
+            video_dir = f"{fastpath.media_root}/{request.video_id}"
             local = request.local = (f"{video_dir}/{request.rel}", video_dir)
-        entry = shared.files.get(local[0], request.rel, local[1])
+        entry = fastpath.files.get(local[0], request.rel, local[1])
         if entry is None:
             return self.answer_pulled(request, raw, started)
         if entry.body is None and entry.fd is None:
             return False  # a closed descriptor: the full path answers
-        date = shared.date_line()
+        date = fastpath.date_line()
         tail = request.tail
         if request.http10:
             head = b"".join((_OK_LINE_10, date, entry.full_block, tail, b"\r\n"))
@@ -311,7 +311,7 @@ class FastConnection(asyncio.Protocol):
                     rest.append(body[max(0, n - len(head)):])
                 self.send(request, 200, rest, None, 0, size, None, started)
                 return True
-            self.shared.metrics.observe(request.route, 200, size, time.perf_counter() - started)
+            self.fastpath.metrics.observe(request.route, 200, size, time.perf_counter() - started)
             return True
         fd = entry.fd
         # No body and a size: the file's descriptor is open (checked above).
@@ -341,7 +341,7 @@ class FastConnection(asyncio.Protocol):
             entry.acquire()
             self.send(request, 200, [], fd, n, size - n, entry, started)
             return True
-        self.shared.metrics.observe(request.route, 200, size, time.perf_counter() - started)
+        self.fastpath.metrics.observe(request.route, 200, size, time.perf_counter() - started)
         return True
 
     def answer_pulled(self, request: Request, raw: bytes, started: float) -> bool:
@@ -351,7 +351,7 @@ class FastConnection(asyncio.Protocol):
         when the reply comes (one task per MGET, none per request). False: the full path
         answers (a 404, no Redis, a tier past it).
         """
-        delivery = self.shared.delivery
+        delivery = self.fastpath.delivery
         found = delivery.lookup_pulled(request.video_id, request.rel)
         if isinstance(found, Servable):
             self.respond(request, found, started)
@@ -400,16 +400,16 @@ class FastConnection(asyncio.Protocol):
         match_info = {"id": request.video_id, "path": request.rel}
         if request.token is not None:
             match_info["token"] = request.token
-        view = PlaybackRequest(self.shared.app, METHODS[request.method], request.target,
+        view = PlaybackRequest(self.fastpath.app, METHODS[request.method], request.target,
                                request.head, match_info)
         try:
             # The view stands in for web.Request (see the module's docstring).
             await access.authorize_playback(cast(web.Request, view), request.video_id)
-            found = self.shared.delivery.lookup_now(request.video_id, request.rel)
+            found = self.fastpath.delivery.lookup_now(request.video_id, request.rel)
             if found is None:
                 raise HTTPError(404, "not found", f"video {request.video_id} has no file {request.rel}")
             if not isinstance(found, Servable):  # REMOTE: the async tiers answer
-                found = await self.shared.delivery.lookup_remote(request.video_id, request.rel, past_redis)
+                found = await self.fastpath.delivery.lookup_remote(request.video_id, request.rel, past_redis)
         except FastPathUnsupported:
             self.task = None
             self.busy = False
@@ -461,7 +461,7 @@ class FastConnection(asyncio.Protocol):
             block = entry.full_block
         if not request.keep_alive:
             self.closing = True
-        head = b"".join((_status_line(status, request.http10), self.shared.date_line(), block,
+        head = b"".join((_status_line(status, request.http10), self.fastpath.date_line(), block,
                          request.tail, b"\r\n"))
         body = request.method == b"GET" and status != 304
         count = end - start if body else 0
@@ -483,7 +483,7 @@ class FastConnection(asyncio.Protocol):
             self.write = None
             self._release()
             self.busy = False
-            self.shared.metrics.observe(request.route, status, count, time.perf_counter() - started)
+            self.fastpath.metrics.observe(request.route, status, count, time.perf_counter() - started)
             if exc is not None:
                 if self.transport is not None:
                     self.transport.abort()
@@ -503,20 +503,20 @@ class FastConnection(asyncio.Protocol):
             return
         if finished:
             self._release()
-            self.shared.metrics.observe(request.route, status, count, time.perf_counter() - started)
+            self.fastpath.metrics.observe(request.route, status, count, time.perf_counter() - started)
         else:
             self.write = write
             self.busy = True
-            self.deadline = self.loop.time() + self.shared.write_timeout_s
+            self.deadline = self.loop.time() + self.fastpath.write_timeout_s
 
     def error(self, request: Request, exc: HTTPError, started: float) -> None:
         body = json.dumps({"error": exc.error, "detail": exc.detail}).encode()
         extra = "".join(f"{k}: {v}\r\n" for k, v in exc.headers.items()).encode("latin-1")
-        cors = f"Access-Control-Allow-Origin: {self.shared.delivery.config.edge.cors_allow_origin}\r\n"
+        cors = f"Access-Control-Allow-Origin: {self.fastpath.delivery.config.edge.cors_allow_origin}\r\n"
         tail = request.tail
         if not request.keep_alive:
             self.closing = True
-        head = b"".join((_status_line(exc.status, request.http10), self.shared.date_line(),
+        head = b"".join((_status_line(exc.status, request.http10), self.fastpath.date_line(),
                          b"Content-Type: application/json; charset=utf-8\r\nContent-Length: %d\r\n" % len(body),
                          cors.encode(), extra, tail, b"\r\n"))
         chunks = [head, body] if request.method == b"GET" else [head]
@@ -537,9 +537,9 @@ class FastConnection(asyncio.Protocol):
             self.paused = False
             transport.resume_reading()
         self._close_wait_fd()
-        self.shared.connections.discard(self)
-        self.shared.handoffs += 1
-        protocol = self.shared.fallback()
+        self.fastpath.connections.discard(self)
+        self.fastpath.handoffs += 1
+        protocol = self.fastpath.fallback()
         transport.set_protocol(protocol)
         protocol.connection_made(transport)
         if pending:

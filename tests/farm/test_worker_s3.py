@@ -78,6 +78,16 @@ def s3_farm(farm, seaweedfs: SeaweedFS):
     return farm
 
 
+
+async def _stage(store, farm, clip):  # type: ignore[no-untyped-def]
+    """A source object in the store and the job naming it: (video id, media prefix, job)."""
+    video = "v" + uuid.uuid4().hex[:8]
+    await store.put(source_key(video, "mp4"), clip)
+    prefix = media_prefix(video)
+    job = msgspec.structs.replace(farm.job(clip, job_id=video), source="", out_dir="",
+                                  source_key=source_key(video, "mp4"), media_prefix=prefix)
+    return video, prefix, job
+
 async def test_a_source_object_becomes_a_full_ladder_in_the_store(
         s3_farm, start_broker, client, events, video_factory: Callable[..., Path]) -> None:
     farm = s3_farm
@@ -86,11 +96,7 @@ async def test_a_source_object_becomes_a_full_ladder_in_the_store(
     worker = Worker(farm.config, runner=run_pipeline, worker_id="s3-1")
     task: asyncio.Task[None] | None = None
     try:
-        video = "v" + uuid.uuid4().hex[:8]
-        await store.put(source_key(video, "mp4"), clip)
-        prefix = media_prefix(video)
-        job = msgspec.structs.replace(farm.job(clip, job_id=video), source="", out_dir="",
-                                      source_key=source_key(video, "mp4"), media_prefix=prefix)
+        video, prefix, job = await _stage(store, farm, clip)
         await start_broker()
         log = await events()
         task = asyncio.create_task(worker.run())
@@ -234,11 +240,7 @@ async def test_a_store_going_down_mid_job_fails_the_attempt_and_the_retry_comple
     worker = Worker(farm.config, runner=held, worker_id="s3-flaky")
     task: asyncio.Task[None] | None = None
     try:
-        video = "v" + uuid.uuid4().hex[:8]
-        await store.put(source_key(video, "mp4"), clip)
-        prefix = media_prefix(video)
-        job = msgspec.structs.replace(farm.job(clip, job_id=video), source="", out_dir="",
-                                      source_key=source_key(video, "mp4"), media_prefix=prefix)
+        video, prefix, job = await _stage(store, farm, clip)
         await start_broker()
         log = await events()
         task = asyncio.create_task(worker.run())
