@@ -48,8 +48,10 @@ async def test_a_short_job_behind_a_long_one_runs_on_a_second_worker(farm, start
     assert (await client.submit(short)).accepted
     done = (await log.wait(JobDone, "short", timeout=60))[0]
     assert done.attempts == 1
-    assert (await client.job("long")).state == "running"  # still held: the short one did not wait for it
-    assert len(running.pids()) == 2
+    # Still held: the short one ran beside it, so on a second worker (a worker runs one job). No
+    # count of workers here: with the short job done and nothing waiting the pool may already be
+    # retiring that worker (a race the clean-clone CI hit once).
+    assert (await client.job("long")).state == "running"
     (Path(long.out_dir).parent / "long.release").touch()
     await log.wait(JobDone, "long", timeout=60)
     # Nothing long and nothing waiting: back to min_workers.
