@@ -198,5 +198,5 @@ fleet-up: system-deps $(TEST_STAMP)  ## boot the hosts of FLEET_HOSTS (systemd a
 fleet-down: $(TEST_STAMP)  ## stop the fleet's hosts by PID and remove its namespaces, veths, mounts and state
 	$(PY) tests/fleet/hosts.py down --state $(FLEET_STATE)
 
-fleet-test: system-deps $(TEST_STAMP)  ## site.yml then rolling-update.yml over SSH into two nspawn hosts (root, minutes)
+fleet-test: system-deps $(TEST_STAMP) $(LOAD_STAMP)  ## the operator's day on six nspawn hosts under locust load through HAProxy: rolling updates, kills, a bad release (root, ~30 min)
 	$(PY) -m pytest tests/fleet -m fleet -s -p no:cacheprovider $(PYTEST_ARGS)

@@ -8,6 +8,7 @@ naming the key path (``transcoder.scaling_policy.max_workers``).
 from __future__ import annotations
 
 import functools
+import ipaddress
 import os
 import re
 import socket
@@ -66,6 +67,17 @@ class ServerConfig(_Section):
     # write not moving); 0: edge.client_timeout.
     read_timeout: Seconds = Seconds(0)
     write_timeout: Seconds = Seconds(0)
+    # Addresses or CIDR blocks of the load balancers in front of the edges: from a request that
+    # arrives from one of them, the client is the last X-Forwarded-For hop that is not (rate
+    # limits are per client). Empty: the peer address, whatever the request claims.
+    trusted_proxies: list[str] = msgspec.field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        for entry in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(entry.strip(), strict=False)
+            except ValueError:
+                raise ValueError(f"trusted_proxies: {entry!r} is not an IP address or CIDR block") from None
 
     def edge_read_timeout(self, edge: EdgeConfig) -> float:
         return float(self.read_timeout or edge.client_timeout)

@@ -15,7 +15,7 @@ from streamgate.edge.access.ratelimit import limit_middleware
 from streamgate.edge.bodies import body_idle_middleware
 from streamgate.edge.errors import error_middleware
 from streamgate.edge.intake import completion, farm_link, tus
-from streamgate.edge.keys import CONFIG, DISCOVERY, READINESS_CHECKS, REDIS, STARTED_AT
+from streamgate.edge.keys import ADVISORY_CHECKS, CONFIG, DISCOVERY, READINESS_CHECKS, REDIS, STARTED_AT
 from streamgate.edge.playback import routes
 from streamgate.edge.web import dashboard
 from streamgate.edge.web import routes as web_routes
@@ -71,6 +71,7 @@ def build_app(config: Config) -> web.Application:
     app[PUBLIC_ORIGIN] = public_origin(config)  # ConfigError: no safe SIWE domain to check against
     app[STARTED_AT] = time.monotonic()
     app[READINESS_CHECKS] = {}
+    app[ADVISORY_CHECKS] = set()
     # The contexts in start order (they close in reverse): each may use what the ones above set.
     for ctx in (
         _redis_ctx,  # app[REDIS]: the shared client, or None on a single node

@@ -10,7 +10,7 @@ from aiohttp import web
 
 from streamgate.common.config import Config
 from streamgate.common.storage import ObjectStore, StorageUnavailable
-from streamgate.edge.keys import CONFIG, READINESS_CHECKS, STARTED_AT
+from streamgate.edge.keys import ADVISORY_CHECKS, CONFIG, READINESS_CHECKS, STARTED_AT
 from streamgate.edge.redact import strip_paths
 
 # A readiness check answers (ok, detail); registered by the parts of the edge that have dependencies.
@@ -29,7 +29,12 @@ async def liveness(request: web.Request) -> web.Response:
 
 
 async def readiness(request: web.Request) -> web.Response:
+    """200 while this edge can serve players: every check that playback needs passes. Advisory
+    checks (the broker) are reported, with ``warnings`` naming those failing, but never fail it:
+    a load balancer that took every edge out when the broker is away would stop playback, which
+    never needs the broker, and uploads meanwhile queue and are resubmitted."""
     app = request.app
+    advisory = app[ADVISORY_CHECKS]
     checks: dict[str, dict[str, object]] = {}
     for name, check in app[READINESS_CHECKS].items():
         try:
@@ -37,9 +42,10 @@ async def readiness(request: web.Request) -> web.Response:
         except Exception as exc:  # a failing probe is a fact to report, not an edge failure
             ok, detail = False, f"{type(exc).__name__}: {exc}"
         checks[name] = {"ok": ok, "detail": strip_paths(detail)}  # public: no server paths (issue 14)
-    ready = all(c["ok"] for c in checks.values())
-    return web.json_response({"status": "ready" if ready else "degraded", "checks": checks},
-                             status=200 if ready else 503)
+    ready = all(c["ok"] for name, c in checks.items() if name not in advisory)
+    warnings = sorted(name for name, c in checks.items() if name in advisory and not c["ok"])
+    return web.json_response({"status": "ready" if ready else "degraded", "checks": checks,
+                              "warnings": warnings}, status=200 if ready else 503)
 
 
 async def disk_check(app: web.Application) -> tuple[bool, str]:

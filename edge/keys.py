@@ -15,6 +15,9 @@ STARTED_AT = web.AppKey("started_at", float)
 READINESS_CHECKS = web.AppKey(
     "readiness_checks", dict[str, Callable[[web.Application], Awaitable[tuple[bool, str]]]]
 )
+# Names of the readiness checks that are reported but do not take the edge out of rotation
+# (the broker: uploads queue and are resubmitted while it is away; playback never needs it).
+ADVISORY_CHECKS = web.AppKey("advisory_checks", set[str])
 # The shared Redis client, or None on a single node without Redis.
 REDIS: web.AppKey[Any] = web.AppKey("redis")
 # The process's common/consul/discovery.py ``Discovery`` with registry.type consul, else None: the one

@@ -44,7 +44,8 @@ async def stores_ctx(app: web.Application) -> AsyncIterator[None]:
         app[CATALOG] = RedisCatalog(redis, keys.records)
         app[UPLOAD_STORE] = RedisUploadStore(redis, keys.records)
         app[NONCES] = RedisNonceStore(redis, keys.records)
-        app[RATE_LIMITER] = RateLimiter(config.edge.rate_limit, RedisBuckets(redis, keys.rate_limits))
+        app[RATE_LIMITER] = RateLimiter(config.edge.rate_limit, RedisBuckets(redis, keys.rate_limits),
+                                        config.server.trusted_proxies)
     else:
         path = sqlite_path(config)
         app[CATALOG] = SqliteCatalog(path)
@@ -52,7 +53,7 @@ async def stores_ctx(app: web.Application) -> AsyncIterator[None]:
         app[NONCES] = SqliteNonceStore(path)
         # One file for the node's edge processes: the configured rate holds across --workers N.
         buckets = SqliteBuckets(config.storage.run_dir / "ratelimit.sqlite")
-        app[RATE_LIMITER] = RateLimiter(config.edge.rate_limit, buckets)
+        app[RATE_LIMITER] = RateLimiter(config.edge.rate_limit, buckets, config.server.trusted_proxies)
     app[SIGNER] = TokenSigner(load_secret(config))
     app[ACCESS_CACHE] = {}
     yield

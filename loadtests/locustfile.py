@@ -15,6 +15,10 @@ half-way with a DELETE. Settings come from the environment (locust owns the comm
     LOADTEST_TOKEN        bearer token for uploads where auth.required is true
     LOADTEST_SEED         random seed (default 1): the same choices run to run
     LOADTEST_BEHAVIOUR    file to write what the users did (sessions, switches, seeks) as JSON
+    LOADTEST_REQUEST_LOG  file to append one JSON line per request to (time, name, ok, error):
+                          a scenario attributes requests and failures to its steps with it
+    LOADTEST_UPLOADS      file to append the id of every completed upload to, one per line: the
+                          uploads the server accepted, each of which must become a ready video
 """
 
 from __future__ import annotations
@@ -39,6 +43,9 @@ TOKEN = os.environ.get("LOADTEST_TOKEN", "")
 RNG = random.Random(int(os.environ.get("LOADTEST_SEED", "1")))
 CATALOG_TTL_S = 10.0
 UPLOAD_CHUNK = 64 * 1024
+# A failed PATCH is resumed from the server's offset after these pauses, as tus clients do
+# (tus-js-client's retryDelays); then the upload is given up.
+RESUME_DELAYS_S = (0.5, 1.0, 2.0, 4.0)
 
 
 # What the virtual users did, beside the requests locust counts: evidence the behaviour happened.
@@ -56,6 +63,35 @@ class Clip:
     """The bytes uploaders send, read once per process."""
 
     data: bytes = b""
+
+
+class RequestLog:
+    """One JSON line per request, flushed as it happens, when LOADTEST_REQUEST_LOG names a file."""
+
+    out: Any = None
+
+
+@events.init.add_listener
+def _open_request_log(environment: Any, **_: Any) -> None:
+    path = os.environ.get("LOADTEST_REQUEST_LOG")
+    if path:
+        RequestLog.out = open(path, "a", buffering=1)  # noqa: SIM115 - open for the whole run
+
+
+@events.request.add_listener
+def _log_request(request_type: str, name: str, response_time: float, exception: Any = None,
+                 **_: Any) -> None:
+    if RequestLog.out is not None:
+        RequestLog.out.write(json.dumps({"t": time.time(), "type": request_type, "name": name,
+                                         "ms": round(response_time, 1), "ok": exception is None,
+                                         "error": "" if exception is None else str(exception)[:300]}) + "\n")
+
+
+def _record_upload(url: str) -> None:
+    path = os.environ.get("LOADTEST_UPLOADS")
+    if path:
+        with open(path, "a") as out:
+            out.write(url.rstrip("/").rsplit("/", 1)[1] + "\n")
 
 
 @events.test_start.add_listener
@@ -215,8 +251,9 @@ class BingeViewer(Viewer):
 
 
 class Uploader(FastHttpUser):
-    """Sends a small clip with tus in chunks, checking the offset like a resuming client; one in
-    five gives up half-way and terminates the upload."""
+    """Sends a small clip with tus in chunks, checking the offset like a resuming client (and
+    resuming from the server's offset after a failed PATCH); one in five gives up half-way and
+    terminates the upload."""
 
     weight = 1
     wait_time = between(2.0, 6.0)
@@ -237,6 +274,12 @@ class Uploader(FastHttpUser):
                 BEHAVIOUR["uploads abandoned (DELETE)"] += 1
                 return
             new = tus.patch(self.client, url, offset, data[offset:offset + UPLOAD_CHUNK], headers)
+            for delay in RESUME_DELAYS_S:
+                if new is not None:
+                    break
+                BEHAVIOUR["uploads resumed after a failed PATCH"] += 1
+                time.sleep(delay)
+                new = tus.offset(self.client, url, headers)
             if new is None:
                 return
             if RNG.random() < 0.2:
@@ -245,3 +288,4 @@ class Uploader(FastHttpUser):
                     return
             offset = new
         BEHAVIOUR["uploads completed"] += 1
+        _record_upload(url)

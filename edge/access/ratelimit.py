@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import sqlite3
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -23,6 +24,7 @@ from aiohttp import web
 from streamgate.common.config import RateLimitConfig
 from streamgate.common.redis_keys import RedisKeys
 from streamgate.common.sqlite import connect
+from streamgate.edge.access.client import client_address, parse_networks
 from streamgate.edge.errors import Handler, HTTPError
 
 Kind = Literal["api", "upload", "upload_bytes"]
@@ -129,9 +131,10 @@ class RedisBuckets:
 
 
 class RateLimiter:
-    def __init__(self, config: RateLimitConfig, buckets: Buckets) -> None:
+    def __init__(self, config: RateLimitConfig, buckets: Buckets, trusted_proxies: Sequence[str] = ()) -> None:
         self._config = config
         self._buckets = buckets
+        self._proxies = parse_networks(trusted_proxies)
 
     async def enforce(self, request: web.Request, kind: Kind, wallet: str = "", *, cost: float = 1.0) -> None:
         """Raise 429 with Retry-After when the client address or the wallet is over its rate.
@@ -153,7 +156,7 @@ class RateLimiter:
             taken = request[_ADDRESS_TAKEN] = set()
         if kind == "upload_bytes" or kind not in taken:
             taken.add(kind)
-            keys.append(f"{kind}:addr:{request.remote or 'unknown'}")
+            keys.append(f"{kind}:addr:{client_address(request, self._proxies)}")
         if wallet:
             keys.append(f"{kind}:wallet:{wallet.lower()}")
         for key in keys:

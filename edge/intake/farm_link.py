@@ -17,7 +17,7 @@ from aiohttp import web
 from streamgate.common.broker_client import BrokerClient, BrokerError, BrokerUnavailable
 from streamgate.common.config import Config
 from streamgate.edge.errors import HTTPError
-from streamgate.edge.keys import CONFIG, DISCOVERY, READINESS_CHECKS
+from streamgate.edge.keys import ADVISORY_CHECKS, CONFIG, DISCOVERY, READINESS_CHECKS
 
 FARM_CLIENT = web.AppKey("farm_client", BrokerClient)
 # The figures answer quickly or not at all: a health probe must not wait out a long timeout.
@@ -75,6 +75,7 @@ async def client_ctx(app: web.Application) -> AsyncIterator[None]:
     client = BrokerClient(endpoints, timeout_s=timeout_s)
     app[FARM_CLIENT] = client
     app[READINESS_CHECKS]["broker"] = broker_check
+    app[ADVISORY_CHECKS].add("broker")
     follower: asyncio.Task[None] | None = None
     if discovery is not None:
         follower = asyncio.create_task(_follow_leader(discovery, client), name="farm-broker-discovery")

@@ -168,3 +168,26 @@ async def test_limits_apply_before_the_auth_check(edge) -> None:  # noqa: F811
         async with e.session.delete(e.url + "/api/v1/videos/" + "f" * 32) as r:
             statuses.append(r.status)
     assert statuses == [401, 401, 429]
+
+
+@pytest.mark.parametrize("trusted", [True, False])
+async def test_behind_a_trusted_balancer_each_player_has_its_own_bucket(edge, trusted: bool) -> None:  # noqa: F811
+    """HAProxy's X-Forwarded-For names the player when the peer is a trusted proxy; a hop a client
+    wrote itself (left of the proxy's) is never believed, and an untrusted peer's header is ignored."""
+    e = await edge(server={"trusted_proxies": ["127.0.0.0/8"] if trusted else []},
+                   rate_limit={"enabled": True, "api_per_second": 0.01, "api_burst": 2})
+
+    async def statuses(forwarded: str, n: int) -> list[int]:
+        out = []
+        for _ in range(n):
+            async with e.session.get(e.url + "/api/v1/videos", headers={"X-Forwarded-For": forwarded}) as r:
+                out.append(r.status)
+        return out
+
+    first = await statuses("203.0.113.7", 3)
+    # Another player, whose own client claims to be the first one: the proxy's hop counts.
+    second = await statuses("203.0.113.7, 198.51.100.9", 3)
+    if trusted:
+        assert first == [200, 200, 429] and second == [200, 200, 429]
+    else:  # one bucket: the peer's, whatever the header says
+        assert first == [200, 200, 429] and second == [429, 429, 429]

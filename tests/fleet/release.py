@@ -14,6 +14,7 @@ import subprocess
 import sys
 import sysconfig
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -24,12 +25,15 @@ WHEEL_CACHE = Path("/var/cache/streamgate-fleet/wheels")
 HOST_ONLY = {"async-timeout>=4.0.3": "async_timeout-*.whl"}
 
 
-def build_wheel(version: str, out: Path, scratch: Path) -> Path:
-    """A wheel of this tree with ``version`` in its metadata (the tree itself is not touched)."""
+def build_wheel(version: str, out: Path, scratch: Path, patch: Callable[[Path], None] | None = None) -> Path:
+    """A wheel of this tree with ``version`` in its metadata (the tree itself is not touched);
+    ``patch`` edits the copy first (a bad release's defect)."""
     src = scratch / f"src-{version}"
     ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "build")
     for name in ("edge", "farm", "control", "common", "streamgate"):
         shutil.copytree(REPO / name, src / name, ignore=ignore)
+    if patch is not None:
+        patch(src)
     shutil.copy2(REPO / "README.md", src / "README.md")
     pyproject = (REPO / "pyproject.toml").read_text()
     (src / "pyproject.toml").write_text(re.sub(r'(?m)^version = ".*"$', f'version = "{version}"', pyproject, count=1))

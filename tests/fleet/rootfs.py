@@ -24,7 +24,9 @@ PACKAGES = sorted(["systemd", "systemd-sysv", "dbus", "openssh-server", "python3
                    "iproute2", "ca-certificates", "curl",
                    # What the roles install on a real host (streamgate_common_system_packages): the
                    # hosts have no route to a mirror. python3-packaging: Ansible's pip module needs it.
-                   "python3-packaging"])
+                   "python3-packaging",
+                   # The lb hosts' HAProxy (the haproxy role, with haproxy_install_package: false).
+                   "haproxy"])
 DEFAULT_CACHE = Path("/var/cache/streamgate-fleet")
 BUILD_TIMEOUT_S = 1800
 
