@@ -100,6 +100,17 @@ def load_secret(config: Config) -> bytes:
         return config.auth.secret.encode()
     require_fleet_secret(config)
     path: Path = config.auth_secret_file
+    # Made here only when missing (a single node's first start): in a fleet the file is the one
+    # the roles wrote, and its directory is read-only to the edge (ProtectSystem=strict).
+    if not path.exists():
+        _create_secret(path)
+    secret = path.read_bytes().strip()
+    if not secret:
+        raise ValueError(f"{path}: the auth secret file is empty")
+    return secret
+
+
+def _create_secret(path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(FileExistsError):
         fd = os.open(path.with_suffix(".tmp" + secrets.token_hex(4)),
@@ -117,7 +128,3 @@ def load_secret(config: Config) -> bytes:
             pass
         finally:
             os.unlink(tmp)
-    secret = path.read_bytes().strip()
-    if not secret:
-        raise ValueError(f"{path}: the auth secret file is empty")
-    return secret

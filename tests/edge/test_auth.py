@@ -144,3 +144,20 @@ def test_one_message_format_for_builder_and_parser() -> None:
     assert (parsed.domain, parsed.nonce, parsed.statement) == ("videos.example", "Nonce12345678",
                                                                "Sign in to StreamGate.")
     assert format_message(parsed) == built
+
+
+def test_an_existing_secret_file_is_only_read(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A fleet's secret file is the roles', in a directory the edge may not write
+    (ProtectSystem=strict): loading it must not create anything beside it."""
+    from streamgate.common.config import config_from_tree
+    from streamgate.edge.access.tokens import load_secret
+
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "auth-secret").write_text("the-fleet-secret-0123456789abcdef\n")
+    before = etc.stat().st_mtime_ns, sorted(p.name for p in etc.iterdir())
+    config = config_from_tree({"deployment": {"mode": "fleet"}, "storage": {"data_dir": str(tmp_path / "data")},
+                               "cache": {"redis_url": "redis://127.0.0.1:1/0"},
+                               "auth": {"secret_file": str(etc / "auth-secret")}})
+    assert load_secret(config) == b"the-fleet-secret-0123456789abcdef"
+    assert (etc.stat().st_mtime_ns, sorted(p.name for p in etc.iterdir())) == before

@@ -57,7 +57,7 @@ pytestmark = [pytest.mark.fleet, pytest.mark.timeout(3600)]
 
 # Inventory order is rollout order within a play: e1 is the canary of the second play.
 GROUPS: dict[str, list[str]] = {"b1": ["broker"], "b2": ["broker"], "e1": ["edge"], "e2": ["edge"],
-                                "f1": ["farm", "control"], "lb": ["lb"]}
+                                "f1": ["farm", "control"], "lb1": ["lb"]}
 STREAMGATE_HOSTS = [h for h, groups in GROUPS.items() if groups != ["lb"]]
 EDGE_PORT = 8080
 LB_PORT = 80
@@ -208,7 +208,7 @@ def lb_server_states(fleet: Any) -> dict[str, str]:
     script = ("import socket; s=socket.socket(socket.AF_UNIX); s.connect('/run/haproxy/admin.sock'); "
               "s.sendall(b'show servers state streamgate_edges\\n'); "
               "print(b''.join(iter(lambda: s.recv(65536), b'')).decode())")
-    out = fleet.ssh("lb", f'python3 -c "{script}"')
+    out = fleet.ssh("lb1", f'python3 -c "{script}"')
     assert out.returncode == 0, out.stderr
     states = {}
     for line in out.stdout.splitlines():
@@ -243,7 +243,7 @@ def test_operator_day_under_load(make_fleet: Callable[..., Any], tmp_path: Path,
                               (wheels, "/opt/releases")])
     ctl = fleet.controller_address
     addr = {h: fleet.host(h).address for h in GROUPS}
-    lb = f"http://{addr['lb']}:{LB_PORT}"
+    lb = f"http://{addr['lb1']}:{LB_PORT}"
     consul = ConsulStandin(host=ctl).start()
     weed = s3 = None
     locust: subprocess.Popen[bytes] | None = None
@@ -278,7 +278,7 @@ def test_operator_day_under_load(make_fleet: Callable[..., Any], tmp_path: Path,
             # The origin players and wallets use: the load balancer's.
             "streamgate_common_public_url": lb,
             # HAProxy's address: its X-Forwarded-For names the player (rate limits per player).
-            "streamgate_common_trusted_proxies": [addr["lb"]],
+            "streamgate_common_trusted_proxies": [addr["lb1"]],
             "streamgate_common_s3_endpoint": s3.endpoint, "streamgate_common_s3_bucket": s3.bucket,
             "streamgate_common_s3_region": s3.region, "streamgate_common_s3_access_key_id": s3.access_key_id,
             "streamgate_common_s3_secret_access_key": s3.secret_access_key,
@@ -301,6 +301,9 @@ def test_operator_day_under_load(make_fleet: Callable[..., Any], tmp_path: Path,
             "streamgate_rolling_health_delay": 1,
             "streamgate_rolling_health_retries": 60,
             "haproxy_install_package": False, "haproxy_port": LB_PORT,
+            # maxconn needs 2 descriptors per connection: the hosts inherit this machine's hard
+            # limit of open files (19999 here), below what the default 20000 needs.
+            "haproxy_maxconn": 4000,
             "haproxy_edges": [{"name": f"{h}-{EDGE_PORT}", "address": addr[h], "port": EDGE_PORT}
                               for h in GROUPS if "edge" in GROUPS[h]],
         }
