@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import time
 from collections.abc import Awaitable, Callable
@@ -28,6 +29,24 @@ async def liveness(request: web.Request) -> web.Response:
     })
 
 
+# How long one readiness probe may take. HAProxy (and Kubernetes) give the whole answer a second
+# or so, and the checks run side by side, so a dependency that hangs costs its own bound, never
+# the answer: an advisory check (the broker, a 2 s timeout of its own) is cut much sooner, so a
+# broker failing over never makes an edge's readiness time out at the balancer.
+CHECK_TIMEOUT_S = 0.8
+ADVISORY_TIMEOUT_S = 0.25
+
+
+async def _probe(app: web.Application, check: Check, timeout_s: float) -> dict[str, object]:
+    try:
+        ok, detail = await asyncio.wait_for(check(app), timeout_s)
+    except TimeoutError:
+        ok, detail = False, f"no answer within {timeout_s:g}s"
+    except Exception as exc:  # a failing probe is a fact to report, not an edge failure
+        ok, detail = False, f"{type(exc).__name__}: {exc}"
+    return {"ok": ok, "detail": strip_paths(detail)}  # public: no server paths (issue 14)
+
+
 async def readiness(request: web.Request) -> web.Response:
     """200 while this edge can serve players: every check that playback needs passes. Advisory
     checks (the broker) are reported, with ``warnings`` naming those failing, but never fail it:
@@ -35,13 +54,11 @@ async def readiness(request: web.Request) -> web.Response:
     never needs the broker, and uploads meanwhile queue and are resubmitted."""
     app = request.app
     advisory = app[ADVISORY_CHECKS]
-    checks: dict[str, dict[str, object]] = {}
-    for name, check in app[READINESS_CHECKS].items():
-        try:
-            ok, detail = await check(app)
-        except Exception as exc:  # a failing probe is a fact to report, not an edge failure
-            ok, detail = False, f"{type(exc).__name__}: {exc}"
-        checks[name] = {"ok": ok, "detail": strip_paths(detail)}  # public: no server paths (issue 14)
+    names = list(app[READINESS_CHECKS])
+    results = await asyncio.gather(*(
+        _probe(app, app[READINESS_CHECKS][name], ADVISORY_TIMEOUT_S if name in advisory else CHECK_TIMEOUT_S)
+        for name in names))
+    checks = dict(zip(names, results, strict=True))
     ready = all(c["ok"] for name, c in checks.items() if name not in advisory)
     warnings = sorted(name for name, c in checks.items() if name in advisory and not c["ok"])
     return web.json_response({"status": "ready" if ready else "degraded", "checks": checks,
