@@ -71,6 +71,15 @@ class LeaderLock:
                 if await self.try_acquire():
                     log.info("took the leader lock %s as %s", self.key, self.holder)
                     return True
+                if entry is not None and self._held_by_our_past(entry):
+                    # A previous run of this candidate (killed, restarted by systemd within one
+                    # check TTL, so its check never went critical) still holds the lock through
+                    # its session: nobody runs that session any more, so end it ourselves.
+                    log.warning("the leader lock %s is held by session %s of a previous run of %s; "
+                                "destroying it", self.key, entry["Session"], self.holder)
+                    await asyncio.wait_for(self.client.session.destroy(entry["Session"]), REQUEST_TIMEOUT_S)
+                    index, entry = None, None
+                    continue
                 if entry is not None and not entry.get("Session"):
                     # Refused although free: the lock-delay after an invalidation. Retry after it.
                     await self._pause(stop, self.lock_delay_s)
@@ -86,6 +95,13 @@ class LeaderLock:
                 index, entry = None, None
                 await self._pause(stop, 1.0)
         return False
+
+    def _held_by_our_past(self, entry: dict[str, Any]) -> bool:
+        value = entry.get("Value")
+        if isinstance(value, bytes):
+            value = value.decode(errors="replace")
+        held = entry.get("Session")
+        return bool(held) and held != self.session and value == self.holder
 
     async def watch_lost(self, stop: asyncio.Event) -> None:
         """Return when ``stop`` is set; raise :class:`LeadershipLost` when the key leaves our session."""

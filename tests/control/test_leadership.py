@@ -72,3 +72,33 @@ async def test_a_critical_check_ends_the_leadership(consul_agent: Agent) -> None
         assert await successor.create_session(stop)
         assert await asyncio.wait_for(successor.acquire(stop), 10)
         await successor.release()
+
+
+async def test_a_restarted_leader_takes_back_the_lock_its_killed_run_held(consul_agent: Agent) -> None:
+    """SIGKILL, then systemd restarts the broker within one check TTL: the check never goes
+    critical, so the dead run's session still holds the lock. The new run, the same holder,
+    ends that session and leads, instead of everyone waiting on a session nobody runs."""
+    config = consul_agent.config()
+    stop = asyncio.Event()
+    async with consul_client(config.registry) as client:
+        check = await asyncio.to_thread(register_ttl, consul_agent, "broker-1")
+        killed = LeaderLock(client, "test/leader3", check_id=check, holder="broker-1 tcp://10.0.0.1:5570",
+                            lock_delay_s=1, wait_s=5)
+        assert await killed.create_session(stop)
+        assert await killed.acquire(stop)
+        stale = killed.session
+        # The restarted run: the same service and check, registered again passing, a new session.
+        await asyncio.to_thread(register_ttl, consul_agent, "broker-1")
+        restarted = LeaderLock(client, "test/leader3", check_id=check, holder="broker-1 tcp://10.0.0.1:5570",
+                               lock_delay_s=1, wait_s=5)
+        assert await restarted.create_session(stop)
+        assert await asyncio.wait_for(restarted.acquire(stop), 15)
+        _, entry = await client.kv.get("test/leader3")
+        assert entry["Session"] == restarted.session != stale
+        # Another candidate's lock is never touched: only our own past is ended.
+        other = LeaderLock(client, "test/leader3", check_id=await asyncio.to_thread(register_ttl, consul_agent, "b2"),
+                           holder="broker-2 tcp://10.0.0.2:5570", lock_delay_s=1, wait_s=1)
+        assert await other.create_session(stop)
+        assert not await other.try_acquire()
+        assert not other._held_by_our_past(entry)
+        await restarted.release()

@@ -328,6 +328,7 @@ def test_operator_day_under_load(make_fleet: Callable[..., Any], tmp_path: Path,
         steps = Steps(lambda: int(journal.zcard(active_key)))
 
         request_log, uploads_log = tmp_path / "requests.jsonl", tmp_path / "uploads.txt"
+        locust_log = open(tmp_path / "locust.log", "wb")  # noqa: SIM115 - handed to the child
         locust = subprocess.Popen(
             [sys.executable, "-m", "locust", "-f", str(REPO / "loadtests/locustfile.py"), "--headless",
              "-u", str(USERS), "-r", "5", "-t", "50m", "--host", lb, "--only-summary",
@@ -335,7 +336,8 @@ def test_operator_day_under_load(make_fleet: Callable[..., Any], tmp_path: Path,
             env={**os.environ, "LOADTEST_TOKEN": token, "LOADTEST_REQUEST_LOG": str(request_log),
                  "LOADTEST_UPLOADS": str(uploads_log), "LOADTEST_SEED": "13",
                  "LOADTEST_BEHAVIOUR": str(tmp_path / "behaviour.json")},
-            stdout=open(tmp_path / "locust.log", "wb"), stderr=subprocess.STDOUT, cwd=tmp_path)
+            stdout=locust_log, stderr=subprocess.STDOUT, cwd=tmp_path)
+        locust_log.close()  # the child has its own descriptor
         wait_until(lambda: len(read_requests(request_log)) > 50, timeout=120, what="locust loading the fleet")
         steps.steady(STEADY_S)
 
@@ -353,22 +355,26 @@ def test_operator_day_under_load(make_fleet: Callable[..., Any], tmp_path: Path,
         steps.steady(STEADY_S)
 
         # 2. SIGKILL of the leader broker.
+        epoch_key = f"{journal_prefix(config)}:epoch"
+
         def kill_leader() -> str:
             leader = next(node for node, status in consul_serving(consul, "streamgate-broker")
                           if status == "passing")
-            host = next(h for h in ("b1", "b2") if leader.endswith(h) or leader == fleet.host(h).machine
-                        or leader == h)
-            old = unit_pid(fleet, host, "streamgate-broker.service")
+            host = next(h for h in ("b1", "b2") if leader == h)
+            old, epoch = unit_pid(fleet, host, "streamgate-broker.service"), int(journal.get(epoch_key) or 0)
             killed = fleet.ssh(host, "systemctl kill --signal=SIGKILL streamgate-broker.service")
             assert killed.returncode == 0, killed.stderr
-            other = "b2" if host == "b1" else "b1"
 
             def failed_over() -> bool:
-                serving = dict(consul_serving(consul, "streamgate-broker"))
-                new_leader = [n for n, s in serving.items() if s == "passing"]
-                return bool(new_leader) and new_leader[0] != leader and unit_pid(
-                    fleet, host, "streamgate-broker.service") not in (0, old)
-            wait_until(failed_over, timeout=120, interval=0.5, what=f"{other} leading and {host} restarted")
+                # A new leadership epoch (whichever broker won it: the standby, or the killed
+                # one restarted by systemd), one broker serving, the killed one running again.
+                passing = [n for n, s in consul_serving(consul, "streamgate-broker") if s == "passing"]
+                return (int(journal.get(epoch_key) or 0) > epoch and len(passing) == 1
+                        and unit_pid(fleet, host, "streamgate-broker.service") not in (0, old))
+            try:
+                wait_until(failed_over, timeout=120, interval=0.5, what=f"a new broker leader after {host}'s kill")
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}: {consul_serving(consul, 'streamgate-broker')}" + journals(fleet)) from None
             return host
         steps.run("SIGKILL of the leader broker", kill_leader)
         steps.steady(STEADY_S)
