@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 import requests
 import yaml
+from lb import Players, haproxy_config
 from netns import Host, Network, clean_env, netns_unavailable
 from storage_support import start_seaweedfs, stop_seaweedfs
 from support import wait_healthy, wait_until
@@ -376,6 +377,23 @@ def _run(fleet: Fleet, tmp_path: Path) -> None:
         play(f"{base}/videos/{first}/master.m3u8")
         play(f"{base}/videos/{first}/manifest.mpd")
 
+    # HAProxy in front of both edges (the haproxy role's template): players through it must see
+    # no failed request while the leader broker is SIGKILLed (3.) and edge A restarts (after it).
+    lb_host = fleet.net.add_host("lb")
+    lb_cfg = lb_host.data_dir / "haproxy.cfg"
+    lb_cfg.write_text(haproxy_config(
+        haproxy_chroot="", haproxy_user="", haproxy_log_target="stdout", haproxy_port=80,
+        haproxy_admin_socket=str(lb_host.data_dir / "admin.sock"), haproxy_maxconn=2000,
+        haproxy_edges=[{"name": name, "address": host.address, "port": EDGE_PORT}
+                       for name, host in (("edge-a", edge_a), ("edge-b", edge_b))]))
+    checked = subprocess.run(["haproxy", "-c", "-f", str(lb_cfg)], capture_output=True, text=True, timeout=30)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    lb_proc, lb_log = lb_host.spawn("haproxy", ["haproxy", "-db", "-f", str(lb_cfg)])
+    lb = f"http://{lb_host.address}:80"
+    wait_healthy(lb_proc, lb + "/api/v1/health", lb_log, timeout=60, what="HAProxy in front of the edges")
+    players = Players(lb, ["/api/v1/videos"] + [f"/videos/{first}/{rel}" for rel in sorted(from_a)],
+                      n=2, pace_s=0.1).start()
+
     # 3. A longer upload; the leader broker is SIGKILLed while its job runs.
     # Large enough for whole S3 parts (5 MiB here): A stores a part and a tail, B folds the tail in.
     long_clip = make_video(tmp_path / "long.mp4", seconds=40.0, width=854, height=480, fps=30)
@@ -418,6 +436,18 @@ def _run(fleet: Fleet, tmp_path: Path) -> None:
     assert (totals.done, totals.failed) == (2, 0), totals
     assert rec1 is not None and rec1.state == "done", rec1
     assert rec2 is not None and rec2.state == "done" and rec2.attempts == 1, rec2
+    # systemctl restart, as the edge sees it: SIGTERM, then the same edge again.
+    edge_a_proc.terminate()
+    assert edge_a_proc.wait(30) == 0, edge_a_log.read_text()[-3000:]
+    edge_a_proc, edge_a_log = edge_a.spawn("edge", [sys.executable, "-m", "streamgate", "--config",
+                                                    str(edge_a.data_dir / "config.yaml"), "edge"], env=clean_env())
+    wait_healthy(edge_a_proc, a + "/api/v1/health", edge_a_log, timeout=90, what=f"{a} ready again")
+    wait_until(lambda: requests.get(lb + "/health", timeout=5).headers.get("X-StreamGate-Edge") == "edge-a",
+               timeout=30, interval=0.2, what="HAProxy sending to edge A again")
+    players.stop()
+    assert players.failures == [], players.failures[:10]
+    assert players.requests > 50, players.requests
+
     # The second video is private: no player gets it bare; a URL signed on A plays on B.
     for base in (a, b):
         assert requests.get(f"{base}/videos/{second}/master.m3u8", timeout=10).status_code == 401
