@@ -101,6 +101,15 @@ class HeldEvents:
         if job_id is not None and not _outcome(self._held.get(job_id)):
             self._held.pop(job_id, None)
 
+    async def run(self) -> None:
+        """Retry on a clock too: after a job's last event none may come to carry the retry."""
+        while True:
+            await asyncio.sleep(HELD_RETRY_S)
+            try:
+                await self.retry()
+            except Exception:  # the next turn tries again; the loop must not die
+                log.exception("applying held job events failed")
+
     async def retry(self) -> None:
         if not self._held or time.monotonic() < self._next_retry:
             return
@@ -120,6 +129,15 @@ async def follow_events(app: web.Application) -> None:
     """Runs for the edge's life: subscribe, apply, and on any break resubscribe with backoff."""
     applier = ProgressApplier(app[stores.CATALOG])
     held = HeldEvents(applier)
+    retrier = asyncio.create_task(held.run(), name="held-job-events")
+    try:
+        await _follow(app, applier, held)
+    finally:
+        retrier.cancel()
+        await asyncio.gather(retrier, return_exceptions=True)
+
+
+async def _follow(app: web.Application, applier: ProgressApplier, held: HeldEvents) -> None:
     delay = 0.2
     while True:
         try:
@@ -129,7 +147,6 @@ async def follow_events(app: web.Application) -> None:
                 await reconcile(app, applier)
                 async for event in stream:
                     try:
-                        # Every event (the broker's ticks among them) also retries held ones.
                         await held.apply(event)
                     except Exception:  # one bad update must not stop the stream
                         log.exception("applying %r failed", event)
