@@ -59,7 +59,7 @@ def reserve_files() -> None:
     from prometheus_client import values
 
     if values.MmapedDict is not _reserved_class():
-        values.MmapedDict = _reserved_class()
+        values.MmapedDict = _reserved_class()  # type: ignore[misc]
 
 
 _RESERVED: list[Any] = []
@@ -73,7 +73,7 @@ def _reserved_class() -> Any:
 
     _INITIAL_SIZE = getattr(mmap_dict, "_INITIAL_MMAP_SIZE", 1 << 16)
 
-    class ReservedMmapedDict(mmap_dict.MmapedDict):  # type: ignore[misc]
+    class ReservedMmapedDict(mmap_dict.MmapedDict):
         """prometheus_client's MmapedDict (0.20+: ``_f``, ``_m``, ``_capacity``, ``_used``,
         ``_positions``) with every mapped byte allocated first."""
 
@@ -100,7 +100,7 @@ def _reserved_class() -> Any:
             if getattr(self, "_f", None) is not None:
                 self._m.close()
                 self._f.close()
-            self._f = None  # close() then leaves the map alone: nothing on disk to release
+            self._f = None  # type: ignore[assignment]  # no file: close() releases only the map
             self._fname = filename
             self._capacity = max(_INITIAL_SIZE, len(keep))
             self._m = mmap.mmap(-1, self._capacity)

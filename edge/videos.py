@@ -99,6 +99,19 @@ def _int_query(request: web.Request, name: str, default: int, low: int, high: in
     return int(raw)
 
 
+_YES, _NO = ("1", "true", "yes"), ("0", "false", "no")
+
+
+def _flag(request: web.Request, name: str) -> bool:
+    """A yes/no query parameter (absent: no); anything else is the client's mistake, not a silent no."""
+    raw = request.query.get(name)
+    if raw is None:
+        return False
+    if raw.lower() not in _YES + _NO:
+        raise HTTPError(400, "bad request", f"{name} must be one of 1, true, yes, 0, false, no")
+    return raw.lower() in _YES
+
+
 async def list_videos(request: web.Request) -> web.Response:
     """Public videos newest first; ``?mine=1`` lists the caller's own, private ones included."""
     config: Config = request.app[CONFIG]
@@ -106,7 +119,7 @@ async def list_videos(request: web.Request) -> web.Response:
     await enforce(request, "api", caller)
     limit = _int_query(request, "limit", 20, 1, MAX_PAGE)
     offset = _int_query(request, "offset", 0, 0, 10**9)
-    mine = request.query.get("mine", "") in ("1", "true", "yes")
+    mine = _flag(request, "mine")
     if mine and not caller:
         raise HTTPError(401, "unauthorized", "mine=1 lists a wallet's videos: send its bearer token",
                         {"WWW-Authenticate": "Bearer"})
