@@ -11,6 +11,7 @@ nginx, and server CPU per request from /proc/<pid>/stat deltas of every server p
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import shutil
 import signal
@@ -226,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
         procs: dict[str, subprocess.Popen[bytes]] = {}
         try:
             procs["nginx"] = start_nginx(root, data / "media", ports["nginx"], args.workers)
+            videos = sorted({url.split("/")[2] for url in urls["pl"]})
+            asyncio.run(catalogue(videos, data=data))  # before the edge opens its SQLite file
             procs["edge"] = start_edge(data, ports["edge"], args.workers, **extra_env)
             # The Redis-hit edge: no media of its own, no memory tier, so Redis answers each request.
             redis_data = root / "redis-data"
@@ -239,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
                     wait_http(f"http://127.0.0.1:{ports[name]}{probe}", proc)
             wait_http(f"http://127.0.0.1:{ports['redis-edge']}/health", procs["redis-edge"])
             fill_redis(redis_sock, data / "media", urls["pl"])
+            asyncio.run(catalogue(videos, redis_sock=redis_sock))
             wait_http(f"http://127.0.0.1:{ports['redis-edge']}{probe}", procs["redis-edge"])
             pids = {name: tree_pids(proc.pid) for name, proc in procs.items()}
             results = bench(args, ports, pids, lua_files)
@@ -254,6 +258,39 @@ def main(argv: list[str] | None = None) -> int:
                     proc.wait()
     report(args, results)
     return 0
+
+
+async def catalogue(videos: list[str], data: Path | None = None, redis_sock: Path | None = None) -> None:
+    """Record the bench's videos as public and ready, as a finished upload would.
+
+    The fast path answers only for a video the catalog knows as public (an unknown one may have
+    been deleted on another edge): uncatalogued files would measure the full path's 404 route.
+    """
+    from streamgate.common.config import config_from_tree
+    from streamgate.common.redis_keys import RedisKeys
+    from streamgate.edge.catalog import Catalog, RedisCatalog, SqliteCatalog, Video
+    from streamgate.edge.stores import sqlite_path
+
+    client = None
+    catalog: Catalog
+    if redis_sock is not None:
+        import redis.asyncio
+
+        client = redis.asyncio.Redis(unix_socket_path=str(redis_sock))
+        catalog = RedisCatalog(client, RedisKeys().records)
+    else:
+        assert data is not None
+        path = sqlite_path(config_from_tree({"storage": {"data_dir": str(data)}}))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        catalog = SqliteCatalog(path)
+    try:
+        for n, vid in enumerate(videos):
+            await catalog.create(Video(id=vid, created_at=time.time() + n, title=vid, status="ready",
+                                       progress=1.0, visibility="public"))
+    finally:
+        await catalog.close()
+        if client is not None:
+            await client.aclose()
 
 
 def fill_redis(sock: Path, media: Path, paths: list[str]) -> None:
