@@ -229,6 +229,18 @@ def _update(db: sqlite3.Connection, video_id: str, changes: dict[str, Any],
         db.execute("COMMIT")
 
 
+# KEYS[1]: a listing's sorted set; ARGV: first rank, last rank, the records' key prefix.
+# Returns {count, {record or false, ...}} (false: a record gone, skipped by the caller).
+_REDIS_PAGE = """
+local total = redis.call('ZCARD', KEYS[1])
+local ids = redis.call('ZREVRANGE', KEYS[1], ARGV[1], ARGV[2])
+if #ids == 0 then return {total, {}} end
+local keys = {}
+for i, id in ipairs(ids) do keys[i] = ARGV[3] .. id end
+return {total, redis.call('MGET', unpack(keys))}
+"""
+
+
 class RedisCatalog:
     """Fleet: a msgpack value per video, a sorted set by creation time, a set per status.
 
@@ -239,6 +251,7 @@ class RedisCatalog:
     def __init__(self, redis: Any, prefix: str = DEFAULT_PREFIX) -> None:
         self._r = redis
         self._p = prefix
+        self._page = redis.register_script(_REDIS_PAGE)
 
     def _key(self, video_id: str) -> str:
         return f"{self._p}video:{video_id}"
@@ -297,13 +310,15 @@ class RedisCatalog:
     async def page(self, *, limit: int, offset: int = 0, owner: str | None = None,
                    public_only: bool = False, after: tuple[float, str] | None = None) -> tuple[list[Video], int]:
         # ZREVRANGE by rank is O(log n + limit) at any offset: ``after`` is not needed here.
-        index = self._index(owner, public_only)
-        total = await self._r.zcard(index)
-        ids = await self._r.zrevrange(index, offset, offset + limit - 1) if limit > 0 else []
-        if not ids:
-            return [], total
-        raws = await self._r.mget([self._key(i.decode()) for i in ids])
-        return [_decode(raw) for raw in raws if raw], total
+        # One script, one round trip (count, ranks, records), where three commands waited for
+        # the loop three times: under load each wait is a turn behind every other runnable
+        # process, which is what a page's p99 measured (issue 18). Atomic too: no record
+        # deleted between the ranks and the read.
+        if limit <= 0:
+            return [], await self._r.zcard(self._index(owner, public_only))
+        total, raws = await self._page(keys=[self._index(owner, public_only)],
+                                       args=[offset, offset + limit - 1, self._key("")])
+        return [_decode(raw) for raw in raws if raw], int(total)
 
     async def with_status(self, status: str) -> list[str]:
         return sorted(m.decode() for m in await self._r.smembers(self._status_key(status)))
