@@ -215,6 +215,8 @@ class FastConnection(asyncio.Protocol):
     def process(self) -> None:
         while not self.busy and not self.closing and self.transport is not None:
             buf = self.buf
+            if not buf:
+                break
             end = buf.find(b"\r\n\r\n")
             if end < 0:
                 if len(buf) > self.fastpath.max_header_size or _malformed(buf):
@@ -371,7 +373,7 @@ class FastConnection(asyncio.Protocol):
         delivery = self.fastpath.delivery
         found = delivery.lookup_pulled(request.video_id, request.rel)
         if isinstance(found, Servable):
-            self.respond(request, found, started)
+            self.answer_entry(request, found, started)
             return True
         redis = delivery.redis
         if found is None or redis is None:
@@ -388,17 +390,21 @@ class FastConnection(asyncio.Protocol):
                 # Not in Redis: the full path asks the tiers past it, without asking Redis again.
                 self.handle(request, raw, started, past_redis=True)
             else:
-                entry = delivery.redis_hit(key, record)
-                if request.plain and entry.body is not None:  # a 200 as built: as answer_now does
-                    self.write_now(request, self.plain_head(request, entry), entry.body,
-                                   entry.size if request.is_get else 0, started)
-                else:
-                    self.respond(request, entry, started)
+                self.answer_entry(request, delivery.redis_hit(key, record), started)
             if not self.busy:
                 self.process()
 
         redis.get_soon(key, answered)
         return True
+
+    def answer_entry(self, request: Request, entry: Servable, started: float) -> None:
+        """A tier's servable: a plain request for a body in memory gets the 200 as built, as
+        answer_now writes a local file's; anything else the general answer."""
+        if request.plain and entry.body is not None:
+            self.write_now(request, self.plain_head(request, entry), entry.body,
+                           entry.size if request.is_get else 0, started)
+        else:
+            self.respond(request, entry, started)
 
     def abort(self) -> None:
         self.closing = True
