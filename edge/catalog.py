@@ -17,7 +17,7 @@ from typing import Any, Literal, Protocol, TypeVar
 import msgspec
 
 from streamgate.common.redis_keys import DEFAULT_PREFIX
-from streamgate.common.sqlite import SqliteThread, connect
+from streamgate.common.sqlite import SqliteThread
 
 Status = Literal["uploading", "queued", "transcoding", "ready", "failed"]
 STATUSES: tuple[str, ...] = ("uploading", "queued", "transcoding", "ready", "failed")
@@ -136,7 +136,9 @@ class SqliteCatalog:
         # one it would wait for (a WAL reset, recovery) into SQLITE_BUSY, answered by the thread.
         # Each thread hop is two wake-ups, and on a loaded machine each wake-up waits behind the
         # other runnable processes: that, not the query (0.1 ms), was a page's p99 (issue 18).
-        self._reader = connect(path, busy_timeout_s=0)
+        # Not common.sqlite.connect: the file is in WAL already (the thread's connection made it
+        # so), and setting the journal mode could itself wait for a lock.
+        self._reader = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=0)
         self._reader.execute("PRAGMA query_only=ON")
 
     async def create(self, video: Video) -> None:
