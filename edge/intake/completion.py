@@ -28,7 +28,7 @@ from aiohttp import web
 from streamgate.common.config import Config
 from streamgate.edge import stores
 from streamgate.edge.access import playback as access
-from streamgate.edge.intake import concat, s3_upload
+from streamgate.edge.intake import concat, s3_upload, source_hash
 from streamgate.edge.intake import farm_link as farm_api
 from streamgate.edge.intake.metadata import metadata_text
 from streamgate.edge.intake.paths import partial_path, source_path
@@ -98,7 +98,12 @@ async def complete_upload(app: web.Application, upload: Upload) -> Upload:
         upload = msgspec.structs.replace(upload, done=True)
         await app[stores.UPLOAD_STORE].save(upload)
         return upload
-    sha256 = found or await asyncio.to_thread(_hash_file, source)
+    hashes = source_hash.of(app)
+    # The running hash of the bytes as they arrived (edge/intake/source_hash.py), else one read.
+    sha256 = found or (hashes.digest(upload.id, upload.length) if hashes is not None else None) \
+        or await asyncio.to_thread(_hash_file, source)
+    if hashes is not None:
+        hashes.forget(upload.id)
     # In a fleet the source is an object (its key), on one node this host's path.
     where = upload.source_key or str(source)
     queued = await catalog.update(upload.id, {"status": "queued", "sha256": sha256, "source": where,
@@ -137,6 +142,8 @@ async def discard_upload(app: web.Application, upload: Upload) -> None:
     with contextlib.suppress(FileNotFoundError):
         partial_path(config, upload.id).unlink()
     await app[stores.UPLOAD_STORE].remove(upload.id)
+    if (hashes := source_hash.of(app)) is not None:
+        hashes.forget(upload.id)
     if not upload.done:
         await app[stores.CATALOG].delete(upload.id)
         access.forget(app, upload.id)
