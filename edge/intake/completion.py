@@ -71,21 +71,23 @@ async def complete_upload(app: web.Application, upload: Upload) -> Upload:
     """Idempotent; run under the upload's lock once ``offset == length``."""
     if upload.partial:  # tus concatenation: a part of a file, never a video of its own
         return await concat.finish_partial(app, upload)
-    if upload.concat:  # the final upload: its partials joined into its bytes first
-        try:
-            upload = await concat.assemble(app, upload)
-        except FileNotFoundError as exc:
-            log.error("upload %s: cannot assemble: %s", upload.id, exc)
-            await app[stores.CATALOG].update(upload.id, {"status": "failed", "error": "a partial upload was lost"},
-                                             when={"uploading"})
-            upload = msgspec.structs.replace(upload, done=True)
-            await app[stores.UPLOAD_STORE].save(upload)
-            return upload
     config: Config = app[CONFIG]
     catalog = app[stores.CATALOG]
     video = await catalog.get(upload.id)
     filename = video.filename if video else metadata_text(upload.metadata, "filename")
     partial, source = partial_path(config, upload.id), source_path(config, upload.id, filename)
+    # The final upload: its partials joined into its bytes first, unless an edge cut short after
+    # the join moved them into place (the first partial's file is the source then).
+    if upload.concat and (upload.source_key or not source.exists()):
+        try:
+            upload = await concat.assemble(app, upload)
+        except FileNotFoundError as exc:
+            log.error("upload %s: cannot assemble: %s", upload.id, exc)
+            await catalog.update(upload.id, {"status": "failed", "error": "a partial upload was lost"},
+                                 when={"uploading"})
+            upload = msgspec.structs.replace(upload, done=True)
+            await app[stores.UPLOAD_STORE].save(upload)
+            return upload
     found: str | None = ""
     if upload.source_key:  # storage.backend: s3: complete the multipart upload
         found = await s3_upload.complete(app[OBJECT_STORE], upload)

@@ -190,7 +190,7 @@ async def receive(request: web.Request, config: Config, upload: Upload,
                     raise
                 received += len(chunk)
                 await sink.feed(chunk)
-                if hasher is None and sink.written - durable >= CHECKPOINT_BYTES:
+                if hasher is None and base + received - durable >= CHECKPOINT_BYTES:
                     await checkpoint()
             await sink.drain()
         except (ClientPayloadError, ConnectionError) as exc:
