@@ -88,6 +88,10 @@ async def complete_upload(app: web.Application, upload: Upload) -> Upload:
             upload = msgspec.structs.replace(upload, done=True)
             await app[stores.UPLOAD_STORE].save(upload)
             return upload
+    hashes = source_hash.of(app)
+    # The running hash of the bytes as they were acknowledged (edge/intake/source_hash.py), taken
+    # before the partial file moves; else the source is read once below.
+    running = await hashes.digest(upload.id, upload.length) if hashes is not None else None
     found: str | None = ""
     if upload.source_key:  # storage.backend: s3: complete the multipart upload
         found = await s3_upload.complete(app[OBJECT_STORE], upload)
@@ -100,10 +104,7 @@ async def complete_upload(app: web.Application, upload: Upload) -> Upload:
         upload = msgspec.structs.replace(upload, done=True)
         await app[stores.UPLOAD_STORE].save(upload)
         return upload
-    hashes = source_hash.of(app)
-    # The running hash of the bytes as they arrived (edge/intake/source_hash.py), else one read.
-    sha256 = found or (hashes.digest(upload.id, upload.length) if hashes is not None else None) \
-        or await asyncio.to_thread(_hash_file, source)
+    sha256 = found or running or await asyncio.to_thread(_hash_file, source)
     if hashes is not None:
         hashes.forget(upload.id)
     # In a fleet the source is an object (its key), on one node this host's path.

@@ -18,6 +18,7 @@ import os
 import re
 import time
 import uuid
+from collections.abc import AsyncIterator
 from email.utils import formatdate
 from typing import Any
 
@@ -134,6 +135,17 @@ def _unavailable(config: Config, exc: StorageUnavailable, offset: int | None = N
                   f"the object store is unavailable ({exc}); resume later", **extra)
 
 
+async def _body_chunks(request: web.Request) -> AsyncIterator[bytes]:
+    """The body as the socket delivered it: ``iter_any`` would join what is buffered into one
+    bytes (a copy of every byte on the event loop); the sink takes the pieces as they are."""
+    while True:
+        chunk, end_of_http_chunk = await request.content.readchunk()
+        if chunk:
+            yield chunk
+        elif not end_of_http_chunk:
+            return
+
+
 async def receive(request: web.Request, config: Config, upload: Upload,
                   checksum: tuple[Any, bytes] | None) -> Upload:
     """Append the request body at ``upload.offset``; returns the upload with its durable offset.
@@ -150,11 +162,9 @@ async def receive(request: web.Request, config: Config, upload: Upload,
         raise _error(config, 413, "payload too large",
                      f"{request.content_length} bytes at offset {base} exceed Upload-Length {upload.length}")
     hasher = checksum[0]() if checksum else None
-    hashes = source_hash.of(request.app)
-    # The source's sha256 as the bytes arrive (a partial upload is never a source of its own).
-    whole = hashes.resume(upload.id, base) if hashes is not None and not upload.partial else None
-    fd = os.open(partial_path(config, upload.id), os.O_WRONLY | os.O_CREAT, 0o600)
-    sink = BodySink(fd, base, [h for h in (hasher, whole) if h is not None])
+    path = partial_path(config, upload.id)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    sink = BodySink(fd, base, [hasher] if hasher is not None else [])
     received = 0
     durable = base
 
@@ -177,7 +187,7 @@ async def receive(request: web.Request, config: Config, upload: Upload,
         # Bytes past the acknowledged offset were never reported: cut them before writing.
         os.ftruncate(fd, base)
         try:
-            async for chunk in request.content.iter_any():
+            async for chunk in _body_chunks(request):
                 if received + len(chunk) > room:
                     raise _error(config, 413, "payload too large",
                                  f"the body runs past Upload-Length {upload.length}")
@@ -225,12 +235,14 @@ async def receive(request: web.Request, config: Config, upload: Upload,
             raise _error(config, 507, "insufficient storage",
                          f"the edge could not store the upload ({exc.strerror}); resume later",
                          **{"Upload-Offset": str(durable)}) from None
-        if whole is not None and hashes is not None and durable == sink.written:
-            hashes.keep(upload.id, durable, whole)
     finally:
         # No thread may still write to the descriptor (or the upload, once its lock is released).
         await sink.settle()
         os.close(fd)
+        hashes = source_hash.of(request.app)
+        if hashes is not None and not upload.partial and upload.offset > base:
+            # The source's sha256, from the bytes just acknowledged (a partial is never a source).
+            hashes.advance(upload.id, path, base, upload.offset)
     return upload
 
 
@@ -484,7 +496,8 @@ async def method_override(request: web.Request) -> web.StreamResponse:
 
 
 def setup(app: web.Application) -> None:
-    app[source_hash.SOURCE_HASHES] = source_hash.SourceHashes()
+    hashes = app[source_hash.SOURCE_HASHES] = source_hash.SourceHashes()
+    app.on_cleanup.append(hashes.close)
     app.router.add_post("/api/v1/uploads", create)
     app.router.add_route("OPTIONS", "/api/v1/uploads", options)
     item = "/api/v1/uploads/{upload_id:[0-9a-f]{32}}"
