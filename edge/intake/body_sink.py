@@ -6,14 +6,15 @@ while the loop reads the next batch from the socket. Batches are adaptive: a bat
 as soon as the previous one is done, so a slow body is written as it arrives and a fast one in
 large batches. One batch is in flight at a time, so the writes and the hash updates keep their order.
 
-Flushing starts early: once some megabytes are written, an ``fdatasync`` runs in the background
-while the body keeps arriving, so the one that makes the PATCH durable at the end finds little
-left to write (the disk works while the network does). Nothing here acknowledges anything:
-``sync`` is the barrier the caller saves the offset after.
+Writeback starts early: each batch, once written, is queued for writeback
+(``sync_file_range``, common/writeback.py), so the disk works while the body still arrives and
+the one ``fdatasync`` that makes the PATCH durable at the end finds little left to write -- one
+disk barrier per PATCH, as before. Nothing here acknowledges anything: ``sync`` is the barrier
+the caller saves the offset after.
 
-No batch or flush is ever left running when the sink is settled: every exit of a PATCH waits for
-them (even when cancelled) before it cuts the file, closes the descriptor or releases the
-upload's lock, so a later PATCH never races a stale write.
+No batch is ever left running when the sink is settled: every exit of a PATCH waits for it (even
+when cancelled) before it cuts the file, closes the descriptor or releases the upload's lock, so
+a later PATCH never races a stale write.
 """
 
 from __future__ import annotations
@@ -22,11 +23,11 @@ import asyncio
 import os
 from typing import Any
 
+from streamgate.common import writeback
+
 # A batch is handed over at once when the thread is idle; while it is busy, received chunks queue
 # up to this many bytes before the loop waits for it (the memory a PATCH may hold).
 MAX_QUEUED = 16 * 2**20
-# Start a background flush once this many written bytes are not flushed yet.
-FLUSH_AHEAD = 4 * 2**20
 
 
 def _write_at(fd: int, pieces: list[bytes], at: int) -> None:
@@ -49,18 +50,17 @@ class BodySink:
         self.hashers = hashers
         self.queued = start  # offset after the bytes handed over (queued or written)
         self.written = start  # offset after the bytes written (and hashed)
-        self._unflushed = 0
         self._queue: list[bytes] = []
         self._queue_bytes = 0
         self._batch: asyncio.Future[None] | None = None
         self._batch_bytes = 0
-        self._flush: asyncio.Future[None] | None = None
 
     def _work(self, pieces: list[bytes], at: int) -> None:
         for hasher in self.hashers:
             for piece in pieces:
                 hasher.update(piece)
         _write_at(self.fd, pieces, at)
+        writeback.start(self.fd, at, sum(map(len, pieces)))
 
     async def feed(self, chunk: bytes) -> None:
         """Queue a received chunk; hand the queue over when the thread is free (OSError from the
@@ -87,12 +87,6 @@ class BodySink:
         batch, self._batch = self._batch, None
         await batch  # an OSError (disk full) propagates; the bytes it carried count as not written
         self.written += self._batch_bytes
-        self._unflushed += self._batch_bytes
-        if self._unflushed >= FLUSH_AHEAD and (self._flush is None or self._flush.done()):
-            if self._flush is not None:
-                self._flush.result()
-            self._unflushed = 0
-            self._flush = asyncio.ensure_future(asyncio.to_thread(os.fdatasync, self.fd))
 
     async def drain(self) -> None:
         """Every received byte written (and hashed)."""
@@ -101,28 +95,26 @@ class BodySink:
         await self._wait_batch()
 
     async def sync(self) -> None:
-        """Every received byte written and durable (the early flush, then a last ``fdatasync``:
-        data and the size that reaches it, all a reader after a crash needs)."""
+        """Every received byte written and durable (``fdatasync``: the data and the size that
+        reaches it, all a reader after a crash needs)."""
         await self.drain()
-        if self._flush is not None:
-            flush, self._flush = self._flush, None
-            await flush
-        self._unflushed = 0
-        await asyncio.to_thread(os.fdatasync, self.fd)
+        # Tracked like a batch: settle waits for it before the descriptor may close.
+        self._batch, self._batch_bytes = asyncio.ensure_future(asyncio.to_thread(os.fdatasync, self.fd)), 0
+        await self._wait_batch()
 
     async def settle(self) -> None:
-        """Wait, whatever happens, until no batch or flush runs on the descriptor; errors dropped
-        (the caller is on an error path already). Cancellation is held until then and re-raised."""
+        """Wait, whatever happens, until no batch runs on the descriptor; errors dropped (the
+        caller is on an error path already). Cancellation is held until then and re-raised."""
         cancelled = False
-        for task in (self._batch, self._flush):
-            while task is not None and not task.done():
-                try:
-                    await asyncio.wait({task})
-                except asyncio.CancelledError:
-                    cancelled = True
-            if task is not None and not task.cancelled():
-                task.exception()  # retrieved: a failed background write is not "never retrieved"
-        self._batch = self._flush = None
+        task = self._batch
+        while task is not None and not task.done():
+            try:
+                await asyncio.wait({task})
+            except asyncio.CancelledError:
+                cancelled = True
+        if task is not None and not task.cancelled():
+            task.exception()  # retrieved: a failed background write is not "never retrieved"
+        self._batch = None
         self._queue, self._queue_bytes = [], 0
         if cancelled:
             raise asyncio.CancelledError

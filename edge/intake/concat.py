@@ -35,6 +35,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from streamgate.common import writeback
 from streamgate.common.config import Config
 from streamgate.common.storage import ObjectStore, UploadNotFound
 from streamgate.edge import stores
@@ -218,6 +219,7 @@ def _copy_hashed(src: int, dst: int, length: int, at: int, digest: Any) -> None:
             while view:
                 n = os.pwrite(dst, view, pos)
                 view, pos = view[n:], pos + n
+            writeback.start(dst, at + done, len(block))  # the disk works while the next block copies
             done += len(block)
         if pending is not None:
             pending.result()
