@@ -44,13 +44,44 @@ class StoreFull(OSError):
     """A SQLite write failed because the disk is full (SQLITE_FULL): an ENOSPC like any other."""
 
 
+def is_full(exc: BaseException) -> bool:
+    """``exc`` is SQLite's SQLITE_FULL: the file's disk has no room for the write."""
+    return isinstance(exc, sqlite3.OperationalError) and getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+
+
 def _translated(fn: Callable[..., T], db: sqlite3.Connection, *args: Any) -> T:
     try:
         return fn(db, *args)
     except sqlite3.OperationalError as exc:
-        if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+        if is_full(exc):
             raise StoreFull(errno.ENOSPC, f"SQLite: {exc}") from exc
         raise
+
+
+def transaction(db: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
+    """``fn(db)`` in one ``BEGIN IMMEDIATE`` transaction, SQLITE_FULL raised as :class:`StoreFull`.
+
+    SQLite may roll a transaction back by itself on SQLITE_FULL (sqlite.org/lang_transaction.html),
+    and COMMIT is where a WAL write meets a full disk: the ROLLBACK is issued only while a
+    transaction is still open, so its "no transaction is active" never hides the real error.
+    """
+    def run(db: sqlite3.Connection) -> T:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn(db)
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        return result
+
+    return _translated(run, db)
+
+
+def write(db: sqlite3.Connection, sql: str, args: Any = ()) -> sqlite3.Cursor:
+    """One autocommitted statement, SQLITE_FULL raised as :class:`StoreFull`."""
+    return _translated(lambda db: db.execute(sql, args), db)
 
 
 class SqliteThread:

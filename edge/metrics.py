@@ -33,6 +33,9 @@ class EdgeMetrics:
     def __init__(self) -> None:
         import prometheus_client as pc
 
+        from streamgate.common.metrics import reserve_files
+
+        reserve_files()  # a spawned edge process maps its files like any other (common/metrics.py)
         pc.disable_created_metrics()
         self.requests = pc.Counter("streamgate_edge_requests_total",
                                    "Playback requests answered, by route class and status.",

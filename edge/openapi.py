@@ -100,7 +100,10 @@ SPEC: dict[str, Any] = {
             parameters=[
                 {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100}},
                 {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}},
-                {"name": "mine", "in": "query", "schema": {"type": "string", "enum": ["1", "true", "yes", "0"]}},
+                {"name": "mine", "in": "query",
+                 "schema": {"type": "string", "enum": ["1", "true", "yes", "0", "false", "no"]}},
+                {"name": "after", "in": "query", "schema": {"type": "string", "pattern": "^[0-9.e+-]+_[0-9a-f]{32}$"},
+                 "description": "the cursor of a next link: the last video of the previous page"},
             ])},
         "/api/v1/videos/{video_id}": {
             "get": _op("One video", _responses({200: {"$ref": "#/components/schemas/Video"}}, 401, 403, 404),

@@ -18,6 +18,9 @@ from streamgate.common.config import Config
 def _gauges() -> tuple[Any, Any]:
     from prometheus_client import Gauge
 
+    from streamgate.common.metrics import reserve_files
+
+    reserve_files()
     # livemin/livemax: the edge processes of a node share the disk; a dead one's value goes.
     free = Gauge("streamgate_storage_free_bytes", "Free bytes on the file system of storage.data_dir",
                  multiprocess_mode="livemin")

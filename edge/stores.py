@@ -6,6 +6,7 @@ cleanup context that opens the stores (after the shared Redis client, see edge/a
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -26,6 +27,8 @@ NONCES = web.AppKey("nonces", NonceStore)
 SIGNER = web.AppKey("token_signer", TokenSigner)
 # edge/access/playback.py: video id -> (expires at (monotonic), visibility or None if unknown, owner).
 ACCESS_CACHE = web.AppKey("access_cache", dict[str, tuple[float, str | None, str]])
+# edge/access/playback.py: the catalog lookup in flight per video id, shared by its concurrent checks.
+ACCESS_LOOKUPS = web.AppKey("access_lookups", dict[str, "asyncio.Task[tuple[str | None, str]]"])
 
 
 def sqlite_path(config: Config) -> Any:
@@ -56,7 +59,12 @@ async def stores_ctx(app: web.Application) -> AsyncIterator[None]:
         app[RATE_LIMITER] = RateLimiter(config.edge.rate_limit, buckets, config.server.trusted_proxies)
     app[SIGNER] = TokenSigner(load_secret(config))
     app[ACCESS_CACHE] = {}
+    app[ACCESS_LOOKUPS] = {}
     yield
+    lookups = list(app[ACCESS_LOOKUPS].values())
+    for task in lookups:
+        task.cancel()
+    await asyncio.gather(*lookups, return_exceptions=True)
     for store in (app[CATALOG], app[UPLOAD_STORE], app[NONCES]):
         await store.close()
     if redis is None:

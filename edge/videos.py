@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import shutil
 import time
 import urllib.parse
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
 from aiohttp import web
 
 from streamgate.common import layout
@@ -36,8 +38,12 @@ MAX_PAGE = 100
 _VIDEO_ID = "{video_id:[0-9a-f]{32}}"
 
 
+@functools.lru_cache(maxsize=4096)  # a video's created_at never changes; a page shows 20 of them
 def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+_json = msgspec.json.Encoder().encode
 
 
 def _base(request: web.Request, config: Config) -> str:
@@ -99,6 +105,19 @@ def _int_query(request: web.Request, name: str, default: int, low: int, high: in
     return int(raw)
 
 
+_YES, _NO = ("1", "true", "yes"), ("0", "false", "no")
+
+
+def _flag(request: web.Request, name: str) -> bool:
+    """A yes/no query parameter (absent: no); anything else is the client's mistake, not a silent no."""
+    raw = request.query.get(name)
+    if raw is None:
+        return False
+    if raw.lower() not in _YES + _NO:
+        raise HTTPError(400, "bad request", f"{name} must be one of 1, true, yes, 0, false, no")
+    return raw.lower() in _YES
+
+
 async def list_videos(request: web.Request) -> web.Response:
     """Public videos newest first; ``?mine=1`` lists the caller's own, private ones included."""
     config: Config = request.app[CONFIG]
@@ -106,7 +125,7 @@ async def list_videos(request: web.Request) -> web.Response:
     await enforce(request, "api", caller)
     limit = _int_query(request, "limit", 20, 1, MAX_PAGE)
     offset = _int_query(request, "offset", 0, 0, 10**9)
-    mine = request.query.get("mine", "") in ("1", "true", "yes")
+    mine = _flag(request, "mine")
     if mine and not caller:
         raise HTTPError(401, "unauthorized", "mine=1 lists a wallet's videos: send its bearer token",
                         {"WWW-Authenticate": "Bearer"})
@@ -123,8 +142,10 @@ async def list_videos(request: web.Request) -> web.Response:
         cursor = urllib.parse.quote(f"{last.created_at!r}_{last.id}", safe="")
         next_url = (f"/api/v1/videos?limit={limit}&offset={following}&after={cursor}"
                     + ("&mine=1" if mine else ""))
-    return web.json_response({"videos": [video_json(v, base) for v in videos], "total": total,
-                              "limit": limit, "offset": offset, "next": next_url})
+    # msgspec: a fifth of json.dumps's time for a page of 20 (issue 18).
+    return web.Response(body=_json({"videos": [video_json(v, base) for v in videos], "total": total,
+                                    "limit": limit, "offset": offset, "next": next_url}),
+                        content_type="application/json", charset="utf-8")
 
 
 async def _visible(request: web.Request, video_id: str) -> Video:

@@ -11,12 +11,19 @@ or when its frame count stops advancing for ``broker.stall_timeout`` (the worker
 and, if it cannot, kills itself; its pool replaces it). A lost lease requeues the job; after
 ``broker.max_retries`` failed runs the job is dead-lettered (state ``failed``) with the reason.
 Every state change is written to the journal before it is acknowledged or acted on.
+
+A full disk (the journal's write fails with ENOSPC) is no crash: a submit it cannot journal is
+refused with the reason (the edge keeps the video queued and resubmits), and a change to a job
+already accepted is kept in memory and written as soon as there is room again (``flush_journal``).
+Until then a kill of the broker replays that job's last journaled state: it runs again, never
+lost (issue 14).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import errno
 import heapq
 import logging
 import time
@@ -77,6 +84,13 @@ RETRY_BACKOFF_MAX_S = 60.0  # longest wait before a failed job runs again
 # Submits read from the socket in one turn and journaled in one commit, at most.
 GROUP_COMMIT_MAX = 256
 
+NO_ROOM = "no space left on device: the broker's journal cannot record the job; retry when the disk has room"
+JOURNAL_RETRY_S = 1.0  # how often changes kept in memory on a full disk are tried again
+
+
+def _no_room(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
 
 class WorkerState:
     """What the broker knows of one connected worker (keyed by its ROUTER identity)."""
@@ -133,6 +147,9 @@ class Broker:
         self.max_running = config.transcoder.max_concurrent_tasks
         self.queue = JobQueue()
         self.jobs: dict[str, JobRecord] = {}  # not terminal; terminal ones are read from the journal
+        # Changes the journal could not take (disk full), newest per job, written when it can.
+        self._unsaved: dict[str, JobRecord] = {}
+        self._next_flush = 0.0
         self.leases: dict[str, Lease] = {}
         self.workers: dict[bytes, WorkerState] = {}
         self.idle: collections.OrderedDict[bytes, None] = collections.OrderedDict()  # LRU first
@@ -228,6 +245,7 @@ class Broker:
             last_turn = now
             await self.purge_workers(now)
             await self.check_leases(now)
+            await self.flush_journal(now)
             await self.prune_journal(now)
             if now >= next_beat:
                 next_beat = now + self.heartbeat_s
@@ -354,7 +372,7 @@ class Broker:
                 self.leases[ready.job_id] = lease
                 worker.lease = lease
                 record.state, record.worker = "running", worker.worker_id
-                await self.journal.save(record)
+                await self.save(record)
                 self._observe_queue()
                 log.info("broker: %s took back job %s attempt %d", worker.worker_id, ready.job_id,
                          ready.attempt)
@@ -406,7 +424,7 @@ class Broker:
             del self.leases[message.job_id]
         record.state, record.result, record.reason = "done", message.result, ""
         record.elapsed_s = message.elapsed_s
-        await self.journal.save(record)
+        await self.save(record)
         del self.jobs[message.job_id]
         self.totals.done += 1
         self.totals.done_seconds += message.elapsed_s
@@ -492,7 +510,7 @@ class Broker:
             record.state = "failed"
             record.reason = (f"{reason} (after {record.failures} failed attempts)"
                              if record.failures > 1 else reason)
-            await self.journal.save(record)
+            await self.save(record)
             del self.jobs[record.job_id]
             self.totals.failed += 1
             self._count("failed")
@@ -501,7 +519,7 @@ class Broker:
                                    final=True))
         else:
             record.state = "queued"
-            await self.journal.save(record)
+            await self.save(record)
             if failure and self.retry_backoff_s > 0:
                 # Doubling per failure, capped: the broker's loop queues it when it is due.
                 delay = min(self.retry_backoff_s * 2 ** (record.failures - 1), RETRY_BACKOFF_MAX_S)
@@ -517,13 +535,50 @@ class Broker:
                                    attempt=record.attempts))
         self._observe_queue()
 
+    async def save(self, record: JobRecord) -> None:
+        """Journal a change of an accepted job; on a full disk keep it for ``flush_journal``."""
+        try:
+            await self.journal.save(record)
+        except OSError as exc:
+            if not _no_room(exc):
+                raise
+            if not self._unsaved:
+                log.warning("broker: journal write failed (%s); changes kept in memory until the disk has room", exc)
+            self._unsaved[record.job_id] = record
+            return
+        self._unsaved.pop(record.job_id, None)
+
+    async def flush_journal(self, now: float) -> None:
+        """Write the changes a full disk held back, all in one commit, once there is room."""
+        if not self._unsaved or now < self._next_flush:
+            return
+        try:
+            await self.journal.save_many(list(self._unsaved.values()))
+        except OSError as exc:
+            if not _no_room(exc):
+                raise
+            self._next_flush = now + JOURNAL_RETRY_S
+            return
+        log.info("broker: the journal takes writes again: %d held-back changes written", len(self._unsaved))
+        self._unsaved.clear()
+
+    def _known(self, job_id: str) -> JobRecord | None:
+        """A job's record not yet in the journal's latest state: live, or held back by a full disk."""
+        return self.jobs.get(job_id) or self._unsaved.get(job_id)
+
     async def prune_journal(self, now: float) -> None:
         """Drop finished jobs past ``broker.journal_retention``, a batch a turn so the loop never
         stalls on it; after a short batch, wait a while before looking again."""
         if self.retention_s <= 0 or now < self._next_prune:
             return
         batch = 1000
-        dropped = await self.journal.prune(time.time() - self.retention_s, limit=batch)
+        try:
+            dropped = await self.journal.prune(time.time() - self.retention_s, limit=batch)
+        except OSError as exc:
+            if not _no_room(exc):
+                raise
+            self._next_prune = now + min(60.0, self.retention_s / 10)
+            return
         self._next_prune = now if dropped >= batch else now + min(60.0, self.retention_s / 10)
         if dropped:
             log.info("broker: pruned %d finished jobs older than %gs from the journal", dropped, self.retention_s)
@@ -551,7 +606,7 @@ class Broker:
             lease = Lease(job_id, record.attempts, worker, time.monotonic() + self.task_timeout_s)
             self.leases[job_id] = lease
             worker.lease = lease
-            await self.journal.save(record)
+            await self.save(record)
             await self.send_worker(identity, Assign(job=record.spec, attempt=record.attempts))
             self.publish(JobStarted(job_id=job_id, attempt=record.attempts, worker=worker.worker_id))
             self._observe_queue()
@@ -585,7 +640,7 @@ class Broker:
             if not spec.job_id:
                 replies.append(SubmitReply(request_id=request_id, accepted=False, reason="job_id is empty"))
                 continue
-            existing = (in_batch.get(spec.job_id) or self.jobs.get(spec.job_id)
+            existing = (in_batch.get(spec.job_id) or self._known(spec.job_id)
                         or await self.journal.get(spec.job_id))
             if existing is not None and existing.state in ("queued", "running", "done"):
                 # A resubmit (the client timed out, or the edge resumed) is acknowledged, not repeated.
@@ -604,7 +659,16 @@ class Broker:
             replies.append(None)
         if accepted:
             # Durable before any client hears "accepted": one commit (one fsync) for the batch.
-            await self.journal.save_many([record for _, record in accepted])
+            try:
+                await self.journal.save_many([record for _, record in accepted])
+            except OSError as exc:
+                if not _no_room(exc):
+                    raise
+                log.warning("broker: refused %d submit(s): %s", len(accepted), exc)
+                for index, _ in accepted:
+                    replies[index] = SubmitReply(request_id=requests[index].request_id, accepted=False,
+                                                 reason=NO_ROOM, retry_after_s=10.0)
+                return [reply for reply in replies if reply is not None]
             for index, record in accepted:
                 spec = record.spec
                 self.jobs[spec.job_id] = record
@@ -619,7 +683,7 @@ class Broker:
     async def cancel(self, job_id: str) -> tuple[bool, str]:
         record = self.jobs.get(job_id)
         if record is None:
-            stored = await self.journal.get(job_id)
+            stored = self._unsaved.get(job_id) or await self.journal.get(job_id)
             return False, stored.state if stored else ""
         lease = self.leases.pop(job_id, None)
         if lease is not None and lease.worker is not None:
@@ -628,7 +692,7 @@ class Broker:
             lease.worker.lease = None  # busy until it says READY again
         self.queue.remove(job_id)
         record.state, record.reason, record.worker = "cancelled", "cancelled", ""
-        await self.journal.save(record)
+        await self.save(record)
         del self.jobs[job_id]
         self._count("cancelled")
         self.publish(JobCancelled(job_id=job_id))
@@ -636,7 +700,7 @@ class Broker:
         return True, "cancelled"
 
     async def job_info(self, job_id: str) -> JobInfo | None:
-        record = self.jobs.get(job_id) or await self.journal.get(job_id)
+        record = self._known(job_id) or await self.journal.get(job_id)
         if record is None:
             return None
         lease = self.leases.get(job_id)

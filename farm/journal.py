@@ -9,6 +9,7 @@ same records in Redis by implementing the same five methods.
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from pathlib import Path
 from typing import Protocol
@@ -17,7 +18,7 @@ import msgspec
 
 from streamgate.common.media import TranscodeResult
 from streamgate.common.protocol import TERMINAL_STATES, JobInfo, JobSpec, JobState
-from streamgate.common.sqlite import connect
+from streamgate.common.sqlite import connect, transaction, write
 
 
 class JobRecord(msgspec.Struct, kw_only=True):
@@ -63,7 +64,8 @@ class Journal(Protocol):
     async def get(self, job_id: str) -> JobRecord | None: ...
 
     async def save(self, record: JobRecord) -> None:
-        """Durably write ``record`` (insert or replace by job id) before returning."""
+        """Durably write ``record`` (insert or replace by job id) before returning; raises
+        ``common.sqlite.StoreFull`` (an ENOSPC OSError) when the disk has no room for it."""
 
     async def save_many(self, records: list[JobRecord]) -> None:
         """Durably write every one of ``records`` together (one commit) before returning."""
@@ -130,18 +132,12 @@ class SqliteJournal:
         return (record.job_id, record.state, record.elapsed_s, record.updated_at, self._encode(record))
 
     async def save(self, record: JobRecord) -> None:
-        self._db.execute(self._UPSERT, self._row(record))
+        write(self._db, self._UPSERT, self._row(record))
 
     async def save_many(self, records: list[JobRecord]) -> None:
         # One transaction: with synchronous=FULL its COMMIT is the batch's only fsync.
         rows = [self._row(record) for record in records]
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            self._db.executemany(self._UPSERT, rows)
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+        transaction(self._db, lambda db: db.executemany(self._UPSERT, rows))
 
     async def totals(self) -> Totals:
         done, seconds = self._db.execute(
@@ -154,9 +150,7 @@ class SqliteJournal:
 
     async def prune(self, before: float, *, limit: int = 1000) -> int:
         # One transaction: the rows go and their outcomes move into ``pruned`` together.
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        def batch(db: sqlite3.Connection) -> int:
             db.execute(
                 "CREATE TEMP TABLE IF NOT EXISTS prune_batch (job_id TEXT PRIMARY KEY, state TEXT, elapsed_s REAL)")
             db.execute("DELETE FROM prune_batch")
@@ -170,12 +164,10 @@ class SqliteJournal:
                 " failed = failed + (SELECT count(*) FROM prune_batch WHERE state = 'failed'),"
                 " done_seconds = done_seconds + (SELECT coalesce(sum(elapsed_s), 0) FROM prune_batch"
                 " WHERE state = 'done')")
-            count = db.execute("DELETE FROM jobs WHERE job_id IN (SELECT job_id FROM prune_batch)").rowcount
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        return count
+            count: int = db.execute("DELETE FROM jobs WHERE job_id IN (SELECT job_id FROM prune_batch)").rowcount
+            return count
+
+        return transaction(self._db, batch)
 
     async def close(self) -> None:
         self._db.close()

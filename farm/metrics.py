@@ -16,6 +16,10 @@ class FarmMetrics:
     def __init__(self) -> None:
         from prometheus_client import Counter, Gauge, Histogram
 
+        from streamgate.common.metrics import reserve_files
+
+        reserve_files()  # a spawned worker imports prometheus_client afresh (common/metrics.py)
+
         self.jobs = Counter("streamgate_farm_jobs_total", "Jobs by outcome (done, failed = dead-lettered,"
                             " retried, cancelled)", ["outcome"])
         # The broker is one process: its gauges are "livesum" so a dead broker's value disappears.

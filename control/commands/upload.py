@@ -16,9 +16,6 @@ from streamgate.control.edge_client import add_server_arguments
 
 HELP = "Upload a video over tus with a progress bar, follow its transcode, print the HLS and DASH URLs."
 
-CHUNK = 4 * 2**20
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", type=Path, help="the video file")
     parser.add_argument("--title", help="title (default: the file name)")
@@ -72,33 +69,38 @@ def main(args: argparse.Namespace, config: Config) -> int:
         client.close()
 
 
+def _signed_in_create(client: Any, console: Any, args: argparse.Namespace, create: Any) -> str:
+    """``create(headers)``, signing in with the wallet on a 401 first."""
+    from streamgate.control.tus_send import TusError
+
+    try:
+        return str(create(client.headers))
+    except TusError as exc:
+        if exc.status != 401:
+            raise
+    console.print(f"signing in with the wallet in {args.wallet_key}")
+    console.print(f"signed in as {client.sign_in()}")
+    return str(create(client.headers))
+
+
 def _upload(client: Any, args: argparse.Namespace, console: Any) -> str:
+    import requests
     from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
-    from tusclient import client as tus
-    from tusclient.exceptions import TusCommunicationError
+
+    from streamgate.control import tus_send
 
     metadata = _metadata(args)
     size = args.file.stat().st_size
-    with open(args.file, "rb") as stream:  # a stream: tuspy leaks the handles it opens from a path
-        tus_client = tus.TusClient(client.base + "/api/v1/uploads", headers=client.headers)
-        uploader = tus_client.uploader(file_stream=stream, chunk_size=CHUNK, metadata=metadata,
-                                       upload_checksum=True, retries=3, retry_delay=1)
-        try:
-            uploader.set_url(uploader.create_url())
-        except TusCommunicationError as exc:
-            if exc.status_code != 401:
-                raise
-            console.print(f"signing in with the wallet in {args.wallet_key}")
-            console.print(f"signed in as {client.sign_in()}")
-            tus_client.set_headers(client.headers)
-            uploader.set_url(uploader.create_url())
+    endpoint = client.base + "/api/v1/uploads"
+    with requests.Session() as session, open(args.file, "rb") as stream:
+        url = _signed_in_create(client, console, args,
+                                lambda headers: tus_send.create(session, endpoint, size, headers, metadata))
+        sender = tus_send.Sender(session, url, stream, size, client.headers)
         with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
                       TransferSpeedColumn(), console=console, transient=False) as progress:
             task = progress.add_task(f"upload {args.file.name}", total=size)
-            while uploader.offset < size:
-                uploader.upload_chunk()
-                progress.update(task, completed=uploader.offset)
-    return str(uploader.url).rstrip("/").rsplit("/", 1)[1]
+            sender.send(lambda offset: progress.update(task, completed=offset))
+    return url.rstrip("/").rsplit("/", 1)[1]
 
 
 class _Slice(io.RawIOBase):
@@ -143,72 +145,55 @@ def _metadata(args: argparse.Namespace) -> dict[str, str]:
     return metadata
 
 
-def _encode_metadata(metadata: dict[str, str]) -> str:
-    import base64
-
-    return ",".join(f"{k} {base64.b64encode(v.encode()).decode()}" for k, v in metadata.items())
-
-
 def _upload_parallel(client: Any, args: argparse.Namespace, console: Any) -> str:
-    """N partial uploads (``Upload-Concat: partial``) in threads, then the final one that joins
-    them into the video; the bar sums the parts' offsets."""
+    """N partial uploads (``Upload-Concat: partial``) in threads, each over its own connection,
+    then the final one that joins them into the video; the bar sums the parts' offsets."""
+    import requests
     from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
-    from tusclient import client as tus
-    from tusclient.exceptions import TusCommunicationError
 
+    from streamgate.control import tus_send
     from streamgate.control.edge_client import EdgeAPIError
 
     size = args.file.stat().st_size
     parts = max(1, min(args.parallel, size))
     bounds = [(i * size // parts, (i + 1) * size // parts) for i in range(parts)]
+    endpoint = client.base + "/api/v1/uploads"
+    sessions = [requests.Session() for _ in range(parts)]
+    try:
+        # The partial uploads are created here, one after the other (the first 401 signs in); only
+        # their bytes go in parallel.
+        urls: list[str] = []
+        for index, (start, end) in enumerate(bounds):
+            def create(headers: dict[str, str], session: Any = sessions[index], length: int = end - start) -> str:
+                return tus_send.create(session, endpoint, length, {**headers, "Upload-Concat": "partial"})
 
-    def uploader(index: int, url: str | None = None) -> Any:
-        start, end = bounds[index]
-        tus_client = tus.TusClient(client.base + "/api/v1/uploads",
-                                   headers={**client.headers, "Upload-Concat": "partial"})
-        return tus_client.uploader(file_stream=_Slice(args.file, start, end - start), url=url,
-                                   chunk_size=CHUNK, upload_checksum=True, retries=3, retry_delay=1)
+            urls.append(_signed_in_create(client, console, args, create) if not urls else create(client.headers))
+        lock = threading.Lock()
+        sent = [0] * parts
 
-    # The partial uploads are created here, one after the other (the first 401 signs in); only
-    # their bytes go in parallel.
-    urls: list[str] = []
-    for index in range(parts):
-        creator = uploader(index)
-        try:
-            urls.append(creator.create_url())
-        except TusCommunicationError as exc:
-            if exc.status_code != 401 or urls:
-                raise
-            console.print(f"signing in with the wallet in {args.wallet_key}")
-            console.print(f"signed in as {client.sign_in()}")
-            creator = uploader(index)
-            urls.append(creator.create_url())
-        finally:
-            creator.file_stream.close()
-    lock = threading.Lock()
-    sent = [0] * parts
+        def send(index: int, progress: Any, task: Any) -> str:
+            start, end = bounds[index]
 
-    def send(index: int, progress: Any, task: Any) -> str:
-        start, end = bounds[index]
-        part = uploader(index, urls[index])
-        try:
-            while part.offset < end - start:
-                part.upload_chunk()
+            def update(offset: int) -> None:
                 with lock:
-                    sent[index] = part.offset
+                    sent[index] = offset
                     progress.update(task, completed=sum(sent))
-        finally:
-            part.file_stream.close()
-        return urls[index]
 
-    with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
-                  TransferSpeedColumn(), console=console, transient=False) as progress:
-        task = progress.add_task(f"upload {args.file.name} ({parts} parts)", total=size)
-        with ThreadPoolExecutor(max_workers=parts, thread_name_prefix="upload-part") as pool:
-            list(pool.map(lambda i: send(i, progress, task), range(parts)))
+            with _Slice(args.file, start, end - start) as stream:
+                tus_send.Sender(sessions[index], urls[index], stream, end - start, client.headers).send(update)
+            return urls[index]
+
+        with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                      TransferSpeedColumn(), console=console, transient=False) as progress:
+            task = progress.add_task(f"upload {args.file.name} ({parts} parts)", total=size)
+            with ThreadPoolExecutor(max_workers=parts, thread_name_prefix="upload-part") as pool:
+                list(pool.map(lambda i: send(i, progress, task), range(parts)))
+    finally:
+        for session in sessions:
+            session.close()
     final = client.session.post(client.base + "/api/v1/uploads", timeout=600, headers={
         **client.headers, "Tus-Resumable": "1.0.0", "Upload-Concat": "final;" + " ".join(urls),
-        "Upload-Metadata": _encode_metadata(_metadata(args))})
+        "Upload-Metadata": tus_send.encode_metadata(_metadata(args))})
     if final.status_code != 201:
         raise EdgeAPIError(f"POST /api/v1/uploads (final): {final.status_code} {final.text[:200]}")
     return final.headers["Location"].rstrip("/").rsplit("/", 1)[1]

@@ -11,6 +11,7 @@ TTL, never a store round-trip per segment; a token check is one HMAC.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -49,21 +50,53 @@ def require_owner(owner: str, caller: str, what: str) -> None:
 
 async def _lookup(app: web.Application, video_id: str) -> tuple[str | None, str]:
     cache = app[stores.ACCESS_CACHE]
-    now = time.monotonic()
     entry = cache.get(video_id)
-    if entry is not None and entry[0] > now:
+    if entry is not None and entry[0] > time.monotonic():
         return entry[1], entry[2]
+    lookups = app.get(stores.ACCESS_LOOKUPS)
+    if lookups is None:
+        return await _fetch(app, video_id, None)
+    # When an entry expires every connection playing the video asks at once: one catalog read
+    # answers them all (issue 18: a herd of GETs, each checking out a pool connection, was a
+    # twelfth of a Redis-served playlist's CPU).
+    task = lookups.get(video_id)
+    if task is None:
+        task = asyncio.get_running_loop().create_task(_fetch(app, video_id, lookups),
+                                                      name="access-lookup")
+        lookups[video_id] = task
+        task.add_done_callback(lambda t: _reap(lookups, video_id, t))
+    return await asyncio.shield(task)
+
+
+async def _fetch(app: web.Application, video_id: str,
+                 lookups: dict[str, asyncio.Task[tuple[str | None, str]]] | None) -> tuple[str | None, str]:
+    cache = app[stores.ACCESS_CACHE]
+    now = time.monotonic()
     video = await app[stores.CATALOG].get(video_id)
-    if len(cache) >= _CACHE_MAX:
-        cache.clear()
     visibility, owner = (video.visibility, video.owner) if video else (None, "")
-    cache[video_id] = (now + CACHE_TTL_S, visibility, owner)
+    # A delete forgets the lookup in flight (forget below): its answer, read before the
+    # delete, must not be cached after it.
+    if lookups is None or lookups.get(video_id) is asyncio.current_task():
+        if len(cache) >= _CACHE_MAX:
+            cache.clear()
+        cache[video_id] = (now + CACHE_TTL_S, visibility, owner)
     return visibility, owner
+
+
+def _reap(lookups: dict[str, asyncio.Task[tuple[str | None, str]]], video_id: str,
+          task: asyncio.Task[tuple[str | None, str]]) -> None:
+    if lookups.get(video_id) is task:
+        del lookups[video_id]
+    if not task.cancelled():
+        task.exception()  # retrieved: each waiter gets it through its own await
 
 
 def forget(app: web.Application, video_id: str) -> None:
     """Drop a cached entry (this process) after a delete."""
     app[stores.ACCESS_CACHE].pop(video_id, None)
+    lookups = app.get(stores.ACCESS_LOOKUPS)
+    if lookups is not None:
+        lookups.pop(video_id, None)
 
 
 async def authorize_playback(request: web.Request, video_id: str) -> None:

@@ -12,6 +12,7 @@ handler once it knows the wallet.
 
 from __future__ import annotations
 
+import logging
 import math
 import sqlite3
 import time
@@ -26,6 +27,8 @@ from streamgate.common.redis_keys import RedisKeys
 from streamgate.common.sqlite import connect
 from streamgate.edge.access.client import client_address, parse_networks
 from streamgate.edge.errors import Handler, HTTPError
+
+log = logging.getLogger("streamgate.edge.ratelimit")
 
 Kind = Literal["api", "upload", "upload_bytes"]
 RATE_LIMITER: web.AppKey[RateLimiter] = web.AppKey("rate_limiter")
@@ -86,16 +89,31 @@ class SqliteBuckets:
 
     def __init__(self, path: Path) -> None:
         self._db: sqlite3.Connection = connect(path, busy_timeout_s=2.0, foreign_keys=False)
+        # While the data dir is full the file cannot take a write: this process's own buckets
+        # keep limiting (at worst N times the rate) instead of every limited route answering 500.
+        self._fallback = MemoryBuckets()
+        self._full = False
         self._db.execute("PRAGMA synchronous=OFF")
         self._db.execute("CREATE TABLE IF NOT EXISTS buckets (key TEXT PRIMARY KEY, tokens REAL NOT NULL, "
                          "ts REAL NOT NULL, granted INTEGER NOT NULL) WITHOUT ROWID")
         self._ops = 0
 
     async def take(self, key: str, rate: float, burst: int, now: float, cost: float = 1.0) -> float:
-        # fetchall: the statement must run to its end, or it keeps the file's write lock.
-        ((granted, tokens),) = self._db.execute(
-            _SQLITE_TAKE, {"key": key, "rate": rate, "burst": float(burst), "now": now,
-                           "cost": cost}).fetchall()
+        try:
+            # fetchall: the statement must run to its end, or it keeps the file's write lock.
+            ((granted, tokens),) = self._db.execute(
+                _SQLITE_TAKE, {"key": key, "rate": rate, "burst": float(burst), "now": now,
+                               "cost": cost}).fetchall()
+        except sqlite3.OperationalError as exc:
+            if getattr(exc, "sqlite_errorcode", None) != sqlite3.SQLITE_FULL:
+                raise
+            if not self._full:
+                log.warning("rate limits: %s; this process's own buckets limit until space returns", exc)
+            self._full = True
+            return await self._fallback.take(key, rate, burst, now, cost)
+        if self._full:
+            log.info("rate limits: the shared buckets take writes again")
+            self._full = False
         self._ops += 1
         if self._ops % self._PRUNE_EVERY == 0:
             self._db.execute("DELETE FROM buckets WHERE ts < ?", (now - self._IDLE_S,))

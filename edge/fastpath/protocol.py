@@ -215,6 +215,8 @@ class FastConnection(asyncio.Protocol):
     def process(self) -> None:
         while not self.busy and not self.closing and self.transport is not None:
             buf = self.buf
+            if not buf:
+                break
             end = buf.find(b"\r\n\r\n")
             if end < 0:
                 if len(buf) > self.fastpath.max_header_size or _malformed(buf):
@@ -263,15 +265,21 @@ class FastConnection(asyncio.Protocol):
         takes them, which it almost always does.
         """
         fastpath = self.fastpath
+        now = time.monotonic()
         if not fastpath.open_access:
             cache = fastpath.access_cache
             verdict = cache.get(request.video_id) if cache is not None else None
             # Only a video known to be public: a private one needs the check, and an unknown one
             # (deleted, or never catalogued) must get the full path's 404 even while some tier
             # still holds its files.
-            if verdict is None or verdict[1] != "public" or verdict[0] <= time.monotonic():
+            if verdict is None or verdict[1] != "public" or verdict[0] <= now:
                 return False
         if fastpath.delivery.store is not None:  # s3 mode: no media tree here (edge/playback/delivery.py)
+            return self.answer_pulled(request, raw, started)
+        if request.absent_until > now:
+            # Not on disk a moment ago: an edge serving from its hot tiers pays no failed open
+            # per request. Safe to skip: a tier holds only what an origin had, and a miss there
+            # sends the request to the full path, which looks on disk again.
             return self.answer_pulled(request, raw, started)
         local = request.local
         if local is None:
@@ -279,39 +287,15 @@ class FastConnection(asyncio.Protocol):
             local = request.local = (f"{video_dir}/{request.rel}", video_dir)
         entry = fastpath.files.get(local[0], request.rel, local[1])
         if entry is None:
+            request.absent_until = now + fastpath.files.valid_s
             return self.answer_pulled(request, raw, started)
         if entry.body is None and entry.fd is None:
             return False  # a closed descriptor: the full path answers
-        date = fastpath.date_line()
-        tail = request.tail
-        if request.http10:
-            head = b"".join((_OK_LINE_10, date, entry.full_block, tail, b"\r\n"))
-        elif tail or entry.fast_date is not date:
-            head = b"".join((_OK_LINE, date, entry.full_block, tail, b"\r\n"))
-            if not tail:
-                entry.fast_head, entry.fast_date = head, date
-        else:
-            head = entry.fast_head
-        if not request.keep_alive:
-            self.closing = True
+        head = self.plain_head(request, entry)
         size = entry.size if request.is_get else 0
         body = entry.body
         if body is not None or not size:
-            chunks = (head, body) if size and body is not None else (head,)
-            try:
-                n = os.writev(self.sock_fd, chunks)
-            except BlockingIOError:
-                n = 0
-            except OSError:
-                self.abort()
-                return True
-            if n < len(head) + size:  # the socket is full: the general writer sends the rest
-                rest = [head[n:]] if n < len(head) else []
-                if size and body is not None:
-                    rest.append(body[max(0, n - len(head)):])
-                self.send(request, 200, rest, None, 0, size, None, started)
-                return True
-            self.fastpath.metrics.observe(request.route, 200, size, time.perf_counter() - started)
+            self.write_now(request, head, body, size, started)
             return True
         fd = entry.fd
         # No body and a size: the file's descriptor is open (checked above).
@@ -344,6 +328,41 @@ class FastConnection(asyncio.Protocol):
         self.fastpath.metrics.observe(request.route, 200, size, time.perf_counter() - started)
         return True
 
+    def plain_head(self, request: Request, entry: Servable) -> bytes:
+        """The 200 head for a plain request (no range, no validator, no token)."""
+        date = self.fastpath.date_line()
+        tail = request.tail
+        if request.http10:
+            head = b"".join((_OK_LINE_10, date, entry.full_block, tail, b"\r\n"))
+        elif tail or entry.fast_date is not date:
+            head = b"".join((_OK_LINE, date, entry.full_block, tail, b"\r\n"))
+            if not tail:
+                entry.fast_head, entry.fast_date = head, date
+        else:
+            head = entry.fast_head
+        if not request.keep_alive:
+            self.closing = True
+        return head
+
+    def write_now(self, request: Request, head: bytes, body: bytes | None, size: int,
+                  started: float) -> None:
+        """A head and a small body with one ``writev``; the general writer sends what is left."""
+        chunks = (head, body) if size and body is not None else (head,)
+        try:
+            n = os.writev(self.sock_fd, chunks)
+        except BlockingIOError:
+            n = 0
+        except OSError:
+            self.abort()
+            return
+        if n < len(head) + size:  # the socket is full: the general writer sends the rest
+            rest = [head[n:]] if n < len(head) else []
+            if size and body is not None:
+                rest.append(body[max(0, n - len(head)):])
+            self.send(request, 200, rest, None, 0, size, None, started)
+            return
+        self.fastpath.metrics.observe(request.route, 200, size, time.perf_counter() - started)
+
     def answer_pulled(self, request: Request, raw: bytes, started: float) -> bool:
         """A public file this edge does not hold: the memory tier now, Redis without a task.
 
@@ -354,7 +373,7 @@ class FastConnection(asyncio.Protocol):
         delivery = self.fastpath.delivery
         found = delivery.lookup_pulled(request.video_id, request.rel)
         if isinstance(found, Servable):
-            self.respond(request, found, started)
+            self.answer_entry(request, found, started)
             return True
         redis = delivery.redis
         if found is None or redis is None:
@@ -371,12 +390,21 @@ class FastConnection(asyncio.Protocol):
                 # Not in Redis: the full path asks the tiers past it, without asking Redis again.
                 self.handle(request, raw, started, past_redis=True)
             else:
-                self.respond(request, delivery.redis_hit(key, record), started)
+                self.answer_entry(request, delivery.redis_hit(key, record), started)
             if not self.busy:
                 self.process()
 
         redis.get_soon(key, answered)
         return True
+
+    def answer_entry(self, request: Request, entry: Servable, started: float) -> None:
+        """A tier's servable: a plain request for a body in memory gets the 200 as built, as
+        answer_now writes a local file's; anything else the general answer."""
+        if request.plain and entry.body is not None:
+            self.write_now(request, self.plain_head(request, entry), entry.body,
+                           entry.size if request.is_get else 0, started)
+        else:
+            self.respond(request, entry, started)
 
     def abort(self) -> None:
         self.closing = True

@@ -84,7 +84,7 @@ class Request:
     that sends the same head bytes (``FastPath.plans``)."""
 
     __slots__ = ("method", "target", "keep_alive", "head", "lower", "video_id", "rel",
-                 "token", "route", "plain", "tail", "is_get", "local", "http10")
+                 "token", "route", "plain", "tail", "is_get", "local", "http10", "absent_until")
 
     method: bytes
     target: bytes
@@ -101,6 +101,9 @@ class Request:
     is_get: bool
     http10: bool
     local: tuple[str, str] | None  # (file path, video dir), filled on first local answer
+    # Until when (monotonic) the fast path takes the file as not on disk and asks the hot tiers
+    # first (edge/fastpath/protocol.py answer_now); the full path always looks again.
+    absent_until: float
 
 
 # Heads with none of these (and no token) are "plain": the answer is the entry's 200 as built.
@@ -193,6 +196,7 @@ def parse_head(head: bytes, targets: dict[bytes, Target]) -> Request | None:
     else:
         request.tail = b"" if request.keep_alive else b"Connection: close\r\n"
     request.local = None
+    request.absent_until = 0.0
     return request
 
 

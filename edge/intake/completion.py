@@ -28,7 +28,7 @@ from aiohttp import web
 from streamgate.common.config import Config
 from streamgate.edge import stores
 from streamgate.edge.access import playback as access
-from streamgate.edge.intake import concat, s3_upload
+from streamgate.edge.intake import concat, s3_upload, source_hash
 from streamgate.edge.intake import farm_link as farm_api
 from streamgate.edge.intake.metadata import metadata_text
 from streamgate.edge.intake.paths import partial_path, source_path
@@ -71,21 +71,27 @@ async def complete_upload(app: web.Application, upload: Upload) -> Upload:
     """Idempotent; run under the upload's lock once ``offset == length``."""
     if upload.partial:  # tus concatenation: a part of a file, never a video of its own
         return await concat.finish_partial(app, upload)
-    if upload.concat:  # the final upload: its partials joined into its bytes first
-        try:
-            upload = await concat.assemble(app, upload)
-        except FileNotFoundError as exc:
-            log.error("upload %s: cannot assemble: %s", upload.id, exc)
-            await app[stores.CATALOG].update(upload.id, {"status": "failed", "error": "a partial upload was lost"},
-                                             when={"uploading"})
-            upload = msgspec.structs.replace(upload, done=True)
-            await app[stores.UPLOAD_STORE].save(upload)
-            return upload
     config: Config = app[CONFIG]
     catalog = app[stores.CATALOG]
     video = await catalog.get(upload.id)
     filename = video.filename if video else metadata_text(upload.metadata, "filename")
     partial, source = partial_path(config, upload.id), source_path(config, upload.id, filename)
+    # The final upload: its partials joined into its bytes first, unless an edge cut short after
+    # the join moved them into place (the first partial's file is the source then).
+    if upload.concat and (upload.source_key or not source.exists()):
+        try:
+            upload = await concat.assemble(app, upload)
+        except FileNotFoundError as exc:
+            log.error("upload %s: cannot assemble: %s", upload.id, exc)
+            await catalog.update(upload.id, {"status": "failed", "error": "a partial upload was lost"},
+                                 when={"uploading"})
+            upload = msgspec.structs.replace(upload, done=True)
+            await app[stores.UPLOAD_STORE].save(upload)
+            return upload
+    hashes = source_hash.of(app)
+    # The running hash of the bytes as they were acknowledged (edge/intake/source_hash.py), taken
+    # before the partial file moves; else the source is read once below.
+    running = await hashes.digest(upload.id, upload.length) if hashes is not None else None
     found: str | None = ""
     if upload.source_key:  # storage.backend: s3: complete the multipart upload
         found = await s3_upload.complete(app[OBJECT_STORE], upload)
@@ -98,7 +104,9 @@ async def complete_upload(app: web.Application, upload: Upload) -> Upload:
         upload = msgspec.structs.replace(upload, done=True)
         await app[stores.UPLOAD_STORE].save(upload)
         return upload
-    sha256 = found or await asyncio.to_thread(_hash_file, source)
+    sha256 = found or running or await asyncio.to_thread(_hash_file, source)
+    if hashes is not None:
+        hashes.forget(upload.id)
     # In a fleet the source is an object (its key), on one node this host's path.
     where = upload.source_key or str(source)
     queued = await catalog.update(upload.id, {"status": "queued", "sha256": sha256, "source": where,
@@ -137,6 +145,8 @@ async def discard_upload(app: web.Application, upload: Upload) -> None:
     with contextlib.suppress(FileNotFoundError):
         partial_path(config, upload.id).unlink()
     await app[stores.UPLOAD_STORE].remove(upload.id)
+    if (hashes := source_hash.of(app)) is not None:
+        hashes.forget(upload.id)
     if not upload.done:
         await app[stores.CATALOG].delete(upload.id)
         access.forget(app, upload.id)

@@ -13,8 +13,9 @@ like any other. The assembly is idempotent: an edge killed in the middle leaves 
 and the resubmitter (completion.resubmit_once) completes it; the partials are removed only after
 the final is done.
 
-* disk: the partial files are joined with ``copy_file_range`` (in the kernel, no user-space copy)
-  into the final's partial file, fsynced, then moved into place as any upload.
+* disk: the first partial's file becomes the final's partial file (renamed: its bytes are not
+  copied), the others are appended and everything hashed (sha256) in the same pass, fsynced,
+  then moved into place as any upload.
 * s3: a multipart upload to the source whose parts are ``upload_part_copy`` of the partial
   objects, server side: no byte passes through the edge. S3 refuses parts under 5 MiB but the
   last, so when a partial other than the last is smaller than that (small files sent in many
@@ -25,17 +26,20 @@ the final is done.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import msgspec
 from aiohttp import web
 
+from streamgate.common import writeback
 from streamgate.common.config import Config
 from streamgate.common.storage import ObjectStore, UploadNotFound
 from streamgate.edge import stores
-from streamgate.edge.intake import s3_upload
+from streamgate.edge.intake import s3_upload, source_hash
 from streamgate.edge.intake.paths import partial_path
 from streamgate.edge.intake.state import StoredPart, Upload
 from streamgate.edge.keys import CONFIG
@@ -44,7 +48,7 @@ from streamgate.edge.objects import OBJECT_STORE
 # S3's smallest part but the last, and its largest part (a copy may not exceed it).
 S3_MIN_PART = 5 * 2**20
 S3_MAX_PART = 5 * 2**30
-_COPY_CHUNK = 64 * 2**20
+_COPY_CHUNK = 8 * 2**20
 _ID = re.compile(r"/api/v1/uploads/([0-9a-f]{32})/?\Z")
 
 
@@ -117,8 +121,10 @@ async def assemble(app: web.Application, upload: Upload) -> Upload:
         partials.append(partial)
     if not upload.source_key:
         config: Config = app[CONFIG]
-        sources = [partial_path(config, p.id) for p in partials]
-        await asyncio.to_thread(_join_files, sources, partial_path(config, upload.id))
+        sources = [(partial_path(config, p.id), max(p.length, 0)) for p in partials]
+        digest = await asyncio.to_thread(_join_files, sources, partial_path(config, upload.id))
+        if (hashes := source_hash.of(app)) is not None:
+            hashes.keep(upload.id, upload.length, digest)
         return upload
     if upload.parts:  # copied and recorded before: completion takes it from here
         return upload
@@ -149,27 +155,74 @@ async def release(app: web.Application, upload: Upload) -> None:
             await completion.discard_upload(app, partial)
 
 
-def _join_files(sources: list[Any], target: Any) -> None:
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+def _join_files(sources: list[tuple[Any, int]], target: Any) -> Any:
+    """The partial files (path, length), in order, joined into ``target``, fsynced; returns the
+    sha256 of the result, computed in the same pass (completion need not read it again).
+
+    The first partial's bytes are not copied: its file is renamed to ``target`` and the others
+    appended (its blocks are durable already, so the fsync only writes what was appended). A
+    join cut short by a crash finds the first partial renamed already and redoes the rest: the
+    record keeps each partial's length, so the file is cut back to the first one's. The first
+    partial can then make no other final upload (tus allows a server to use a partial once).
+    """
+    digest = hashlib.sha256()
+    first, first_length = sources[0]
     try:
-        offset = 0
-        for source in sources:
-            with open(source, "rb") as f:
-                size = os.fstat(f.fileno()).st_size
-                done = 0
-                while done < size:
-                    try:
-                        n = os.copy_file_range(f.fileno(), fd, min(_COPY_CHUNK, size - done), done, offset + done)
-                    except OSError:  # a file system without it: a plain copy
-                        n = os.pwrite(fd, os.pread(f.fileno(), min(_COPY_CHUNK, size - done), done), offset + done)
-                    if n == 0:
-                        raise OSError(f"{source}: short read at {done} of {size}")
-                    done += n
-            offset += size
-        os.ftruncate(fd, offset)
+        os.replace(first, target)
+    except FileNotFoundError:
+        if not os.path.exists(target):  # neither renamed before nor there: lost
+            raise
+    fd = os.open(target, os.O_RDWR)
+    try:
+        if os.fstat(fd).st_size < first_length:
+            raise OSError(f"{target}: shorter than its first partial's {first_length} bytes")
+        os.ftruncate(fd, first_length)
+        _hash_range(fd, first_length, digest)
+        offset = first_length
+        for source, length in sources[1:]:
+            with open(source, "rb", buffering=0) as f:
+                if os.fstat(f.fileno()).st_size < length:
+                    raise OSError(f"{source}: shorter than its upload's {length} bytes")
+                _copy_hashed(f.fileno(), fd, length, offset, digest)
+            offset += length
         os.fsync(fd)
     finally:
         os.close(fd)
+    return digest
+
+
+def _hash_range(src: int, length: int, digest: Any) -> None:
+    done = 0
+    while done < length:
+        block = os.pread(src, min(_COPY_CHUNK, length - done), done)
+        if not block:
+            raise OSError(f"short read at {done} of {length}")
+        digest.update(block)
+        done += len(block)
+
+
+def _copy_hashed(src: int, dst: int, length: int, at: int, digest: Any) -> None:
+    """``length`` bytes of ``src`` appended at ``at`` of ``dst``, hashed on the way: the hash of
+    one block runs in a second thread while the block is written (both release the GIL)."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="join-hash") as hashing:
+        pending = None
+        done = 0
+        while done < length:
+            block = os.pread(src, min(_COPY_CHUNK, length - done), done)
+            if not block:
+                raise OSError(f"short read at {done} of {length}")
+            if pending is not None:
+                pending.result()
+            pending = hashing.submit(digest.update, block)
+            view = memoryview(block)
+            pos = at + done
+            while view:
+                n = os.pwrite(dst, view, pos)
+                view, pos = view[n:], pos + n
+            writeback.start(dst, at + done, len(block))  # the disk works while the next block copies
+            done += len(block)
+        if pending is not None:
+            pending.result()
 
 
 async def _copy_parts(objects: ObjectStore, upload: Upload, partials: list[Upload]) -> list[StoredPart]:

@@ -2,11 +2,16 @@
 
 PUB drops what a subscriber misses while away (ZeroMQ guide, "pub-sub"), so the status a late
 event would overwrite is guarded: a ``ready`` or ``failed`` video never goes back to transcoding.
+
+On a full disk the catalog cannot take the update: the event is held (the newest per video, an
+outcome before any progress) and applied once the catalog takes writes again, so a job that
+ended while the disk was full still shows its outcome (issue 14).
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import time
 
@@ -24,6 +29,7 @@ ACTIVE = ("queued", "transcoding")
 # Progress events can arrive many times a second; the catalog needs a few.
 PROGRESS_WRITE_INTERVAL_S = 0.5
 RECONNECT_MAX_S = 5.0
+HELD_RETRY_S = 1.0  # how often events a full disk kept from the catalog are tried again
 
 
 class ProgressApplier:
@@ -66,9 +72,72 @@ class ProgressApplier:
                 return
 
 
+def _outcome(event: object) -> bool:
+    return isinstance(event, JobDone) or isinstance(event, JobFailed) and event.final
+
+
+class HeldEvents:
+    """Events the catalog could not take (ENOSPC), newest per video, retried every HELD_RETRY_S."""
+
+    def __init__(self, applier: ProgressApplier) -> None:
+        self._applier = applier
+        self._held: dict[str, object] = {}
+        self._next_retry = 0.0
+
+    async def apply(self, event: object) -> None:
+        await self.retry()
+        job_id = getattr(event, "job_id", None)
+        try:
+            await self._applier.apply(event)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or job_id is None:
+                raise
+            if not self._held:
+                log.warning("catalog full (%s): job events held until the disk has room", exc)
+            if _outcome(event) or not _outcome(self._held.get(job_id)):
+                self._held[job_id] = event
+            self._next_retry = time.monotonic() + HELD_RETRY_S
+            return
+        if job_id is not None and not _outcome(self._held.get(job_id)):
+            self._held.pop(job_id, None)
+
+    async def run(self) -> None:
+        """Retry on a clock too: after a job's last event none may come to carry the retry."""
+        while True:
+            await asyncio.sleep(HELD_RETRY_S)
+            try:
+                await self.retry()
+            except Exception:  # the next turn tries again; the loop must not die
+                log.exception("applying held job events failed")
+
+    async def retry(self) -> None:
+        if not self._held or time.monotonic() < self._next_retry:
+            return
+        for job_id, event in list(self._held.items()):
+            try:
+                await self._applier.apply(event)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                self._next_retry = time.monotonic() + HELD_RETRY_S
+                return
+            del self._held[job_id]
+        log.info("catalog takes writes again: held job events applied")
+
+
 async def follow_events(app: web.Application) -> None:
     """Runs for the edge's life: subscribe, apply, and on any break resubscribe with backoff."""
     applier = ProgressApplier(app[stores.CATALOG])
+    held = HeldEvents(applier)
+    retrier = asyncio.create_task(held.run(), name="held-job-events")
+    try:
+        await _follow(app, applier, held)
+    finally:
+        retrier.cancel()
+        await asyncio.gather(retrier, return_exceptions=True)
+
+
+async def _follow(app: web.Application, applier: ProgressApplier, held: HeldEvents) -> None:
     delay = 0.2
     while True:
         try:
@@ -78,7 +147,7 @@ async def follow_events(app: web.Application) -> None:
                 await reconcile(app, applier)
                 async for event in stream:
                     try:
-                        await applier.apply(event)
+                        await held.apply(event)
                     except Exception:  # one bad update must not stop the stream
                         log.exception("applying %r failed", event)
         except asyncio.CancelledError:

@@ -18,6 +18,7 @@ import os
 import re
 import time
 import uuid
+from collections.abc import AsyncIterator
 from email.utils import formatdate
 from typing import Any
 
@@ -33,7 +34,8 @@ from streamgate.edge.access.ratelimit import enforce
 from streamgate.edge.catalog import Video
 from streamgate.edge.errors import HTTPError
 from streamgate.edge.intake import completion as intake
-from streamgate.edge.intake import concat, s3_upload
+from streamgate.edge.intake import concat, s3_upload, source_hash
+from streamgate.edge.intake.body_sink import BodySink
 from streamgate.edge.intake.limits import ByteMeter, room_for
 from streamgate.edge.intake.metadata import metadata_text, parse_metadata, video_fields
 from streamgate.edge.intake.paths import partial_path, source_extension
@@ -133,10 +135,15 @@ def _unavailable(config: Config, exc: StorageUnavailable, offset: int | None = N
                   f"the object store is unavailable ({exc}); resume later", **extra)
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
+async def _body_chunks(request: web.Request) -> AsyncIterator[bytes]:
+    """The body as the socket delivered it: ``iter_any`` would join what is buffered into one
+    bytes (a copy of every byte on the event loop); the sink takes the pieces as they are."""
+    while True:
+        chunk, end_of_http_chunk = await request.content.readchunk()
+        if chunk:
+            yield chunk
+        elif not end_of_http_chunk:
+            return
 
 
 async def receive(request: web.Request, config: Config, upload: Upload,
@@ -145,6 +152,7 @@ async def receive(request: web.Request, config: Config, upload: Upload,
 
     With a checksum, nothing is kept unless the whole body arrived and matches (460 otherwise,
     the offset unchanged). Without one, what arrived before an interruption is kept.
+    The loop only receives: writing, hashing and flushing run in a thread (edge/intake/body_sink.py).
     """
     store = request.app[stores.UPLOAD_STORE]
     base = upload.offset
@@ -154,26 +162,33 @@ async def receive(request: web.Request, config: Config, upload: Upload,
         raise _error(config, 413, "payload too large",
                      f"{request.content_length} bytes at offset {base} exceed Upload-Length {upload.length}")
     hasher = checksum[0]() if checksum else None
-    fd = os.open(partial_path(config, upload.id), os.O_WRONLY | os.O_CREAT, 0o600)
-    written = durable = 0
+    path = partial_path(config, upload.id)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    sink = BodySink(fd, base, [hasher] if hasher is not None else [])
+    received = 0
+    durable = base
 
     async def checkpoint() -> None:
         nonlocal upload, durable
-        if written == durable:
+        await sink.drain()
+        if sink.written == durable:
             return
-        await asyncio.to_thread(os.fsync, fd)
-        upload = msgspec.structs.replace(upload, offset=base + written,
+        await sink.sync()
+        upload = msgspec.structs.replace(upload, offset=sink.written,
                                          expires_at=time.time() + float(config.uploads.expiration))
         await store.save(upload)
-        durable = written
+        durable = sink.written
+
+    async def cut(at: int) -> None:
+        await sink.settle()
+        os.ftruncate(fd, at)
 
     try:
         # Bytes past the acknowledged offset were never reported: cut them before writing.
         os.ftruncate(fd, base)
-        os.lseek(fd, base, os.SEEK_SET)
         try:
-            async for chunk in request.content.iter_any():
-                if written + len(chunk) > room:
+            async for chunk in _body_chunks(request):
+                if received + len(chunk) > room:
                     raise _error(config, 413, "payload too large",
                                  f"the body runs past Upload-Length {upload.length}")
                 try:
@@ -183,40 +198,51 @@ async def receive(request: web.Request, config: Config, upload: Upload,
                         await checkpoint()
                     exc.headers.update(_headers(config, **{"Upload-Offset": str(upload.offset)}))
                     raise
-                _write_all(fd, chunk)
-                written += len(chunk)
-                if hasher is not None:
-                    hasher.update(chunk)
-                elif written - durable >= CHECKPOINT_BYTES:
+                received += len(chunk)
+                await sink.feed(chunk)
+                if hasher is None and base + received - durable >= CHECKPOINT_BYTES:
                     await checkpoint()
+            await sink.drain()
         except (ClientPayloadError, ConnectionError) as exc:
             # The client went away mid-body: keep what is whole, report nothing (no one listens).
-            log.info("upload %s: body interrupted at %d bytes: %s", upload.id, base + written, exc)
+            log.info("upload %s: body interrupted at %d bytes: %s", upload.id, base + received, exc)
             if hasher is None:
                 await checkpoint()
             else:
-                os.ftruncate(fd, base)
+                await cut(base)
             raise web.HTTPBadRequest(text="body interrupted") from None
         except HTTPError:
-            os.ftruncate(fd, base + durable)
+            await cut(durable)
             raise
         except OSError as exc:  # the disk is full or failing: keep what is durable, say so
-            os.ftruncate(fd, base + durable)
-            log.error("upload %s: write failed at %d: %s", upload.id, base + written, exc)
+            await cut(durable)
+            log.error("upload %s: write failed at %d: %s", upload.id, base + received, exc)
             raise _error(config, 507, "insufficient storage",
                          f"the edge could not store the upload ({exc.strerror}); resume later",
-                         **{"Upload-Offset": str(base + durable)}) from None
+                         **{"Upload-Offset": str(durable)}) from None
         except asyncio.CancelledError:
             if hasher is None:
                 await checkpoint()
             raise
         if hasher is not None and checksum is not None and hasher.digest() != checksum[1]:
-            os.ftruncate(fd, base)
+            await cut(base)
             raise _error(config, 460, "checksum mismatch",
                          f"the body does not match Upload-Checksum; the offset stays {base}")
-        await checkpoint()
+        try:
+            await checkpoint()
+        except OSError as exc:  # the last flush failed: nothing past the durable offset is reported
+            await cut(durable)
+            raise _error(config, 507, "insufficient storage",
+                         f"the edge could not store the upload ({exc.strerror}); resume later",
+                         **{"Upload-Offset": str(durable)}) from None
     finally:
+        # No thread may still write to the descriptor (or the upload, once its lock is released).
+        await sink.settle()
         os.close(fd)
+        hashes = source_hash.of(request.app)
+        if hashes is not None and not upload.partial and upload.offset > base:
+            # The source's sha256, from the bytes just acknowledged (a partial is never a source).
+            hashes.advance(upload.id, path, base, upload.offset)
     return upload
 
 
@@ -470,6 +496,8 @@ async def method_override(request: web.Request) -> web.StreamResponse:
 
 
 def setup(app: web.Application) -> None:
+    hashes = app[source_hash.SOURCE_HASHES] = source_hash.SourceHashes()
+    app.on_cleanup.append(hashes.close)
     app.router.add_post("/api/v1/uploads", create)
     app.router.add_route("OPTIONS", "/api/v1/uploads", options)
     item = "/api/v1/uploads/{upload_id:[0-9a-f]{32}}"

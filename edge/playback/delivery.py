@@ -76,7 +76,7 @@ class Delivery:
             self.puller = OriginPuller(resolver, self.disk, float(edge.origin_timeout),
                                        int(edge.hot_object_max_size), float(edge.vod_playlist_max_age))
         self.metrics = edge_metrics()
-        self._redis_servables: dict[str, tuple[HotRecord, Servable]] = {}
+        self._redis_servables: dict[str, tuple[HotRecord, Servable, float]] = {}
 
     @property
     def remote_enabled(self) -> bool:
@@ -126,17 +126,18 @@ class Delivery:
         bound is REDIS_SERVABLES x REDIS_SERVABLE_MAX_BYTES.
         """
         self.metrics.tier("redis", "hit")
-        ttl = self._ttl(record.cache_control)
         last = self._redis_servables.get(key)
-        if last is not None and last[0] == record:
-            hit = last[1]
+        # The tier hands back the same record object for the same bytes (hotcache._record).
+        if last is not None and (last[0] is record or last[0] == record):
+            hit, ttl = last[1], last[2]
             hit.expires_at = time.monotonic() + ttl
         else:
+            ttl = self._ttl(record.cache_control)
             hit = servable(key, record, ttl, self.files.cors)
             if len(record.body) <= REDIS_SERVABLE_MAX_BYTES:
                 if len(self._redis_servables) >= REDIS_SERVABLES:
                     self._redis_servables.clear()
-                self._redis_servables[key] = (record, hit)
+                self._redis_servables[key] = (record, hit, ttl)
         self.memory.put(key, hit)
         return hit
 

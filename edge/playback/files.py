@@ -133,15 +133,17 @@ class OpenFileCache:
         # Never through a symlink (issue 14): not the file (O_NOFOLLOW), nor a video or rendition
         # folder (the resolved folder must be the folder itself; the media root is resolved).
         # Only on a cache miss: a hit re-checks the file's identity, which a swapped-in link changes.
-        folder = os.path.dirname(path)
-        if os.path.realpath(folder) != folder:
-            return None
+        # The open comes first: a file that is not here (an edge answering from its hot tiers)
+        # costs one failed open, not the realpath's lstat of every folder on the way.
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
         except OSError:
             return None
         keep = False
         try:
+            folder = os.path.dirname(path)
+            if os.path.realpath(folder) != folder:
+                return None
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 return None

@@ -41,13 +41,30 @@ _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder(HotRecord).decode
 
 
-def _record(raw: bytes | None) -> HotRecord | None:
+# Records decoded last by key, reused while Redis answers the same bytes (a playlist asked for
+# again and again): the bytes are compared, not decoded, and the one record object lets the
+# delivery reuse the servable built for it. Bounded like Delivery's servables.
+DECODED_ENTRIES = 256
+DECODED_MAX_BYTES = 16 * 1024
+Decoded = dict[str, tuple[bytes, HotRecord]]
+
+
+def _record(raw: bytes | None, key: str = "", decoded: Decoded | None = None) -> HotRecord | None:
     if raw is None:
         return None
+    if decoded is not None:
+        last = decoded.get(key)
+        if last is not None and last[0] == raw:
+            return last[1]
     try:
-        return _decode(raw)
+        record = _decode(raw)
     except msgspec.DecodeError:
         return None
+    if decoded is not None and len(raw) <= DECODED_MAX_BYTES:
+        if len(decoded) >= DECODED_ENTRIES:
+            decoded.clear()
+        decoded[key] = (raw, record)
+    return record
 
 
 # Who waits for a key: a future (a coroutine's await) or a plain callback (the fast path's,
@@ -56,9 +73,9 @@ Waiter = asyncio.Future[HotRecord | None] | Callable[[HotRecord | None], None]
 
 
 def _answer(batch: dict[str, list[Waiter]], keys: list[str], values: list[bytes | None],
-            callbacks: bool = True) -> None:
+            callbacks: bool = True, decoded: Decoded | None = None) -> None:
     for key, raw in zip(keys, values, strict=True):
-        record = _record(raw)
+        record = _record(raw, key, decoded)
         for waiter in batch[key]:
             if isinstance(waiter, asyncio.Future):
                 if not waiter.done():
@@ -130,6 +147,7 @@ class RedisTier:
         self._failing = False
         self._batch: dict[str, list[Waiter]] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._decoded: Decoded = {}
         self.round_trips = 0
 
     async def get(self, key: str) -> HotRecord | None:
@@ -162,7 +180,7 @@ class RedisTier:
             def answered(reply: Any) -> None:
                 if isinstance(reply, list) and len(reply) == len(keys):
                     self._failing = False
-                    _answer(batch, keys, reply)
+                    _answer(batch, keys, reply, decoded=self._decoded)
                 else:  # the pipe failed under this MGET: a miss, answered from a callback
                     misses: list[bytes | None] = [None] * len(keys)
                     loop.call_soon(_answer, batch, keys, misses)
@@ -194,7 +212,7 @@ class RedisTier:
             self._failing = False
         # From a loop callback, not this task: a waiter's callback may start a request's
         # coroutine inline (edge/fastpath/inline.py), which needs no task to be running.
-        asyncio.get_running_loop().call_soon(_answer, batch, keys, values)
+        asyncio.get_running_loop().call_soon(_answer, batch, keys, values, True, self._decoded)
 
     async def close(self) -> None:
         if self.pipe is not None:

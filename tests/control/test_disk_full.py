@@ -2,8 +2,9 @@
 
 A 64 MiB tmpfs mounted as ``streamgate run``'s data dir: uploads answer 507 with the JSON error
 (below ``storage.min_free_space`` and when the disk really fills mid-body), what was acknowledged
-stays whole, the catalog stays readable, a job that cannot get room fails with its reason, and
-the node serves again once space returns.
+stays whole, the catalog stays readable, a job that cannot get room fails with its reason while no
+process crashes (the broker's journal and the catalog hold what they cannot write), and the node
+serves again once space returns, without a restart.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import os
 import shutil
 import socket
+import sqlite3
 import subprocess
 import urllib.error
 import urllib.request
@@ -23,6 +25,8 @@ from urllib.parse import urlsplit
 
 import pytest
 from support import terminate, wait_until
+
+from streamgate.common.layout import JOURNAL_DB
 
 MiB = 2**20
 RESERVE = 8 * MiB
@@ -191,12 +195,24 @@ def test_disk_full_answers_507_keeps_what_was_acknowledged_and_recovers(tmpfs_no
     assert request(url + urlsplit(ready["hls_url"]).path)[0] == 200
 
 
-# Found by this test, not fixed here (the broker is farm/'s): the worker fails the attempt with
-# "encoder 360p: OSError: [Errno 28] No space left on device", but the broker's SQLite journal
-# cannot record it on the full disk, the broker exits, and its restarts die of SIGBUS (-7) until
-# space returns, so the job never ends while the disk is full.
-@pytest.mark.xfail(reason="the broker crash-loops on a full data dir (journal write, then SIGBUS)", strict=False)
-def test_a_job_without_room_fails_with_its_reason_and_publishes_nothing(tmpfs_node, video_factory) -> None:
+def farm_figures(url: str) -> dict[str, Any]:
+    status, _, body = request(f"{url}/api/v1/farm/metrics")
+    assert status == 200, body
+    return json.loads(body)
+
+
+def journaled_state(mount: Path, job_id: str) -> str | None:
+    db = sqlite3.connect(f"file:{mount / 'state' / JOURNAL_DB}?mode=ro", uri=True)
+    try:
+        row = db.execute("SELECT state FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        return row[0] if row else None
+    finally:
+        db.close()
+
+
+def test_a_job_without_room_fails_with_its_reason_and_the_node_serves_on(tmpfs_node, video_factory) -> None:
+    """Before the fix the broker exited on the journal write and its restarts died of SIGBUS
+    (prometheus_client's sparse metric files mapped on the full disk) until space returned."""
     platform = tmpfs_node()
     url, mount = platform.url, platform.data_dir
     filler = mount / "filler.bin"
@@ -204,22 +220,49 @@ def test_a_job_without_room_fails_with_its_reason_and_publishes_nothing(tmpfs_no
     status, headers, body = tus_post(url, len(clip))
     assert status == 201, body
     assert tus_patch(url, headers["Location"], 0, clip)[0] == 204
-    # The upload is stored and queued; now the disk fills before the farm writes its renditions.
-    set_free(mount, filler, 0)
     video_id = urlsplit(headers["Location"]).path.rsplit("/", 1)[1]
-    failed = wait_until(lambda: (v := video(url, video_id))["status"] in ("ready", "failed") and v,
-                        timeout=60, what="the job to end")
-    assert failed["status"] == "failed", failed
-    assert any(word in failed["error"].lower() for word in ("space", "free", "full")), failed
-    # No half media published: nothing of the video is served.
-    assert failed["hls_url"] is None
-    assert request(f"{url}/media/{video_id}/master.m3u8")[0] == 404
+    # The job is accepted (journaled: a submit the journal cannot take is refused, and the video
+    # would wait queued); now the disk fills before the farm writes its renditions.
+    wait_until(lambda: journaled_state(mount, video_id), timeout=30, what="the job in the journal")
+    set_free(mount, filler, 0)
+    # The broker serves on and dead-letters the job (every attempt meets the full disk): its live
+    # figures say so while neither its journal nor the catalog can take a write.
+    wait_until(lambda: farm_figures(url)["total_tasks_failed"] >= 1, timeout=90,
+               what="the broker to fail the job while the disk is full")
+    assert shutil.disk_usage(mount).free < RESERVE
+    # The catalog stays readable; nothing of the video is published or served.
     status, _, body = request(url + "/api/v1/videos")
     assert status == 200
-    # No partial rendition left behind for a retry or a reader to find.
-    assert not list((mount / "media").glob(f"{video_id}/**/*.m3u8"))
-    # Space returns: the node serves new uploads again.
+    assert video(url, video_id)["status"] != "ready"
+    assert request(f"{url}/videos/{video_id}/master.m3u8")[0] == 404
+    # A new upload is refused with the reason while the disk is full.
+    assert_507(*tus_post(url, len(clip)))
+    log = platform.log.read_text()
+    assert "exited with" not in log, log[-4000:]  # no role crashed or restarted
+
+    # Space returns: the outcome held back reaches the journal and the catalog, no restart needed.
     filler.unlink()
+    failed = wait_until(lambda: (v := video(url, video_id))["status"] in ("ready", "failed") and v,
+                        timeout=30, what="the job's outcome in the catalog")
+    assert failed["status"] == "failed", failed
+    assert "no space left on device" in failed["error"].lower(), failed
+    assert failed["hls_url"] is None
+    assert wait_until(lambda: journaled_state(mount, video_id) == "failed", timeout=10,
+                      what="the held outcome in the journal")
+    # No partial rendition left behind for a retry or a reader to find; the journal is whole.
+    assert not list((mount / "media").glob(f"{video_id}/**/*.m3u8"))
+    db = sqlite3.connect(f"file:{mount / 'state' / JOURNAL_DB}?mode=ro", uri=True)
+    try:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    finally:
+        db.close()
+    # The node serves new uploads again, all the way to ready.
     status, headers, body = tus_post(url, len(clip))
     assert status == 201, body
     assert tus_patch(url, headers["Location"], 0, clip)[0] == 204
+    clip_id = urlsplit(headers["Location"]).path.rsplit("/", 1)[1]
+    ready = wait_until(lambda: (v := video(url, clip_id))["status"] in ("ready", "failed") and v,
+                       timeout=90, what="the clip to be transcoded")
+    assert ready["status"] == "ready", ready
+    log = platform.log.read_text()
+    assert "exited with" not in log and "Bus error" not in log, log[-4000:]

@@ -164,3 +164,41 @@ async def test_a_redis_outage_during_the_access_check_is_503_with_retry_after(ed
         assert r.status == 503, body
         assert int(r.headers["Retry-After"]) >= 1
         assert body["error"] == "service unavailable" and "unix://" not in body["detail"]
+
+
+
+async def test_concurrent_checks_of_one_video_share_one_catalog_read(edge, redis_url, monkeypatch) -> None:  # noqa: F811
+    """When a video's verdict is missing or expired, every connection playing it asks at once:
+    one catalog read (Redis, a real round trip) answers them all (issue 18)."""
+    from aiohttp.test_utils import make_mocked_request
+
+    from streamgate.edge.access import playback as access
+
+    e = await edge(redis_url=redis_url)
+    public, private = "c" * 32, "e" * 32
+    await _video(e, public, "", "public")
+    await _video(e, private, new_account().address, "private")
+    catalog = e.app[stores.CATALOG]
+    real_get = catalog.get
+    reads: list[str] = []
+
+    async def counted_get(vid: str):  # type: ignore[no-untyped-def]
+        reads.append(vid)
+        return await real_get(vid)
+
+    monkeypatch.setattr(catalog, "get", counted_get)
+    e.app[stores.ACCESS_CACHE].clear()
+
+    async def check(video_id: str) -> int:
+        request = make_mocked_request("GET", f"/videos/{video_id}/master.m3u8", app=e.app)
+        try:
+            await access.authorize_playback(request, video_id)
+        except Exception as exc:  # the HTTPError of a refused check
+            return int(getattr(exc, "status", 0))
+        return 200
+
+    # All started in one loop turn: each would read the catalog if they did not share.
+    answers = await asyncio.gather(*(check(public) for _ in range(16)), *(check(private) for _ in range(16)))
+    assert answers == [200] * 16 + [401] * 16
+    assert sorted(reads) == [public, private]
+    assert not e.app[stores.ACCESS_LOOKUPS]  # reaped once answered

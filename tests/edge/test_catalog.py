@@ -178,6 +178,24 @@ async def test_pages_by_cursor_match_pages_by_offset(backend: dict[str, Any]) ->
         assert len(set(by_offset)) == len(by_offset)
 
 
+async def test_a_page_at_any_offset_is_that_slice_of_the_listing(backend: dict[str, Any]) -> None:
+    """Past the middle SQLite walks to a page from the oldest end: the same videos in the same order
+    (ties of created_at included), short last pages and offsets past the end too."""
+    catalog = backend["catalog"]
+    for i in range(29):
+        await catalog.create(_video(f"v{i:02d}", 100.0 + i // 4, owner="0xA" if i % 3 else "0xB",
+                                    visibility="private" if i % 4 == 1 else "public"))
+    for listing in ({}, {"public_only": True}, {"owner": "0xA"}, {"owner": "0xB", "public_only": True}):
+        everything, total = await catalog.page(limit=100, **listing)
+        ids = [v.id for v in everything]
+        assert len(ids) == total > 0, listing
+        for limit in (1, 5, 20):
+            for offset in range(total + 2):
+                page, count = await catalog.page(limit=limit, offset=offset, **listing)
+                assert count == total
+                assert [v.id for v in page] == ids[offset:offset + limit], (listing, limit, offset)
+
+
 async def test_sqlite_totals_are_kept_not_counted_and_survive_reopening(tmp_path: Path) -> None:
     """The SQLite totals come from ``video_counts`` (triggers), rebuilt for a catalog made before it."""
     path = tmp_path / "edge.sqlite3"

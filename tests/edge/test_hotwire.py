@@ -111,3 +111,19 @@ async def test_refused_setup_leaves_the_client_as_the_path(redis_url: str) -> No
     finally:
         await tier.close()
         await client.aclose()
+
+
+async def test_a_changed_value_is_decoded_again_and_the_same_bytes_reuse_the_record(tier) -> None:
+    """Repeat lookups of unchanged bytes share one decoded record; new bytes in Redis are never
+    answered with the old record (the reuse is keyed by the bytes, not only the key)."""
+    from streamgate.edge.playback.hotcache import HotRecord
+
+    tier, records = tier
+    await tier.get("v/0.m3u8")
+    await until(lambda: tier.pipe.ready, "the pipe to connect")
+    first = await tier.get("v/1.m3u8")
+    again = await tier.get("v/1.m3u8")
+    assert first == records["v/1.m3u8"] and again is first
+    grown = HotRecord(b"#EXTM3U 1 grown", '"1b"', "x", "y", "z")
+    assert await tier.put("v/1.m3u8", grown, 30)
+    assert await tier.get("v/1.m3u8") == grown

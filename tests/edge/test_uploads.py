@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import io
 import time
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from intake_support import TUS, edge  # noqa: F401  (fixture)
 
 from streamgate.edge import stores
 from streamgate.edge.intake import completion as intake
+from streamgate.edge.intake import source_hash
 from streamgate.edge.intake.paths import partial_path
 
 
@@ -52,7 +54,7 @@ async def _head(e, url: str) -> tuple[int, dict[str, str]]:  # type: ignore[no-u
 
 
 async def _patch(e, url: str, offset: int, body: bytes, **headers: str):  # type: ignore[no-untyped-def]
-    async with e.session.patch(url, data=body, headers={
+    async with e.session.patch(url, data=io.BytesIO(body), headers={
             **TUS, "Upload-Offset": str(offset), "Content-Type": "application/offset+octet-stream",
             **headers}) as r:
         return r.status, dict(r.headers), (await r.json() if r.status >= 400 else None)
@@ -372,3 +374,31 @@ async def test_a_completion_cut_short_is_finished_by_the_resubmitter(edge) -> No
     assert await asyncio.to_thread(Path(video.source).read_bytes) == b"hello"
     assert video.source.endswith("source.webm")
     assert (await store.get(video_id)).done
+
+
+async def test_the_source_sha256_is_computed_as_the_bytes_arrive(edge, monkeypatch) -> None:  # noqa: F811
+    # Completion takes the running hash (edge/intake/source_hash.py) and reads nothing back; a
+    # checksum mismatch or a PATCH the running hash did not see falls back to one read.
+    e = await edge()
+    data = _payload(3 * 2**20 + 17, seed=11)
+    url = await _create(e, len(data))
+    reads: list[Path] = []
+    real = intake._hash_file
+    monkeypatch.setattr(intake, "_hash_file", lambda path: reads.append(path) or real(path))
+    digest = "sha256 " + base64.b64encode(hashlib.sha256(data[:2**20]).digest()).decode()
+    assert (await _patch(e, url, 0, data[:2**20], **{"Upload-Checksum": digest}))[0] == 204
+    bad = "sha256 " + base64.b64encode(hashlib.sha256(b"other").digest()).decode()
+    assert (await _patch(e, url, 2**20, data[2**20:], **{"Upload-Checksum": bad}))[0] == 460
+    status, headers, _ = await _patch(e, url, 2**20, data[2**20:])
+    assert status == 204 and headers["Upload-Offset"] == str(len(data))
+    video = await e.app[stores.CATALOG].get(url.rsplit("/", 1)[1])
+    assert video.sha256 == hashlib.sha256(data).hexdigest() and reads == []
+
+    # Resumed where this process never saw the first bytes: the source is read once.
+    url = await _create(e, len(data))
+    upload_id = url.rsplit("/", 1)[1]
+    assert (await _patch(e, url, 0, data[:2**20]))[0] == 204
+    e.app[source_hash.SOURCE_HASHES].forget(upload_id)
+    assert (await _patch(e, url, 2**20, data[2**20:]))[0] == 204
+    video = await e.app[stores.CATALOG].get(upload_id)
+    assert video.sha256 == hashlib.sha256(data).hexdigest() and len(reads) == 1

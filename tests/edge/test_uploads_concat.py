@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import io
+from pathlib import Path
 
 from intake_support import TUS, edge  # noqa: F401  (fixture)
 
 from streamgate.edge import stores
 from streamgate.edge.intake import completion as intake
+from streamgate.edge.intake import concat, source_hash
 from streamgate.edge.intake.paths import partial_path
 
 OFFSET = {"Content-Type": "application/offset+octet-stream"}
@@ -174,3 +177,68 @@ async def test_a_deferred_upload_finished_by_an_empty_patch(edge) -> None:  # no
     assert status == 204
     video = await e.app[stores.CATALOG].get(url.rsplit("/", 1)[1])
     assert video is not None and video.status == "queued" and video.size == 5
+
+
+async def _final_cut_short(e, urls: list[str], crash) -> str:  # type: ignore[no-untyped-def]
+    """Create the final upload while ``crash(app, upload)`` stands in for its completion."""
+    original = intake.complete_upload
+    intake_module = __import__("streamgate.edge.intake.tus", fromlist=["intake"])
+    intake_module.intake.complete_upload = crash
+    try:
+        status, _, _ = await _post(e, **{"Upload-Concat": "final;" + " ".join(urls),
+                                         "Upload-Metadata": _meta(filename="j.mp4")})
+        assert status == 500
+    finally:
+        intake_module.intake.complete_upload = original
+    pending = await e.app[stores.UPLOAD_STORE].pending()
+    assert len(pending) == 1 and pending[0].concat
+    return pending[0].id
+
+
+async def test_a_join_cut_short_after_taking_the_first_partial_is_redone(edge) -> None:  # noqa: F811
+    # The first partial's file is renamed into the final's, the rest appended: a crash in the
+    # middle leaves the first one renamed and half an append; the redo cuts it back and appends.
+    e = await edge()
+    data = hashlib.shake_256(b"rename").digest(3 * MiB + 5)
+    urls = [await _partial(e, data[:MiB + 1]), await _partial(e, data[MiB + 1:])]
+    first = partial_path(e.app[intake.CONFIG], urls[0].rsplit("/", 1)[1])
+
+    async def crash(app, upload):  # type: ignore[no-untyped-def]
+        target = partial_path(app[intake.CONFIG], upload.id)
+        first.rename(target)
+
+        def append() -> None:
+            with open(target, "ab") as f:
+                f.write(b"half an append")
+
+        await asyncio.to_thread(append)
+        raise RuntimeError("killed")
+
+    final_id = await _final_cut_short(e, urls, crash)
+    assert not first.exists()
+    await intake.resubmit_once(e.app)
+    video = await e.app[stores.CATALOG].get(final_id)
+    assert video is not None and video.status == "queued", video
+    assert video.sha256 == hashlib.sha256(data).hexdigest()
+    assert await asyncio.to_thread(Path(video.source).read_bytes) == data
+
+
+async def test_a_final_cut_short_after_its_source_moved_is_completed(edge) -> None:  # noqa: F811
+    e = await edge()
+    data = hashlib.shake_256(b"moved").digest(2 * MiB + 9)
+    urls = [await _partial(e, data[:MiB]), await _partial(e, data[MiB:])]
+
+    async def crash(app, upload):  # type: ignore[no-untyped-def]
+        await concat.assemble(app, upload)  # joined and moved, then killed before the record
+        config = app[intake.CONFIG]
+        source = intake.source_path(config, upload.id, "j.mp4")
+        source.parent.mkdir(parents=True)
+        partial_path(config, upload.id).rename(source)
+        source_hash.of(app).forget(upload.id)  # a restarted edge has no running hash
+        raise RuntimeError("killed")
+
+    final_id = await _final_cut_short(e, urls, crash)
+    await intake.resubmit_once(e.app)
+    video = await e.app[stores.CATALOG].get(final_id)
+    assert video is not None and video.status == "queued", video
+    assert video.sha256 == hashlib.sha256(data).hexdigest()
