@@ -14,7 +14,7 @@ import hashlib
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, BinaryIO
+from typing import Any, Protocol
 
 import requests
 
@@ -50,10 +50,18 @@ def create(session: requests.Session, endpoint: str, length: int, headers: dict[
     return requests.compat.urljoin(endpoint, r.headers["Location"])
 
 
+class Source(Protocol):
+    """What a sender reads a part from: a file, or a slice of one (control/commands/upload.py)."""
+
+    def seek(self, offset: int, whence: int = ..., /) -> int: ...
+
+    def read(self, size: int = ..., /) -> bytes | None: ...
+
+
 class Sender:
     """Sends ``length`` bytes of ``stream`` (from its start) to the upload at ``url``."""
 
-    def __init__(self, session: requests.Session, url: str, stream: BinaryIO, length: int,
+    def __init__(self, session: requests.Session, url: str, stream: Source, length: int,
                  headers: dict[str, str], chunk: int = CHUNK) -> None:
         self.session, self.url, self.stream, self.length = session, url, stream, length
         self.headers = headers
@@ -62,7 +70,8 @@ class Sender:
 
     def _read(self, offset: int) -> tuple[int, bytes, str]:
         self.stream.seek(offset)
-        data = self.stream.read(min(self.chunk, self.length - offset))
+        # A raw stream answers None only when non-blocking; files and slices never are.
+        data = self.stream.read(min(self.chunk, self.length - offset)) or b""
         return offset, data, base64.b64encode(hashlib.sha256(data).digest()).decode()
 
     def _head(self) -> int:

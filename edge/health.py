@@ -54,9 +54,10 @@ async def readiness(request: web.Request) -> web.Response:
     never needs the broker, and uploads meanwhile queue and are resubmitted."""
     app = request.app
     advisory = app[ADVISORY_CHECKS]
-    names = list(app[READINESS_CHECKS])
+    registered = app[READINESS_CHECKS]
+    names = list(registered)
     results = await asyncio.gather(*(
-        _probe(app, app[READINESS_CHECKS][name], ADVISORY_TIMEOUT_S if name in advisory else CHECK_TIMEOUT_S)
+        _probe(app, registered[name], ADVISORY_TIMEOUT_S if name in advisory else CHECK_TIMEOUT_S)
         for name in names))
     checks = dict(zip(names, results, strict=True))
     ready = all(c["ok"] for name, c in checks.items() if name not in advisory)
