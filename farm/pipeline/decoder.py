@@ -62,7 +62,7 @@ class DecodeLoop:
     def __init__(self, *, source: Path, info: SourceInfo, ring: FrameRing, encoders: list[EncoderHandle],
                  audio: AudioTrack | None, timescale: int, segment_s: float, poster_path: Path,
                  stall_timeout_s: float, cancel: threading.Event | None, decoder_threads: int = 0,
-                 first_segment_s: float = 0.0, lead: EncoderHandle | None = None,
+                 first_segment_s: float = 0.0, lead: EncoderHandle | None = None, window: int = 0,
                  on_progress: Callable[[TranscodeProgress], None] | None,
                  on_segment: Callable[[str, SegmentInfo, str], None]) -> None:
         self.source, self.info, self.ring, self.encoders, self.audio = source, info, ring, encoders, audio
@@ -113,6 +113,10 @@ class DecodeLoop:
         self._held: dict[str, bytearray] = {e.name: bytearray() for e in encoders
                                              if self.lead is not None and e is not self.lead}
         self.lead_first_s = 0.0  # seconds from the decode's start to the lead's first segment
+        # Frames in flight once the lead's first segment is out: the ring's extra slots were for
+        # it; left open, the decoder and the lead would run ~a ring ahead, taking the CPU the
+        # other rungs need for their own first segments.
+        self.window = window if 0 < window < ring.slots else ring.slots
 
     # --- encoder events --------------------------------------------------------------------------
 
@@ -290,6 +294,9 @@ class DecodeLoop:
             self.release_held()  # the ring is full of frames the held encoders need
         while self.pending[slot] > 0:
             self.pump()
+        if self.lead is None and self.window < self.ring.slots:
+            while self.frames - min(self.released.values(), default=self.frames) >= self.window:
+                self.pump()
         started = time.monotonic()
         self.wait_s += started - waited
         self._to_ring(frame, slot)

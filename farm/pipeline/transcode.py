@@ -311,7 +311,8 @@ def _transcode(source: Path, out_dir: Path, settings: TranscodeSettings,
                               poster_path=out_dir / POSTER, stall_timeout_s=settings.stall_timeout_s,
                               cancel=cancel, on_progress=on_progress, on_segment=on_segment,
                               decoder_threads=1 if cores <= len(rungs) + 1 else 0,
-                              first_segment_s=settings.first_segment_duration, lead=encoders[-1])
+                              first_segment_s=settings.first_segment_duration, lead=encoders[-1],
+                              window=settings.ring_slots)
             decode_started = time.monotonic()
             loop.run()  # starts at once: frame notices wait in the pipes while encoders start
             loop.wait_attached()
