@@ -34,7 +34,10 @@ try {
       const hls = new Hls({ startPosition: 0, manifestLoadingRetryDelay: 100, levelLoadingRetryDelay: 100,
         fragLoadingRetryDelay: 100 });
       let level = -1;
-      hls.on(Hls.Events.LEVEL_SWITCHED, (_, d) => { level = hls.levels[d.level].height; });
+      // The level of the first video fragment requested: the one the first frame comes from.
+      hls.on(Hls.Events.FRAG_LOADING, (_, d) => {
+        if (level === -1 && d.frag.type === "main") level = hls.levels[d.frag.level].height;
+      });
       hls.on(Hls.Events.ERROR, (_, d) => { if (d.fatal) resolve(`ERROR ${d.type} ${d.details}`); });
       video.requestVideoFrameCallback((now, meta) => {
         resolve(`FIRSTFRAME ${performance.timeOrigin + now} ${level}`);

@@ -540,8 +540,10 @@ def worker_process(config: Config, conn: Connection | None, runner_spec: str, pa
 
     # Import the pipeline (PyAV, numpy, lxml) now, not in the first job's thread: an import holds
     # the GIL, and a loop that cannot run misses heartbeats and loses its lease.
-    from streamgate.farm import pipeline  # noqa: F401
+    # (The package alone imports none of them: the first job's thread paid ~0.3 s idle, over a
+    # second on a loaded machine, before its first frame.)
     from streamgate.farm.pipeline import encoder_pool
+    from streamgate.farm.pipeline import transcode as _transcode  # noqa: F401
 
     # Encoder processes started now and reused across jobs: a short clip's job then pays no
     # interpreter start or imports per rung (farm/pipeline/encoder_pool.py). From this thread,

@@ -4,6 +4,12 @@ The decoding process owns the ring: it writes slot ``n % slots`` only once every
 released it (back-pressure), forces a keyframe on the first frame at or after every segment
 boundary (the same frames for every rung, so IDRs align across renditions), and pumps the
 encoders' events (slot releases, finished segments) while it waits.
+
+The start is the lead's (the lowest rung, the one a player starts on and the live master lists
+first): until its first segment is written, the other encoders' frame notices are held back
+here, so the decoder and the lead have the CPU to themselves. The frames stay in the ring
+(sized for it by the caller), so the others then encode the same frames at once; if the ring
+fills first, they are let go early (never a deadlock, only a later lead).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from streamgate.common.media import TranscodeProgress
 from streamgate.farm.pipeline.audio import AudioTrack
 from streamgate.farm.pipeline.encoder import EncoderHandle
 from streamgate.farm.pipeline.encoder_protocol import (
+    NOTICE,
     NOTICE_KEY,
     Attached,
     Failed,
@@ -55,7 +62,7 @@ class DecodeLoop:
     def __init__(self, *, source: Path, info: SourceInfo, ring: FrameRing, encoders: list[EncoderHandle],
                  audio: AudioTrack | None, timescale: int, segment_s: float, poster_path: Path,
                  stall_timeout_s: float, cancel: threading.Event | None, decoder_threads: int = 0,
-                 first_segment_s: float = 0.0,
+                 first_segment_s: float = 0.0, lead: EncoderHandle | None = None, window: int = 0,
                  on_progress: Callable[[TranscodeProgress], None] | None,
                  on_segment: Callable[[str, SegmentInfo, str], None]) -> None:
         self.source, self.info, self.ring, self.encoders, self.audio = source, info, ring, encoders, audio
@@ -99,6 +106,17 @@ class DecodeLoop:
         self._first_pts: int | None = None
         self._next_boundary = 0
         self._poster_done = False
+        # Until the lead's first segment: the poster waits as a copy (its JPEG encode would
+        # compete with the lead), and every other encoder's notices wait in ``_held``.
+        self._poster_frame: np.ndarray | None = None
+        self.lead = lead if lead is not None and len(encoders) > 1 else None
+        self._held: dict[str, bytearray] = {e.name: bytearray() for e in encoders
+                                             if self.lead is not None and e is not self.lead}
+        self.lead_first_s = 0.0  # seconds from the decode's start to the lead's first segment
+        # Frames in flight once the lead's first segment is out: the ring's extra slots were for
+        # it; left open, the decoder and the lead would run ~a ring ahead, taking the CPU the
+        # other rungs need for their own first segments.
+        self.window = window if 0 < window < ring.slots else ring.slots
 
     # --- encoder events --------------------------------------------------------------------------
 
@@ -119,8 +137,12 @@ class DecodeLoop:
                     case SegmentWritten(segment=segment, codecs=codecs):
                         self.on_segment(encoder.name, segment, codecs)
                         self._last_progress = 0.0  # report now: a new segment is playable
+                        if encoder is self.lead:
+                            self.release_held()
                     case Finished():
                         self.finished[encoder.name] = event
+                        if encoder is self.lead:
+                            self.release_held()
                     case Attached(codecs=codecs):
                         self.attached.add(encoder.name)
                         if codecs:
@@ -142,6 +164,22 @@ class DecodeLoop:
         if time.monotonic() - self._last_event > self.stall_timeout_s:
             raise EncoderFailedError(f"encoders made no progress for {self.stall_timeout_s:.0f} s")
         self._report()
+
+    def release_held(self) -> None:
+        """The lead's first segment is out (or the ring is full, or the stream ended): every
+        other encoder gets the notices held for it, and all notices from now on."""
+        if self.lead is None:
+            return
+        if not self.lead_first_s:
+            self.lead_first_s = time.monotonic() - self._started
+        self.lead = None
+        held, self._held = self._held, {}
+        for encoder in self.encoders:
+            if held.get(encoder.name):
+                encoder.write(bytes(held[encoder.name]))
+        if self._poster_frame is not None:
+            frame, self._poster_frame = self._poster_frame, None
+            write_poster(self.poster_path, frame, self.ring.width, self.ring.height)
 
     def wait_attached(self) -> None:
         """Decoding need not wait for this (notices queue in the pipes while encoders start);
@@ -220,6 +258,7 @@ class DecodeLoop:
                 self.warnings.append(f"source ended with an error: {exc}")
         if self.frames == 0:
             raise BadInputError("no video frame could be decoded")
+        self.release_held()
         for encoder in self.encoders:
             encoder.end(self.nominal)
         if self.audio is not None:
@@ -251,18 +290,31 @@ class DecodeLoop:
         self._prev_ticks = ticks
         slot = self.frames % self.ring.slots
         waited = time.monotonic()
+        if self.pending[slot] > 0 and self._held:
+            self.release_held()  # the ring is full of frames the held encoders need
         while self.pending[slot] > 0:
             self.pump()
+        if self.lead is None and self.window < self.ring.slots:
+            while self.frames - min(self.released.values(), default=self.frames) >= self.window:
+                self.pump()
         started = time.monotonic()
         self.wait_s += started - waited
         self._to_ring(frame, slot)
         if not self._poster_done and (self.frames == 0 or ticks >= self.poster_ticks):
-            write_poster(self.poster_path, self.ring.slot(slot), self.ring.width, self.ring.height)
             self._poster_done = ticks >= self.poster_ticks
+            if self.lead is not None:
+                self._poster_frame = self.ring.slot(slot).copy()
+            else:
+                write_poster(self.poster_path, self.ring.slot(slot), self.ring.width, self.ring.height)
         live = [e for e in self.encoders if not e.closed_input]
         self.pending[slot] = len(live)
+        flags = NOTICE_KEY if key else 0
         for encoder in live:
-            encoder.notice(slot, self.start_ticks + ticks, self.nominal, NOTICE_KEY if key else 0)
+            held = self._held.get(encoder.name)
+            if held is not None:
+                held += NOTICE.pack(slot, self.start_ticks + ticks, self.nominal, flags)
+            else:
+                encoder.notice(slot, self.start_ticks + ticks, self.nominal, flags)
         self.frames += 1
         self.video_end_ticks = ticks + self.nominal
         self.decode_s += time.monotonic() - started

@@ -51,7 +51,7 @@ from streamgate.farm.pipeline.ladder import Rung, encoder_threads, plan_ladder
 from streamgate.farm.pipeline.limits import memory_error_reason
 from streamgate.farm.pipeline.packager import INIT_NAME, SEGMENT_NAME, SegmentInfo, write_atomic
 from streamgate.farm.pipeline.probe import SourceInfo, probe
-from streamgate.farm.pipeline.ring import FrameRing
+from streamgate.farm.pipeline.ring import FrameRing, frame_bytes
 
 __all__ = [
     "BadInputError", "EncoderFailedError", "GateError", "TranscodeCancelled", "TranscodeError",
@@ -68,6 +68,11 @@ log = logging.getLogger(__name__)
 Publish = Callable[[str, bytes | None], None]
 
 _MAX_SPARES = 8  # encoder processes started before the ladder is known
+# The ring holds the lead rung's first segment plus x264's delay (lookahead + B-frames, ~14
+# frames at veryfast) while the other rungs wait for it (farm/pipeline/decoder.py), up to this
+# much shared memory; past that the others start early rather than the ring growing.
+_LEAD_DELAY_FRAMES = 24
+_LEAD_RING_BYTES = 256 * 1024 * 1024
 
 
 class TranscodeSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -241,12 +246,16 @@ def _transcode(source: Path, out_dir: Path, settings: TranscodeSettings,
         live_master = True
         audio_codecs = f",{audio.codecs}" if audio is not None else ""
         extra = int(settings.audio_bitrate * 1.1) if audio is not None else 0
+        # Lowest first: a player without a bandwidth estimate starts on the first variant
+        # (hls.js's firstLevel, Apple's players), and the lowest rung is the one ready first.
         variants = [Variant(uri=f"{r.name}/{PLAYLIST}", bandwidth=int(r.maxrate * 1.1) + extra,
                             average_bandwidth=r.maxrate + extra, codecs=known[r.name] + audio_codecs,
-                            width=r.width, height=r.height, frame_rate=float(info.fps)) for r in rungs]
+                            width=r.width, height=r.height, frame_rate=float(info.fps)) for r in reversed(rungs)]
         media = AudioMedia(uri=f"{AUDIO_FOLDER}/{PLAYLIST}", language=audio.language,
                            channels=audio.channels) if audio is not None else None
         emit.text(MASTER, master_playlist(variants, media))
+        log.info("%s: live master.m3u8 published %.2f s after the job's start", out_dir.name,
+                 time.monotonic() - started)
 
     def publish_live_mpd() -> None:
         """A dynamic MPD of the segments every rung has so far (the static one replaces it)."""
@@ -282,7 +291,8 @@ def _transcode(source: Path, out_dir: Path, settings: TranscodeSettings,
     loop: DecodeLoop | None = None
     cores = len(os.sched_getaffinity(0))
     threads = encoder_threads(rungs, cores) if settings.x264_threads <= 0 else {}
-    with FrameRing(ring_width, ring_height, settings.ring_slots) as ring:
+    slots = _ring_slots(settings, float(info.fps), frame_bytes(ring_width, ring_height), len(rungs))
+    with FrameRing(ring_width, ring_height, slots) as ring:
         try:
             for rung in rungs:
                 (out_dir / rung.name).mkdir(parents=True, exist_ok=True)
@@ -301,12 +311,15 @@ def _transcode(source: Path, out_dir: Path, settings: TranscodeSettings,
                               poster_path=out_dir / POSTER, stall_timeout_s=settings.stall_timeout_s,
                               cancel=cancel, on_progress=on_progress, on_segment=on_segment,
                               decoder_threads=1 if cores <= len(rungs) + 1 else 0,
-                              first_segment_s=settings.first_segment_duration)
+                              first_segment_s=settings.first_segment_duration, lead=encoders[-1],
+                              window=settings.ring_slots)
             decode_started = time.monotonic()
             loop.run()  # starts at once: frame notices wait in the pipes while encoders start
             loop.wait_attached()
             loop.wait_finished()
             stages["decode"] = loop.decode_s
+            if loop.lead_first_s:
+                stages["lead_first_segment"] = loop.lead_first_s
             stages["ring_wait"] = loop.wait_s
             if audio is not None:
                 stages["audio"] = loop.audio_s
@@ -339,6 +352,16 @@ def _transcode(source: Path, out_dir: Path, settings: TranscodeSettings,
     stages["total"] = time.monotonic() - started
     report("done", 1.0, loop.frames)
     return msgspec.structs.replace(result, stage_seconds=stages, warnings=loop.warnings)
+
+
+def _ring_slots(settings: TranscodeSettings, fps: float, slot_bytes: int, rungs: int) -> int:
+    """``ring_slots``, or enough for the lead rung's first segment when there are other rungs
+    to hold back and the memory allows it."""
+    first_s = settings.first_segment_duration
+    if rungs < 2 or not 0 < first_s < settings.segment_duration:
+        return settings.ring_slots
+    wanted = int(first_s * fps + 0.999) + _LEAD_DELAY_FRAMES
+    return max(settings.ring_slots, min(wanted, _LEAD_RING_BYTES // max(1, slot_bytes)))
 
 
 def _check_complete(info: SourceInfo, segments: list[SegmentInfo], timescale: int,

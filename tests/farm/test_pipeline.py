@@ -390,3 +390,25 @@ def test_default_ladder_on_a_720p_clip(tmp_path: Path, video_factory: Callable[.
         packets = ffprobe(tmp_path / rendition.name / "index.m3u8", "-show_entries", "packet=pts_time,flags")
         starts.append([p["pts_time"] for p in packets["packets"] if "K" in p["flags"]])
     assert starts[0] == starts[1] == starts[2] and len(starts[0]) == 3
+
+
+def test_the_lowest_rung_leads_the_start(tmp_path: Path, video_factory: Callable[..., Path]) -> None:
+    """A player starts on the lowest rung: its first segment comes before any other rung's (the
+    others' frames wait in the ring until then), the live master lists it first, and the
+    ladder is still complete and conformant."""
+    source = video_factory("lead.mp4", seconds=3.0, width=320, height=240)
+    out = tmp_path / "out"
+    published: list[tuple[str, bytes | None]] = []
+    result = transcode(source, out, TranscodeSettings(ladder=[240, 180], segment_duration=1.5,
+                                                      first_segment_duration=0.5),
+                       publish=lambda rel, data: published.append((rel, data)))
+    segments = [rel for rel, _ in published if rel.endswith(".m4s") and not rel.startswith("audio/")]
+    assert segments[0] == "180p/seg-00001.m4s", segments[:4]
+    masters = [data.decode() for rel, data in published if rel == "master.m3u8" and data is not None]
+    live = [line for line in masters[0].splitlines() if line.endswith("index.m3u8")]
+    assert live == ["180p/index.m3u8", "240p/index.m3u8"], masters[0]
+    final = [line for line in masters[-1].splitlines() if line.endswith("index.m3u8")]
+    assert final == ["240p/index.m3u8", "180p/index.m3u8"]
+    assert result.stage_seconds["lead_first_segment"] > 0
+    assert len({r.segments for r in result.renditions}) == 1 and result.renditions[0].segments >= 3
+    check_ladder(out)  # raises on a ladder that is not conformant
