@@ -152,8 +152,8 @@ SPEC: dict[str, Any] = {
         },
         "/api/v1/farm/metrics": {"get": _op("The broker's farm figures", _responses(
             {200: {"type": "object"}}, 503), auth=False)},
-        "/api/v1/health": {"get": _op("Readiness: disk, Redis, broker", {
-            "200": {"description": "ready", "content": {"application/json": {"schema": {"type": "object"}}}},
+        "/api/v1/health": {"get": _op("Readiness: disk, Redis, the object store; the broker advisory", {
+            "200": {"description": "ready to serve players (an advisory check failing is named in warnings)", "content": {"application/json": {"schema": {"type": "object"}}}},
             "503": {"description": "degraded", "content": {"application/json": {"schema": {"type": "object"}}}},
         }, auth=False)},
         "/health": {"get": _op("Liveness", {"200": {"description": "alive", "content": {
