@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import shutil
 import signal
+import sqlite3
 import subprocess
 import time
 import urllib.request
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -125,3 +128,41 @@ def wait_healthy(proc: subprocess.Popen[bytes], url: str, log: Path, *, timeout:
             return False
 
     wait_until(healthy, timeout=timeout, what=what)
+
+
+@contextlib.contextmanager
+def mounted_tmpfs(mount: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` (``4m``) mounted on ``mount`` (made here) for the block; a small disk
+    a test can fill. Needs root: callers skip first when not."""
+    mount.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], check=True, timeout=30)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=False, timeout=30)
+        if os.path.ismount(mount):
+            subprocess.run(["umount", "-l", str(mount)], check=False, timeout=30)
+
+
+def fill_disk(mount: Path) -> Path:
+    """Allocate every free block of ``mount`` to ``<mount>/filler.bin`` (real blocks, not a hole)."""
+    filler = mount / "filler.bin"
+    with open(filler, "wb") as f:
+        size = shutil.disk_usage(mount).free
+        while size > 0:
+            try:
+                os.posix_fallocate(f.fileno(), 0, size)
+                break
+            except OSError:
+                size -= 4096
+    return filler
+
+
+def journaled_state(path: Path, job_id: str) -> str | None:
+    """A job's state in the broker's SQLite journal at ``path``, read-only."""
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        row = db.execute("SELECT state FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        return row[0] if row else None
+    finally:
+        db.close()

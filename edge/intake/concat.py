@@ -177,7 +177,7 @@ def _join_files(sources: list[tuple[Any, int]], target: Any) -> Any:
         if os.fstat(fd).st_size < first_length:
             raise OSError(f"{target}: shorter than its first partial's {first_length} bytes")
         os.ftruncate(fd, first_length)
-        _hash_range(fd, first_length, digest)
+        source_hash.hash_fd_range(fd, 0, first_length, digest)
         offset = first_length
         for source, length in sources[1:]:
             with open(source, "rb", buffering=0) as f:
@@ -189,16 +189,6 @@ def _join_files(sources: list[tuple[Any, int]], target: Any) -> Any:
     finally:
         os.close(fd)
     return digest
-
-
-def _hash_range(src: int, length: int, digest: Any) -> None:
-    done = 0
-    while done < length:
-        block = os.pread(src, min(_COPY_CHUNK, length - done), done)
-        if not block:
-            raise OSError(f"short read at {done} of {length}")
-        digest.update(block)
-        done += len(block)
 
 
 def _copy_hashed(src: int, dst: int, length: int, at: int, digest: Any) -> None:

@@ -36,16 +36,23 @@ class _Running:
         self.pending: asyncio.Future[None] | None = None
 
 
+def hash_fd_range(fd: int, start: int, end: int, hasher: Any) -> None:
+    """Feed bytes [start, end) of the open file ``fd`` to ``hasher`` (pread: no shared offset)."""
+    at = start
+    while at < end:
+        block = os.pread(fd, min(_READ, end - at), at)
+        if not block:
+            raise OSError(f"short read at {at} of {end}")
+        hasher.update(block)
+        at += len(block)
+
+
 def _hash_range(path: Path, start: int, end: int, hasher: Any) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
-        at = start
-        while at < end:
-            block = os.pread(fd, min(_READ, end - at), at)
-            if not block:
-                raise OSError(f"{path}: short read at {at} of {end}")
-            hasher.update(block)
-            at += len(block)
+        hash_fd_range(fd, start, end, hasher)
+    except OSError as exc:
+        raise OSError(f"{path}: {exc}") from None
     finally:
         os.close(fd)
 

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support import fill_disk, mounted_tmpfs
 
 CHILD = """
 import os, sys
@@ -50,29 +51,14 @@ print("scraped", text.count(b"sg_test_early_total{"))
 def tiny_disk(tmp_path: Path) -> Iterator[Path]:
     if os.geteuid() != 0:
         pytest.skip(f"mounting a tmpfs needs root (running as uid {os.geteuid()})")
-    mount = tmp_path / "metrics-disk"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], check=True, timeout=30)
-    try:
+    with mounted_tmpfs(tmp_path / "metrics-disk", "1m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", str(mount)], check=False, timeout=30)
-        if os.path.ismount(mount):
-            subprocess.run(["umount", "-l", str(mount)], check=False, timeout=30)
 
 
 @pytest.mark.parametrize("when", ["before", "fill"])
 def test_metrics_on_a_full_disk_neither_crash_nor_break_the_scrape(tiny_disk: Path, when: str) -> None:
     if when == "before":  # the disk is full before the process starts (a restart on a full disk)
-        filler = tiny_disk / "filler.bin"
-        with open(filler, "wb") as f:
-            size = os.statvfs(tiny_disk).f_bavail * os.statvfs(tiny_disk).f_frsize
-            while size > 0:
-                try:
-                    os.posix_fallocate(f.fileno(), 0, size)
-                    break
-                except OSError:
-                    size -= 4096
+        fill_disk(tiny_disk)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PROMETHEUS", "STREAMGATE"))}
     child = subprocess.run([sys.executable, "-c", CHILD, str(tiny_disk), when], env=env,
                            capture_output=True, text=True, timeout=60)

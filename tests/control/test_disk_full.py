@@ -15,7 +15,6 @@ import os
 import shutil
 import socket
 import sqlite3
-import subprocess
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -24,7 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from support import terminate, wait_until
+from support import journaled_state, mounted_tmpfs, terminate, wait_until
 
 from streamgate.common.layout import JOURNAL_DB
 
@@ -115,9 +114,6 @@ def video(url: str, video_id: str) -> dict[str, Any]:
 def tmpfs_node(run_platform: Callable[..., Any], tmp_path: Path) -> Iterator[Callable[..., Any]]:
     if os.geteuid() != 0:
         pytest.skip(f"mounting a tmpfs as the data dir needs root (running as uid {os.geteuid()})")
-    mount = tmp_path / "data0"  # the data dir run_platform gives its first node
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)], check=True, timeout=30)
     platforms: list[Any] = []
 
     def start(**env: str) -> Any:
@@ -126,14 +122,13 @@ def tmpfs_node(run_platform: Callable[..., Any], tmp_path: Path) -> Iterator[Cal
         platforms.append(platform)
         return platform
 
-    try:
-        yield start
-    finally:
-        for platform in platforms:
-            terminate(platform.proc, 30)
-        subprocess.run(["umount", str(mount)], check=False, timeout=30)
-        if os.path.ismount(mount):
-            subprocess.run(["umount", "-l", str(mount)], check=False, timeout=30)
+    # The data dir run_platform gives its first node.
+    with mounted_tmpfs(tmp_path / "data0", "64m") as mount:
+        try:
+            yield start
+        finally:
+            for platform in platforms:
+                terminate(platform.proc, 30)
 
 
 def assert_507(status: int, headers: dict[str, str], body: bytes) -> None:
@@ -201,15 +196,6 @@ def farm_figures(url: str) -> dict[str, Any]:
     return json.loads(body)
 
 
-def journaled_state(mount: Path, job_id: str) -> str | None:
-    db = sqlite3.connect(f"file:{mount / 'state' / JOURNAL_DB}?mode=ro", uri=True)
-    try:
-        row = db.execute("SELECT state FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
-        return row[0] if row else None
-    finally:
-        db.close()
-
-
 def test_a_job_without_room_fails_with_its_reason_and_the_node_serves_on(tmpfs_node, video_factory) -> None:
     """Before the fix the broker exited on the journal write and its restarts died of SIGBUS
     (prometheus_client's sparse metric files mapped on the full disk) until space returned."""
@@ -223,7 +209,7 @@ def test_a_job_without_room_fails_with_its_reason_and_the_node_serves_on(tmpfs_n
     video_id = urlsplit(headers["Location"]).path.rsplit("/", 1)[1]
     # The job is accepted (journaled: a submit the journal cannot take is refused, and the video
     # would wait queued); now the disk fills before the farm writes its renditions.
-    wait_until(lambda: journaled_state(mount, video_id), timeout=30, what="the job in the journal")
+    wait_until(lambda: journaled_state(mount / "state" / JOURNAL_DB, video_id), timeout=30, what="the job in the journal")
     set_free(mount, filler, 0)
     # The broker serves on and dead-letters the job (every attempt meets the full disk): its live
     # figures say so while neither its journal nor the catalog can take a write.
@@ -247,7 +233,7 @@ def test_a_job_without_room_fails_with_its_reason_and_the_node_serves_on(tmpfs_n
     assert failed["status"] == "failed", failed
     assert "no space left on device" in failed["error"].lower(), failed
     assert failed["hls_url"] is None
-    assert wait_until(lambda: journaled_state(mount, video_id) == "failed", timeout=10,
+    assert wait_until(lambda: journaled_state(mount / "state" / JOURNAL_DB, video_id) == "failed", timeout=10,
                       what="the held outcome in the journal")
     # No partial rendition left behind for a retry or a reader to find; the journal is whole.
     assert not list((mount / "media").glob(f"{video_id}/**/*.m3u8"))

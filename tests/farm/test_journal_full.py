@@ -10,12 +10,11 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import async_wait_until
+from support import async_wait_until, fill_disk, journaled_state, mounted_tmpfs
 
 from streamgate.common.media import TranscodeResult
 from streamgate.common.protocol import Assign, Done, JobDone
@@ -29,39 +28,15 @@ RESULT = TranscodeResult(duration_s=1.0, renditions=[], frames=15)
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     if os.geteuid() != 0:
         pytest.skip(f"mounting a tmpfs needs root (running as uid {os.geteuid()})")
-    mount = tmp_path / "journal-disk"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], check=True, timeout=30)
-    try:
+    with mounted_tmpfs(tmp_path / "journal-disk", "4m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", str(mount)], check=False, timeout=30)
-        if os.path.ismount(mount):
-            subprocess.run(["umount", "-l", str(mount)], check=False, timeout=30)
 
 
 def fill(mount: Path) -> Path:
     """Leave no free block on ``mount`` (its files stay as they are)."""
-    filler = mount / "filler.bin"
-    with open(filler, "wb") as f:
-        size = shutil.disk_usage(mount).free
-        while size > 0:
-            try:
-                os.posix_fallocate(f.fileno(), 0, size)
-                break
-            except OSError:
-                size -= 4096
+    filler = fill_disk(mount)
     assert shutil.disk_usage(mount).free < 64 * 1024
     return filler
-
-
-def journaled_state(path: Path, job_id: str) -> str | None:
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        row = db.execute("SELECT state FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
-        return row[0] if row else None
-    finally:
-        db.close()
 
 
 async def test_a_full_journal_refuses_submits_holds_outcomes_and_recovers(
